@@ -1,0 +1,73 @@
+"""Build script for nativemem._native: cffi out-of-line API mode over csrc/.
+
+The public header csrc/nativemem.h (and the area headers nm_*.h it includes) is read into
+cdef(); every csrc/*.c is compiled into the extension.  Valgrind client requests are switched
+on when valgrind/memcheck.h is found at build time.
+"""
+import os
+import re
+import sys
+import sysconfig
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(HERE, "csrc")
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+_DEFINE_INT = re.compile(r"^\s*#\s*define\s+NM_[A-Z0-9_]+\s+-?(0x)?[0-9A-Fa-f]+[uUlL]*\s*$")
+
+
+def read_cdef(name="nativemem.h"):
+    """Return the header's declarations with area includes inlined and include guards dropped."""
+    out = []
+    with open(os.path.join(CSRC, name)) as f:
+        for line in f:
+            m = _INCLUDE.match(line)
+            if m:
+                out.append(read_cdef(m.group(1)))
+            elif line.lstrip().startswith("#") and not _DEFINE_INT.match(line):
+                continue  # guards and system includes: cdef knows the standard types
+            else:
+                out.append(line)
+    return "".join(out)
+
+
+def find_valgrind():
+    dirs = [os.environ.get("VALGRIND_INCLUDE", ""), "/usr/include", "/usr/local/include",
+            "/opt/homebrew/include", sysconfig.get_config_var("INCLUDEDIR") or ""]
+    return any(d and os.path.exists(os.path.join(d, "valgrind", "memcheck.h")) for d in dirs)
+
+
+def is_msvc():
+    return sys.platform == "win32" and "GCC" not in sys.version
+
+
+SOURCES = sorted(os.path.relpath(os.path.join(CSRC, f), HERE).replace("\\", "/")
+                 for f in os.listdir(CSRC) if f.endswith(".c"))
+DEFINES = []
+if find_valgrind() and os.environ.get("NATIVEMEM_NO_VALGRIND") != "1":
+    DEFINES.append(("NM_HAVE_VALGRIND", "1"))
+if is_msvc():
+    CFLAGS = ["/O2", "/std:c11", "/W3"]
+else:
+    CFLAGS = ["-O2", "-std=c11", "-Wall", "-Wno-unused-function"]
+    DEFINES += [("_DEFAULT_SOURCE", "1"), ("_DARWIN_C_SOURCE", "1")]
+extra = os.environ.get("NATIVEMEM_CFLAGS")  # e.g. "-fsanitize=address" for sanitizer builds
+if extra:
+    CFLAGS += extra.split()
+
+ffibuilder = FFI()
+ffibuilder.cdef(read_cdef())
+ffibuilder.set_source(
+    "nativemem._native",
+    '#include "nativemem.h"\n',
+    sources=SOURCES,
+    include_dirs=["csrc"],
+    define_macros=DEFINES,
+    extra_compile_args=CFLAGS,
+    extra_link_args=extra.split() if extra else [],
+    libraries=[] if sys.platform == "win32" else ["pthread"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,300 @@
+/* alloc.c -- the allocator table's front door: nm_malloc & co., size and alignment checks,
+ * statistics, the thread's error state, the allocation site and the out-of-memory policy.
+ * Backends live in backends.c, the arena in arena.c. */
+#include "nm_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+/* ---- error state -------------------------------------------------------------------- */
+static NM_THREAD_LOCAL int nm__err_code;
+static NM_THREAD_LOCAL char nm__err_msg[512];
+/* Bumped by every error, so a caller can tell whether a callee reported one. */
+static NM_THREAD_LOCAL unsigned nm__err_seq;
+
+unsigned _nm_error_seq(void) { return nm__err_seq; }
+
+int _nm_set_error(int code, const char *fmt, ...) {
+    va_list ap;
+    nm__err_code = code;
+    nm__err_seq++;
+    va_start(ap, fmt);
+    vsnprintf(nm__err_msg, sizeof nm__err_msg, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+int nm_last_error(void) { return nm__err_code; }
+const char *nm_last_error_message(void) { return nm__err_code ? nm__err_msg : ""; }
+void nm_clear_error(void) { nm__err_code = NM_OK; nm__err_msg[0] = '\0'; }
+
+const char *nm_strerror(int code) {
+    switch (code) {
+    case NM_OK: return "no error";
+    case NM_ERR_NOMEM: return "out of memory";
+    case NM_ERR_INVALID: return "invalid argument";
+    case NM_ERR_OVERFLOW: return "size overflow";
+    case NM_ERR_DOUBLE_FREE: return "double free";
+    case NM_ERR_INVALID_FREE: return "invalid free";
+    case NM_ERR_USE_AFTER_FREE: return "write after free";
+    case NM_ERR_BUFFER_OVERFLOW: return "buffer overflow";
+    case NM_ERR_BUFFER_UNDERFLOW: return "buffer underflow";
+    case NM_ERR_REFCOUNT: return "reference count error";
+    case NM_ERR_CORRUPT: return "allocator metadata corrupt";
+    case NM_ERR_CLOSED: return "object already closed";
+    case NM_ERR_UNSUPPORTED: return "operation not supported";
+    case NM_ERR_BUSY: return "object busy";
+    case NM_ERR_REALLOC_FREED: return "realloc of a freed block";
+    default: return "unknown error";
+    }
+}
+
+/* ---- out-of-memory policy ------------------------------------------------------------ */
+static nm_atomic_t nm__oom_policy = NM_OOM_RAISE;
+
+void nm_set_oom_policy(int policy) {
+    if (policy != NM_OOM_RAISE && policy != NM_OOM_ABORT) {
+        _nm_set_error(NM_ERR_INVALID, "unknown OOM policy %d", policy);
+        return;
+    }
+    nm_atomic_store_relaxed(&nm__oom_policy, policy);
+}
+int nm_get_oom_policy(void) { return (int)nm_atomic_load_relaxed(&nm__oom_policy); }
+
+void *_nm_oom(const char *name, size_t size) {
+    if (nm_atomic_load_relaxed(&nm__oom_policy) == NM_OOM_ABORT) {
+        fprintf(stderr, "nativemem: out of memory allocating %zu bytes from %s; aborting (oom policy 'abort')\n",
+                size, name ? name : "?");
+        fflush(stderr);
+        abort();
+    }
+    _nm_set_error(NM_ERR_NOMEM, "out of memory: %zu bytes from allocator '%s'", size, name ? name : "?");
+    return NULL;
+}
+
+/* ---- allocation site ----------------------------------------------------------------- */
+NM_THREAD_LOCAL const char *_nm_site_file;
+NM_THREAD_LOCAL int _nm_site_line;
+
+void nm_site_set(const char *file, int line) { _nm_site_file = file; _nm_site_line = line; }
+void nm_site_get(const char **file, int *line) {
+    if (file) *file = _nm_site_file;
+    if (line) *line = _nm_site_line;
+}
+
+/* ---- statistics ---------------------------------------------------------------------- */
+NM_INLINE size_t nm__block_bytes(nm_allocator_t *a, const void *p, size_t requested) {
+    return a->usable_size ? a->usable_size(a->ctx, p) : requested;
+}
+
+NM_INLINE void nm__count_alloc(nm_allocator_t *a, size_t bytes) {
+    intptr_t live, peak;
+    nm_atomic_add_relaxed(&a->st_allocs, 1);
+    nm_atomic_add_relaxed(&a->st_live_blocks, 1);
+    live = nm_atomic_add_relaxed(&a->st_live_bytes, (intptr_t)bytes);
+    peak = nm_atomic_load_relaxed(&a->st_peak_bytes);
+    while (live > peak && !nm_atomic_cas_weak_relaxed(&a->st_peak_bytes, &peak, live)) {
+    }
+}
+
+NM_INLINE void nm__count_free(nm_allocator_t *a, size_t bytes) {
+    nm_atomic_add_relaxed(&a->st_frees, 1);
+    nm_atomic_add_relaxed(&a->st_live_blocks, -1);
+    nm_atomic_add_relaxed(&a->st_live_bytes, -(intptr_t)bytes);
+}
+
+static NM_NOINLINE void *nm__fail(nm_allocator_t *a, size_t size, unsigned seq) {
+    nm_atomic_add_relaxed(&a->st_failures, 1);
+    /* An allocator that reported a more specific error during the call keeps it. */
+    if (nm__err_seq != seq && nm__err_code != NM_ERR_NOMEM) return NULL;
+    return _nm_oom(a->name, size);
+}
+
+static NM_NOINLINE void *nm__too_big(nm_allocator_t *a, size_t n, size_t size) {
+    nm_atomic_add_relaxed(&a->st_failures, 1);
+    if (size == (size_t)-1)
+        _nm_set_error(NM_ERR_OVERFLOW, "allocation of %zu bytes from '%s' exceeds the maximum (%zu)", n,
+                      a->name, (size_t)NM_MAX_ALLOC);
+    else
+        _nm_set_error(NM_ERR_OVERFLOW, "calloc(%zu, %zu) from '%s': element count times size overflows", n,
+                      size, a->name);
+    return NULL;
+}
+
+/* ---- the front door ------------------------------------------------------------------ */
+void *nm_malloc(nm_allocator_t *a, size_t size) {
+    void *p;
+    unsigned seq;
+    if (NM_UNLIKELY(size > NM_MAX_ALLOC)) return nm__too_big(a, size, (size_t)-1);
+    if (size == 0) size = 1;
+    seq = nm__err_seq;
+    p = a->malloc(a->ctx, size);
+    if (NM_UNLIKELY(p == NULL)) return nm__fail(a, size, seq);
+    if (!(a->flags & NM_ALLOC_NO_STATS)) nm__count_alloc(a, nm__block_bytes(a, p, size));
+    return p;
+}
+
+void *nm_calloc(nm_allocator_t *a, size_t n, size_t size) {
+    size_t total;
+    void *p;
+    unsigned seq;
+    if (NM_UNLIKELY(nm_mul_overflow(n, size, &total) || total > NM_MAX_ALLOC)) return nm__too_big(a, n, size);
+    if (total == 0) { n = 1; size = 1; total = 1; }
+    seq = nm__err_seq;
+    p = a->calloc(a->ctx, n, size);
+    if (NM_UNLIKELY(p == NULL)) return nm__fail(a, total, seq);
+    if (!(a->flags & NM_ALLOC_NO_STATS)) nm__count_alloc(a, nm__block_bytes(a, p, total));
+    return p;
+}
+
+void *nm_realloc(nm_allocator_t *a, void *p, size_t size) {
+    size_t old_bytes = 0;
+    void *q;
+    unsigned seq;
+    if (p == NULL) return nm_malloc(a, size);
+    if (NM_UNLIKELY(size > NM_MAX_ALLOC)) return nm__too_big(a, size, (size_t)-1);
+    if (size == 0) size = 1;
+    if (!(a->flags & NM_ALLOC_NO_STATS) && a->usable_size) old_bytes = a->usable_size(a->ctx, p);
+    seq = nm__err_seq;
+    q = a->realloc(a->ctx, p, size);
+    if (NM_UNLIKELY(q == NULL)) return nm__fail(a, size, seq);
+    if (!(a->flags & NM_ALLOC_NO_STATS) && a->usable_size) {
+        intptr_t live, peak;
+        size_t new_bytes = a->usable_size(a->ctx, q);
+        live = nm_atomic_add_relaxed(&a->st_live_bytes, (intptr_t)new_bytes - (intptr_t)old_bytes);
+        peak = nm_atomic_load_relaxed(&a->st_peak_bytes);
+        while (live > peak && !nm_atomic_cas_weak_relaxed(&a->st_peak_bytes, &peak, live)) {
+        }
+    }
+    return q;
+}
+
+void nm_free(nm_allocator_t *a, void *p) {
+    if (p == NULL) return;
+    if (!(a->flags & NM_ALLOC_NO_STATS)) {
+        size_t bytes = a->usable_size ? a->usable_size(a->ctx, p) : 0;
+        unsigned seq = nm__err_seq;
+        a->free(a->ctx, p);
+        /* An allocator that detects a bad free (debug, arena) sets an error and frees nothing. */
+        if (NM_UNLIKELY(nm__err_seq != seq)) return;
+        nm__count_free(a, bytes);
+        return;
+    }
+    a->free(a->ctx, p);
+}
+
+void *nm_memalign(nm_allocator_t *a, size_t alignment, size_t size) {
+    void *p;
+    unsigned seq;
+    if (NM_UNLIKELY(!_nm_is_pow2(alignment) || alignment % sizeof(void *) != 0)) {
+        nm_atomic_add_relaxed(&a->st_failures, 1);
+        _nm_set_error(NM_ERR_INVALID,
+                      "alignment %zu is not a power of two multiple of sizeof(void *) (%zu)", alignment,
+                      sizeof(void *));
+        return NULL;
+    }
+    if (NM_UNLIKELY(size > NM_MAX_ALLOC || alignment > NM_MAX_ALLOC - size))
+        return nm__too_big(a, size, (size_t)-1);
+    if (size == 0) size = 1;
+    seq = nm__err_seq;
+    p = a->memalign(a->ctx, alignment, size);
+    if (NM_UNLIKELY(p == NULL)) return nm__fail(a, size, seq);
+    if (!(a->flags & NM_ALLOC_NO_STATS)) nm__count_alloc(a, nm__block_bytes(a, p, size));
+    return p;
+}
+
+/* The *_at variants set the site for the duration of the call only. */
+#define NM__WITH_SITE(expr)                                                              \
+    do {                                                                                 \
+        const char *of = _nm_site_file;                                                  \
+        int ol = _nm_site_line;                                                          \
+        void *r;                                                                         \
+        _nm_site_file = file;                                                            \
+        _nm_site_line = line;                                                            \
+        r = (expr);                                                                      \
+        _nm_site_file = of;                                                              \
+        _nm_site_line = ol;                                                              \
+        return r;                                                                        \
+    } while (0)
+
+void *nm_malloc_at(nm_allocator_t *a, size_t size, const char *file, int line) {
+    NM__WITH_SITE(nm_malloc(a, size));
+}
+void *nm_calloc_at(nm_allocator_t *a, size_t n, size_t size, const char *file, int line) {
+    NM__WITH_SITE(nm_calloc(a, n, size));
+}
+void *nm_realloc_at(nm_allocator_t *a, void *p, size_t size, const char *file, int line) {
+    NM__WITH_SITE(nm_realloc(a, p, size));
+}
+void *nm_memalign_at(nm_allocator_t *a, size_t alignment, size_t size, const char *file, int line) {
+    NM__WITH_SITE(nm_memalign(a, alignment, size));
+}
+
+size_t nm_usable_size(nm_allocator_t *a, const void *p) {
+    return (p && a->usable_size) ? a->usable_size(a->ctx, p) : 0;
+}
+
+void nm_allocator_stats(nm_allocator_t *a, nm_alloc_stats_t *out) {
+    out->live_blocks = nm_atomic_load_relaxed(&a->st_live_blocks);
+    out->live_bytes = nm_atomic_load_relaxed(&a->st_live_bytes);
+    out->peak_bytes = nm_atomic_load_relaxed(&a->st_peak_bytes);
+    out->total_allocs = nm_atomic_load_relaxed(&a->st_allocs);
+    out->total_frees = nm_atomic_load_relaxed(&a->st_frees);
+    out->failures = nm_atomic_load_relaxed(&a->st_failures);
+}
+
+void nm_allocator_reset_peak(nm_allocator_t *a) {
+    nm_atomic_store_relaxed(&a->st_peak_bytes, nm_atomic_load_relaxed(&a->st_live_bytes));
+}
+
+/* ---- table lifetime ------------------------------------------------------------------ */
+nm_allocator_t *_nm_table_new(const char *name, size_t ctx_size) {
+    size_t nlen = strlen(name ? name : "") + 1;
+    size_t total = sizeof(nm_allocator_t) + _nm_align_up(ctx_size, 16) + nlen;
+    char *mem = (char *)calloc(1, total);
+    nm_allocator_t *a;
+    if (mem == NULL) return (nm_allocator_t *)_nm_oom("table", total);
+    a = (nm_allocator_t *)mem;
+    a->ctx = ctx_size ? mem + sizeof(nm_allocator_t) : NULL;
+    a->name = mem + sizeof(nm_allocator_t) + _nm_align_up(ctx_size, 16);
+    memcpy((char *)a->name, name ? name : "", nlen);
+    a->destroy = _nm_table_free;
+    return a;
+}
+
+void _nm_table_free(nm_allocator_t *a) { free(a); }
+
+void nm_allocator_destroy(nm_allocator_t *a) {
+    if (a == NULL || (a->flags & NM_ALLOC_STATIC) || a->destroy == NULL) return;
+    a->destroy(a);
+}
+
+nm_allocator_t *nm_allocator_clone(nm_allocator_t *base, const char *name) {
+    nm_allocator_t *a = _nm_table_new(name ? name : base->name, 0);
+    if (a == NULL) return NULL;
+    a->malloc = base->malloc;
+    a->calloc = base->calloc;
+    a->realloc = base->realloc;
+    a->free = base->free;
+    a->memalign = base->memalign;
+    a->usable_size = base->usable_size;
+    a->ctx = base->ctx;
+    a->flags = base->flags & ~(unsigned)NM_ALLOC_STATIC;
+    return a;
+}
+
+/* ---- build information --------------------------------------------------------------- */
+int nm_build_has_valgrind(void) {
+#if defined(NM_HAVE_VALGRIND)
+    return 1;
+#else
+    return 0;
+#endif
+}
+int nm_build_has_asan(void) {
+#if defined(NM_HAVE_ASAN)
+    return 1;
+#else
+    return 0;
+#endif
+}

@@ -1,0 +1,42 @@
+/* nm_internal.h -- private helpers shared by the C core's files (not part of the API). */
+#ifndef NM_INTERNAL_H
+#define NM_INTERNAL_H
+
+#include "nativemem.h"
+#include "platform.h"
+
+#include <stdarg.h>
+
+/* Record `code` and a printf-style message as the calling thread's error; returns code. */
+int _nm_set_error(int code, const char *fmt, ...)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Out of memory for a request of `size` bytes from allocator `name`: aborts under
+ * NM_OOM_ABORT, else sets NM_ERR_NOMEM.  Always returns NULL. */
+void *_nm_oom(const char *name, size_t size);
+
+/* Counter bumped by every _nm_set_error on this thread: compare before/after a call to learn
+ * whether the callee reported an error. */
+unsigned _nm_error_seq(void);
+
+/* Current thread's allocation site (set by nm_site_set / nm_*_at). */
+extern NM_THREAD_LOCAL const char *_nm_site_file;
+extern NM_THREAD_LOCAL int _nm_site_line;
+
+/* Largest size any allocation may request (as glibc: PTRDIFF_MAX). */
+#define NM_MAX_ALLOC ((size_t)PTRDIFF_MAX)
+
+/* Alignment every backend guarantees for plain malloc. */
+#define NM_MIN_ALIGN 16
+
+NM_INLINE int _nm_is_pow2(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
+NM_INLINE uintptr_t _nm_align_up(uintptr_t x, size_t a) { return (x + (a - 1)) & ~(uintptr_t)(a - 1); }
+
+/* Allocate a zeroed allocator table (from the C library) with `name` copied into it. */
+nm_allocator_t *_nm_table_new(const char *name, size_t ctx_size);
+void _nm_table_free(nm_allocator_t *a);
+
+#endif /* NM_INTERNAL_H */

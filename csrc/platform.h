@@ -1,0 +1,202 @@
+/* platform.h -- the one place for compiler and OS differences in nativemem's C core.
+ *
+ * Atomics (GCC/Clang __atomic builtins, MSVC Interlocked intrinsics), mutexes (pthread or
+ * SRWLOCK), thread-local storage, page mapping/protection (mmap or VirtualAlloc), branch
+ * hints, and the optional Valgrind / AddressSanitizer annotations.  Every other file in
+ * csrc/ is plain C11 and reaches the platform only through the macros and inline
+ * functions below.
+ */
+#ifndef NM_PLATFORM_H
+#define NM_PLATFORM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(_WIN32)
+#  ifndef WIN32_LEAN_AND_MEAN
+#    define WIN32_LEAN_AND_MEAN
+#  endif
+#  include <windows.h>
+#  define NM_OS_WINDOWS 1
+#else
+#  include <pthread.h>
+#  include <sys/mman.h>
+#  include <unistd.h>
+#  define NM_OS_POSIX 1
+#endif
+
+/* ---- compiler ------------------------------------------------------------------------ */
+#if defined(__GNUC__) || defined(__clang__)
+#  define NM_LIKELY(x)    __builtin_expect(!!(x), 1)
+#  define NM_UNLIKELY(x)  __builtin_expect(!!(x), 0)
+#  define NM_NOINLINE     __attribute__((noinline))
+#  define NM_INLINE       static inline __attribute__((always_inline))
+#  define NM_THREAD_LOCAL __thread
+#  define NM_GNU_ATOMICS  1
+#elif defined(_MSC_VER)
+#  include <intrin.h>
+#  define NM_LIKELY(x)    (x)
+#  define NM_UNLIKELY(x)  (x)
+#  define NM_NOINLINE     __declspec(noinline)
+#  define NM_INLINE       static __forceinline
+#  define NM_THREAD_LOCAL __declspec(thread)
+#else
+#  define NM_LIKELY(x)    (x)
+#  define NM_UNLIKELY(x)  (x)
+#  define NM_NOINLINE
+#  define NM_INLINE       static inline
+#  define NM_THREAD_LOCAL _Thread_local
+#endif
+
+/* ---- overflow-checked size arithmetic ------------------------------------------------- */
+/* Returns nonzero when a*b overflows size_t; *out receives the product otherwise. */
+NM_INLINE int nm_mul_overflow(size_t a, size_t b, size_t *out) {
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_mul_overflow(a, b, out);
+#else
+    if (b != 0 && a > SIZE_MAX / b) return 1;
+    *out = a * b;
+    return 0;
+#endif
+}
+NM_INLINE int nm_add_overflow(size_t a, size_t b, size_t *out) {
+    if (a > SIZE_MAX - b) return 1;
+    *out = a + b;
+    return 0;
+}
+
+/* ---- atomics on intptr_t-sized words ------------------------------------------------- *
+ * nm_atomic_t is a plain word; all access goes through these helpers so that the memory
+ * order of each access is explicit and MSVC builds without C11 <stdatomic.h>. */
+typedef intptr_t nm_atomic_t;
+
+#if defined(NM_GNU_ATOMICS)
+#  define nm_atomic_load_relaxed(p)      __atomic_load_n((p), __ATOMIC_RELAXED)
+#  define nm_atomic_load_acquire(p)      __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#  define nm_atomic_store_relaxed(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#  define nm_atomic_store_release(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+/* add and return the NEW value */
+#  define nm_atomic_add_relaxed(p, v)    __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
+#  define nm_atomic_add_release(p, v)    __atomic_add_fetch((p), (v), __ATOMIC_RELEASE)
+#  define nm_atomic_add_acq_rel(p, v)    __atomic_add_fetch((p), (v), __ATOMIC_ACQ_REL)
+#  define nm_atomic_exchange(p, v)       __atomic_exchange_n((p), (v), __ATOMIC_ACQ_REL)
+/* compare-and-swap: returns nonzero on success; *expected is updated on failure */
+#  define nm_atomic_cas(p, expected, desired) \
+      __atomic_compare_exchange_n((p), (expected), (desired), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
+#  define nm_atomic_cas_weak_relaxed(p, expected, desired) \
+      __atomic_compare_exchange_n((p), (expected), (desired), 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)
+#  define nm_atomic_fence_acquire()      __atomic_thread_fence(__ATOMIC_ACQUIRE)
+#  define nm_atomic_fence_seq_cst()      __atomic_thread_fence(__ATOMIC_SEQ_CST)
+#elif defined(_MSC_VER)
+#  if defined(_WIN64)
+#    define NM__IADD(p, v)   (_InterlockedExchangeAdd64((volatile __int64 *)(p), (__int64)(v)) + (__int64)(v))
+#    define NM__IXCHG(p, v)  _InterlockedExchange64((volatile __int64 *)(p), (__int64)(v))
+#    define NM__ICAS(p, d, e) _InterlockedCompareExchange64((volatile __int64 *)(p), (__int64)(d), (__int64)(e))
+#  else
+#    define NM__IADD(p, v)   (_InterlockedExchangeAdd((volatile long *)(p), (long)(v)) + (long)(v))
+#    define NM__IXCHG(p, v)  _InterlockedExchange((volatile long *)(p), (long)(v))
+#    define NM__ICAS(p, d, e) _InterlockedCompareExchange((volatile long *)(p), (long)(d), (long)(e))
+#  endif
+NM_INLINE intptr_t nm__msvc_load(volatile const intptr_t *p) { intptr_t v = *p; _ReadWriteBarrier(); return v; }
+NM_INLINE int nm__msvc_cas(volatile intptr_t *p, intptr_t *expected, intptr_t desired) {
+    intptr_t old = (intptr_t)NM__ICAS(p, desired, *expected);
+    if (old == *expected) return 1;
+    *expected = old;
+    return 0;
+}
+#  define nm_atomic_load_relaxed(p)      (*(volatile intptr_t *)(p))
+#  define nm_atomic_load_acquire(p)      nm__msvc_load((volatile const intptr_t *)(p))
+#  define nm_atomic_store_relaxed(p, v)  (*(volatile intptr_t *)(p) = (intptr_t)(v))
+#  define nm_atomic_store_release(p, v)  ((void)NM__IXCHG((p), (v)))
+#  define nm_atomic_add_relaxed(p, v)    ((intptr_t)NM__IADD((p), (v)))
+#  define nm_atomic_add_release(p, v)    ((intptr_t)NM__IADD((p), (v)))
+#  define nm_atomic_add_acq_rel(p, v)    ((intptr_t)NM__IADD((p), (v)))
+#  define nm_atomic_exchange(p, v)       ((intptr_t)NM__IXCHG((p), (v)))
+#  define nm_atomic_cas(p, expected, desired) nm__msvc_cas((volatile intptr_t *)(p), (intptr_t *)(expected), (intptr_t)(desired))
+#  define nm_atomic_cas_weak_relaxed(p, expected, desired) nm_atomic_cas(p, expected, desired)
+#  define nm_atomic_fence_acquire()      _ReadWriteBarrier()
+#  define nm_atomic_fence_seq_cst()      MemoryBarrier()
+#else
+#  error "nativemem needs GCC/Clang __atomic builtins or MSVC intrinsics"
+#endif
+
+/* Pointer-typed helpers over the same primitives. */
+#define nm_atomic_load_ptr_acquire(pp)   ((void *)nm_atomic_load_acquire((nm_atomic_t *)(pp)))
+
+/* ---- mutex --------------------------------------------------------------------------- */
+#if defined(NM_OS_WINDOWS)
+typedef SRWLOCK nm_mutex_t;
+#  define NM_MUTEX_INIT SRWLOCK_INIT
+NM_INLINE void nm_mutex_init(nm_mutex_t *m)    { InitializeSRWLock(m); }
+NM_INLINE void nm_mutex_destroy(nm_mutex_t *m) { (void)m; }
+NM_INLINE void nm_mutex_lock(nm_mutex_t *m)    { AcquireSRWLockExclusive(m); }
+NM_INLINE void nm_mutex_unlock(nm_mutex_t *m)  { ReleaseSRWLockExclusive(m); }
+#else
+typedef pthread_mutex_t nm_mutex_t;
+#  define NM_MUTEX_INIT PTHREAD_MUTEX_INITIALIZER
+NM_INLINE void nm_mutex_init(nm_mutex_t *m)    { pthread_mutex_init(m, NULL); }
+NM_INLINE void nm_mutex_destroy(nm_mutex_t *m) { pthread_mutex_destroy(m); }
+NM_INLINE void nm_mutex_lock(nm_mutex_t *m)    { pthread_mutex_lock(m); }
+NM_INLINE void nm_mutex_unlock(nm_mutex_t *m)  { pthread_mutex_unlock(m); }
+#endif
+
+/* ---- thread identity ----------------------------------------------------------------- */
+/* A small nonzero number unique per live thread (the address of a thread-local byte). */
+static NM_THREAD_LOCAL char nm__thread_marker;
+NM_INLINE uintptr_t nm_thread_id(void) { return (uintptr_t)&nm__thread_marker; }
+
+/* ---- OS pages ------------------------------------------------------------------------ */
+size_t nm_os_page_size(void);
+/* Reserve and commit `size` bytes of zeroed read/write memory; NULL on failure. */
+void *nm_os_map(size_t size);
+void nm_os_unmap(void *p, size_t size);
+/* access: 0 = no access, 1 = read/write. Returns 0 on success. */
+int nm_os_protect(void *p, size_t size, int access);
+
+/* ---- Valgrind client requests (compile to nothing without valgrind/memcheck.h) ------- */
+#if defined(NM_HAVE_VALGRIND)
+#  include <valgrind/memcheck.h>
+#  define NM_VG_MEMPOOL_CREATE(pool, rz, zeroed)  VALGRIND_CREATE_MEMPOOL((pool), (rz), (zeroed))
+#  define NM_VG_MEMPOOL_DESTROY(pool)             VALGRIND_DESTROY_MEMPOOL((pool))
+#  define NM_VG_MEMPOOL_ALLOC(pool, p, n)         VALGRIND_MEMPOOL_ALLOC((pool), (p), (n))
+#  define NM_VG_MEMPOOL_FREE(pool, p)             VALGRIND_MEMPOOL_FREE((pool), (p))
+#  define NM_VG_MALLOCLIKE(p, n, rz, zeroed)      VALGRIND_MALLOCLIKE_BLOCK((p), (n), (rz), (zeroed))
+#  define NM_VG_FREELIKE(p, rz)                   VALGRIND_FREELIKE_BLOCK((p), (rz))
+#  define NM_VG_RESIZEINPLACE(p, old, new_, rz)   VALGRIND_RESIZEINPLACE_BLOCK((p), (old), (new_), (rz))
+#  define NM_VG_NOACCESS(p, n)                    VALGRIND_MAKE_MEM_NOACCESS((p), (n))
+#  define NM_VG_UNDEFINED(p, n)                   VALGRIND_MAKE_MEM_UNDEFINED((p), (n))
+#  define NM_VG_DEFINED(p, n)                     VALGRIND_MAKE_MEM_DEFINED((p), (n))
+#  define NM_VG_RUNNING()                         RUNNING_ON_VALGRIND
+#else
+#  define NM_VG_MEMPOOL_CREATE(pool, rz, zeroed)  ((void)0)
+#  define NM_VG_MEMPOOL_DESTROY(pool)             ((void)0)
+#  define NM_VG_MEMPOOL_ALLOC(pool, p, n)         ((void)0)
+#  define NM_VG_MEMPOOL_FREE(pool, p)             ((void)0)
+#  define NM_VG_MALLOCLIKE(p, n, rz, zeroed)      ((void)0)
+#  define NM_VG_FREELIKE(p, rz)                   ((void)0)
+#  define NM_VG_RESIZEINPLACE(p, old, new_, rz)   ((void)0)
+#  define NM_VG_NOACCESS(p, n)                    ((void)0)
+#  define NM_VG_UNDEFINED(p, n)                   ((void)0)
+#  define NM_VG_DEFINED(p, n)                     ((void)0)
+#  define NM_VG_RUNNING()                         0
+#endif
+
+/* ---- AddressSanitizer poisoning (only when built with -fsanitize=address) ------------- */
+#if defined(__SANITIZE_ADDRESS__)
+#  define NM_HAVE_ASAN 1
+#elif defined(__has_feature)
+#  if __has_feature(address_sanitizer)
+#    define NM_HAVE_ASAN 1
+#  endif
+#endif
+#if defined(NM_HAVE_ASAN)
+#  include <sanitizer/asan_interface.h>
+#  define NM_ASAN_POISON(p, n)    ASAN_POISON_MEMORY_REGION((p), (n))
+#  define NM_ASAN_UNPOISON(p, n)  ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#  define NM_ASAN_POISON(p, n)    ((void)(p), (void)(n))
+#  define NM_ASAN_UNPOISON(p, n)  ((void)(p), (void)(n))
+#endif
+
+#endif /* NM_PLATFORM_H */

@@ -1,0 +1,49 @@
+"""nativemem: native memory management for Python, with its hot paths in C.
+
+Allocator backends picked at run time (libc, jemalloc, mimalloc, Windows heaps with LFH, macOS
+malloc zones, a bounded arena) behind one C table of function pointers; Buffers that hand memory
+to native code without copying; fixed-size pools, a debug allocator, refcounting, interning and
+copy-on-write built on the same table.
+"""
+from __future__ import annotations
+
+from ._ffi import ffi as _ffi, lib as _lib
+from .allocator import Allocator, AllocatorStats, Buffer
+from .backends import (BackendInfo, allocator, backends, default_backend_name, get_default_allocator,
+                       set_default_allocator)
+from .errors import *  # noqa: F401,F403
+from .errors import __all__ as _errors_all
+
+__version__ = "0.1.0"
+
+_OOM_POLICIES = {"raise": _lib.NM_OOM_RAISE, "abort": _lib.NM_OOM_ABORT}
+
+
+def set_oom_policy(policy: str) -> None:
+    """What out-of-memory does: ``"raise"`` (MemoryError, the default) or ``"abort"`` (print the
+    request and abort the process, as Movian's allocator does)."""
+    if not isinstance(policy, str):
+        raise InvalidTypeError(f"policy must be 'raise' or 'abort', not {type(policy).__name__}")  # noqa: F405
+    if policy not in _OOM_POLICIES:
+        raise InvalidArgumentError(f"unknown OOM policy {policy!r}; use 'raise' or 'abort'")  # noqa: F405
+    _lib.nm_set_oom_policy(_OOM_POLICIES[policy])
+
+
+def get_oom_policy() -> str:
+    code = _lib.nm_get_oom_policy()
+    return next(k for k, v in _OOM_POLICIES.items() if v == code)
+
+
+def build_info() -> dict:
+    """How the C core was built."""
+    return {"valgrind": bool(_lib.nm_build_has_valgrind()), "asan": bool(_lib.nm_build_has_asan()),
+            "pointer_bits": _ffi.sizeof("void *") * 8}
+
+
+__all__ = [
+    "Allocator", "AllocatorStats", "Buffer", "BackendInfo", "allocator", "backends", "default_backend_name",
+    "get_default_allocator", "set_default_allocator", "set_oom_policy", "get_oom_policy", "build_info",
+    *_errors_all,
+]
+
+# Areas built on the foundation register themselves below (one import line each).

@@ -1,0 +1,378 @@
+"""Allocator backends found at run time.
+
+Each backend is probed with ctypes: the library is located, loaded, asked to prove its identity
+(jemalloc answers ``mallctl("version")``, mimalloc ``mi_version()``, a Windows heap reports its
+Low Fragmentation Heap, a macOS zone its name), and its function addresses are handed to C as an
+``nm_allocator_t`` table.  The ctypes libraries and function objects are kept alive for the life
+of the process, since C holds their addresses.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+import platform
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+from . import errors as E
+from ._ffi import check_ptr, ffi, lib
+from .allocator import Allocator
+
+__all__ = ["BackendInfo", "backends", "allocator", "default_backend_name", "get_default_allocator",
+           "set_default_allocator", "JEMALLOC_TLS_TUNABLE", "find_library"]
+
+JEMALLOC_TLS_TUNABLE = "glibc.rtld.optional_static_tls=65536"
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What nativemem found for one backend."""
+    name: str
+    available: bool
+    version: Optional[str] = None
+    path: Optional[str] = None
+    reason: Optional[str] = None  # why unavailable, and the remedy
+
+    def __str__(self) -> str:
+        if self.available:
+            return f"{self.name}: {self.version or '?'} ({self.path or 'built in'})"
+        return f"{self.name}: unavailable: {self.reason}"
+
+
+class _Loaded:
+    """A probed backend: its info and, when available, its base C table (never destroyed)."""
+
+    def __init__(self, info: BackendInfo, table: Any = None, keepalive: Any = None) -> None:
+        self.info = info
+        self.table = table
+        self.keepalive = keepalive
+
+
+_lock = threading.RLock()
+_cache: Dict[str, _Loaded] = {}
+_keep: List[Any] = []  # ctypes objects C points at: kept for the process lifetime
+
+
+# ---- locating shared libraries ---------------------------------------------------------------
+def _lib_dirs() -> List[str]:
+    dirs = []
+    for var in ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH"):
+        dirs += [d for d in os.environ.get(var, "").split(os.pathsep) if d]
+    machine = platform.machine()
+    dirs += [f"/usr/lib/{machine}-linux-gnu", f"/lib/{machine}-linux-gnu", "/usr/lib64", "/usr/lib",
+             "/usr/local/lib", "/opt/homebrew/lib", "/usr/local/opt/jemalloc/lib", "/usr/local/opt/mimalloc/lib",
+             "/opt/local/lib"]
+    return dirs
+
+
+def find_library(stem: str) -> Optional[str]:
+    """Full path of ``lib<stem>`` (shared library), or None."""
+    if sys.platform == "win32":
+        found = ctypes.util.find_library(stem)
+        return found
+    patterns = [f"lib{stem}.so*", f"lib{stem}.*dylib"]
+    for d in _lib_dirs():
+        for pat in patterns:
+            hits = sorted(glob.glob(os.path.join(d, pat)))
+            if hits:
+                return os.path.realpath(hits[0]) if not hits[0].endswith(".so") else hits[0]
+    name = ctypes.util.find_library(stem)
+    return name
+
+
+def _loaded_path(stem: str) -> Optional[str]:
+    """Path of lib<stem> if it is already mapped into this process (LD_PRELOAD, linked)."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1] if line.strip() else ""
+                base = os.path.basename(path)
+                if base.startswith(f"lib{stem}.") and (".so" in base or base.endswith(".dylib")):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def _fn_addr(fn: Any) -> int:
+    return ctypes.cast(fn, ctypes.c_void_p).value or 0
+
+
+def _plain_table(libh: Any, names: Dict[str, str], label: str) -> Any:
+    fns = ffi.new("nm_plain_fns_t *")
+    for field, sym in names.items():
+        if sym is None:
+            continue
+        fn = getattr(libh, sym)
+        _keep.append(fn)
+        setattr(fns, field, ffi.cast(ffi.typeof(getattr(fns, field)), _fn_addr(fn)))
+    name = ffi.new("char[]", label.encode())
+    _keep.append(name)
+    return check_ptr(lib.nm_allocator_from_plain(fns, name), f"cannot build the {label} table")
+
+
+# ---- probes ----------------------------------------------------------------------------------
+def _probe_libc() -> _Loaded:
+    table = lib.nm_allocator_libc()
+    if sys.platform.startswith("linux"):
+        try:
+            version = "glibc " + os.confstr("CS_GNU_LIBC_VERSION").split()[-1]  # type: ignore[union-attr]
+        except (ValueError, OSError, AttributeError):
+            version = " ".join(platform.libc_ver()) or "libc"
+        path = _loaded_path("c")
+    elif sys.platform == "darwin":
+        version, path = "libSystem " + platform.mac_ver()[0], "/usr/lib/libSystem.B.dylib"
+    elif sys.platform == "win32":
+        version, path = "Windows CRT", ctypes.util.find_library("ucrtbase") or "msvcrt"
+    else:
+        version, path = " ".join(platform.libc_ver()) or "libc", None
+    return _Loaded(BackendInfo("libc", True, version, path), table)
+
+
+def _jemalloc_remedy(path: str) -> str:
+    return (f"{path} cannot be loaded after Python has started (glibc: 'cannot allocate memory in "
+            f"static TLS block'). Start the program with the environment that makes it loadable: "
+            f"`python -m nativemem run --backend jemalloc -- script.py` (sets "
+            f"GLIBC_TUNABLES={JEMALLOC_TLS_TUNABLE}), or set that variable or LD_PRELOAD={path} "
+            f"before Python starts")
+
+
+def _probe_jemalloc() -> _Loaded:
+    preloaded = _loaded_path("jemalloc")
+    path = preloaded or find_library("jemalloc")
+    if not path:
+        hint = {"linux": "apt-get install libjemalloc2 (Debian/Ubuntu) or dnf install jemalloc",
+                "darwin": "brew install jemalloc"}.get(sys.platform[:6] if sys.platform != "darwin" else "darwin",
+                                                       "install jemalloc")
+        return _Loaded(BackendInfo("jemalloc", False, reason=f"libjemalloc not found; {hint}"))
+    try:
+        libh = ctypes.CDLL(path)
+    except OSError as exc:
+        if "static TLS" in str(exc):
+            return _Loaded(BackendInfo("jemalloc", False, path=path, reason=_jemalloc_remedy(path)))
+        return _Loaded(BackendInfo("jemalloc", False, path=path, reason=f"cannot load {path}: {exc}"))
+    prefix = next((p for p in ("", "je_") if hasattr(libh, p + "mallctl")), None)
+    if prefix is None:
+        return _Loaded(BackendInfo("jemalloc", False, path=path, reason=f"{path} has no mallctl: not jemalloc"))
+    mallctl = getattr(libh, prefix + "mallctl")
+    mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.c_void_p,
+                        ctypes.c_size_t]
+    ver = ctypes.c_char_p()
+    sz = ctypes.c_size_t(ctypes.sizeof(ver))
+    if mallctl(b"version", ctypes.byref(ver), ctypes.byref(sz), None, 0) != 0 or not ver.value:
+        return _Loaded(BackendInfo("jemalloc", False, path=path, reason="mallctl('version') failed"))
+    version = ver.value.decode().split("-")[0]
+    names = {"malloc": "malloc", "calloc": "calloc", "realloc": "realloc", "free": "free",
+             "posix_memalign": "posix_memalign", "usable_size": "malloc_usable_size"}
+    table = _plain_table(libh, {k: prefix + v for k, v in names.items()}, "jemalloc")
+    _keep.append(libh)
+    how = " (preloaded)" if preloaded else ""
+    return _Loaded(BackendInfo("jemalloc", True, version + how, path), table, libh)
+
+
+def _probe_mimalloc() -> _Loaded:
+    path = _loaded_path("mimalloc") or find_library("mimalloc")
+    if not path:
+        hint = {"linux": "apt-get install libmimalloc2.0 (Debian/Ubuntu)",
+                "darwin": "brew install mimalloc"}.get("darwin" if sys.platform == "darwin" else "linux",
+                                                      "install mimalloc")
+        if sys.platform == "win32":
+            hint = "put mimalloc.dll on PATH"
+        return _Loaded(BackendInfo("mimalloc", False, reason=f"libmimalloc not found; {hint}"))
+    try:
+        libh = ctypes.CDLL(path)
+    except OSError as exc:
+        return _Loaded(BackendInfo("mimalloc", False, path=path, reason=f"cannot load {path}: {exc}"))
+    if not hasattr(libh, "mi_version"):
+        return _Loaded(BackendInfo("mimalloc", False, path=path, reason=f"{path} has no mi_version: not mimalloc"))
+    libh.mi_version.restype = ctypes.c_int
+    v = libh.mi_version()
+    version = f"{v // 100}.{(v % 100) // 10}.{v % 10}"
+    names = {"malloc": "mi_malloc", "calloc": "mi_calloc", "realloc": "mi_realloc", "free": "mi_free",
+             "posix_memalign": "mi_posix_memalign", "usable_size": "mi_usable_size"}
+    table = _plain_table(libh, names, "mimalloc")
+    _keep.append(libh)
+    return _Loaded(BackendInfo("mimalloc", True, version, path), table, libh)
+
+
+def _kernel32() -> Any:
+    from ctypes import wintypes
+    k32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    k32.HeapCreate.restype = wintypes.HANDLE
+    k32.HeapCreate.argtypes = [wintypes.DWORD, ctypes.c_size_t, ctypes.c_size_t]
+    k32.GetProcessHeap.restype = wintypes.HANDLE
+    k32.HeapSetInformation.argtypes = [wintypes.HANDLE, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    k32.HeapSetInformation.restype = wintypes.BOOL
+    k32.HeapQueryInformation.argtypes = [wintypes.HANDLE, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t,
+                                         ctypes.POINTER(ctypes.c_size_t)]
+    k32.HeapQueryInformation.restype = wintypes.BOOL
+    return k32
+
+
+def _winheap_table(k32: Any, heap: int, label: str) -> Any:
+    fns = ffi.new("nm_winheap_fns_t *")
+    fns.heap = ffi.cast("void *", heap)
+    for field, sym in (("heap_alloc", "HeapAlloc"), ("heap_realloc", "HeapReAlloc"),
+                       ("heap_free", "HeapFree"), ("heap_size", "HeapSize")):
+        fn = getattr(k32, sym)
+        _keep.append(fn)
+        setattr(fns, field, ffi.cast("void *", _fn_addr(fn)))
+    name = ffi.new("char[]", label.encode())
+    _keep.append(name)
+    return check_ptr(lib.nm_allocator_from_winheap(fns, name), f"cannot build the {label} table")
+
+
+def _lfh_state(k32: Any, heap: int) -> int:
+    info = ctypes.c_ulong(0)
+    k32.HeapQueryInformation(heap, 0, ctypes.byref(info), ctypes.sizeof(info), None)
+    return info.value
+
+
+def _probe_heap(process: bool) -> _Loaded:
+    name = "process-heap" if process else "heap"
+    if sys.platform != "win32":
+        return _Loaded(BackendInfo(name, False, reason="Windows heaps (HeapAlloc) exist only on Windows"))
+    try:
+        k32 = _kernel32()
+        heap = k32.GetProcessHeap() if process else k32.HeapCreate(0, 0, 0)
+        if not heap:
+            return _Loaded(BackendInfo(name, False, reason=f"HeapCreate failed: {ctypes.get_last_error()}"))
+        if not process:
+            lfh = ctypes.c_ulong(2)  # HeapCompatibilityInformation = 2: Low Fragmentation Heap
+            k32.HeapSetInformation(heap, 0, ctypes.byref(lfh), ctypes.sizeof(lfh))
+        state = _lfh_state(k32, heap)
+        table = _winheap_table(k32, heap, name)
+    except (OSError, AttributeError) as exc:
+        return _Loaded(BackendInfo(name, False, reason=f"kernel32 heap functions unavailable: {exc}"))
+    _keep.append(k32)
+    kind = {0: "standard", 1: "look-aside", 2: "LFH"}.get(state, f"mode {state}")
+    ver = sys.getwindowsversion()  # type: ignore[attr-defined]
+    return _Loaded(BackendInfo(name, True, f"Windows {ver.major}.{ver.minor}.{ver.build} {kind}", "kernel32.dll"),
+                   table, k32)
+
+
+def _probe_zone() -> _Loaded:
+    if sys.platform != "darwin":
+        return _Loaded(BackendInfo("zone", False, reason="malloc zones exist only on macOS"))
+    path = "/usr/lib/libSystem.B.dylib"
+    try:
+        ls = ctypes.CDLL(path)
+        ls.malloc_create_zone.restype = ctypes.c_void_p
+        ls.malloc_create_zone.argtypes = [ctypes.c_size_t, ctypes.c_uint]
+        ls.malloc_set_zone_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        ls.malloc_get_zone_name.restype = ctypes.c_char_p
+        ls.malloc_get_zone_name.argtypes = [ctypes.c_void_p]
+        zone = ls.malloc_create_zone(0, 0)
+        if not zone:
+            return _Loaded(BackendInfo("zone", False, path=path, reason="malloc_create_zone failed"))
+        zname = ctypes.create_string_buffer(b"nativemem")
+        _keep.append(zname)
+        ls.malloc_set_zone_name(zone, zname)
+        got = ls.malloc_get_zone_name(zone)
+        if got != b"nativemem":
+            return _Loaded(BackendInfo("zone", False, path=path, reason=f"zone name check failed: {got!r}"))
+        fns = ffi.new("nm_zone_fns_t *")
+        fns.zone = ffi.cast("void *", zone)
+        for field, sym in (("zone_malloc", "malloc_zone_malloc"), ("zone_calloc", "malloc_zone_calloc"),
+                           ("zone_realloc", "malloc_zone_realloc"), ("zone_free", "malloc_zone_free"),
+                           ("zone_memalign", "malloc_zone_memalign"), ("size", "malloc_size")):
+            fn = getattr(ls, sym)
+            _keep.append(fn)
+            setattr(fns, field, ffi.cast("void *", _fn_addr(fn)))
+        cname = ffi.new("char[]", b"zone")
+        _keep.append(cname)
+        table = check_ptr(lib.nm_allocator_from_zone(fns, cname), "cannot build the zone table")
+    except (OSError, AttributeError) as exc:
+        return _Loaded(BackendInfo("zone", False, path=path, reason=f"libSystem zone functions unavailable: {exc}"))
+    _keep.append(ls)
+    return _Loaded(BackendInfo("zone", True, f"macOS {platform.mac_ver()[0]} zone 'nativemem'", path), table, ls)
+
+
+_PROBES: Dict[str, Callable[[], _Loaded]] = {
+    "libc": _probe_libc,
+    "jemalloc": _probe_jemalloc,
+    "mimalloc": _probe_mimalloc,
+    "heap": lambda: _probe_heap(False),
+    "process-heap": lambda: _probe_heap(True),
+    "zone": _probe_zone,
+}
+
+
+def _load(name: str) -> _Loaded:
+    with _lock:
+        got = _cache.get(name)
+        if got is None:
+            probe = _PROBES.get(name)
+            if probe is None:
+                raise E.BackendUnavailableError(
+                    f"unknown backend {name!r}; known: {', '.join(_PROBES)}")
+            got = _cache[name] = probe()
+        return got
+
+
+def backends() -> List[BackendInfo]:
+    """Every backend nativemem knows, with availability, version, path, or why it is missing."""
+    return [_load(name).info for name in _PROBES]
+
+
+def _platform_order() -> List[str]:
+    if sys.platform == "win32":
+        return ["heap", "process-heap", "libc"]
+    if sys.platform == "darwin":
+        return ["zone", "libc"]
+    return ["jemalloc", "mimalloc", "libc"]
+
+
+def default_backend_name() -> str:
+    """``NATIVEMEM_BACKEND`` if set, else the platform's best available backend."""
+    env = os.environ.get("NATIVEMEM_BACKEND")
+    if env:
+        return env
+    for name in _platform_order():
+        if _load(name).info.available:
+            return name
+    return "libc"
+
+
+def allocator(name: Optional[str] = None) -> Allocator:
+    """An allocator on backend ``name`` with its own statistics.
+
+    ``name=None`` returns the process default allocator (see :func:`set_default_allocator`);
+    raises BackendUnavailableError (with the remedy) for a backend that is not available."""
+    if name is None:
+        return get_default_allocator()
+    if not isinstance(name, str):
+        raise E.InvalidTypeError(f"backend name must be a str, not {type(name).__name__}")
+    if name == "arena":
+        raise E.BackendUnavailableError("an arena has a size: use nativemem.Arena(size)")
+    loaded = _load(name)
+    if not loaded.info.available:
+        raise E.BackendUnavailableError(f"backend {name!r} is unavailable: {loaded.info.reason}")
+    table = check_ptr(lib.nm_allocator_clone(loaded.table, ffi.NULL), f"cannot create a {name} allocator")
+    return Allocator(table, owned=True, keepalive=loaded, backend=name)
+
+
+_default: Optional[Allocator] = None
+
+
+def get_default_allocator() -> Allocator:
+    """The allocator nativemem uses when none is given (pools, COW buffers, ...)."""
+    global _default
+    with _lock:
+        if _default is None:
+            _default = allocator(default_backend_name())
+        return _default
+
+
+def set_default_allocator(alloc: Optional[Allocator]) -> Optional[Allocator]:
+    """Replace the process default allocator (None: back to the platform pick); returns the old one."""
+    global _default
+    if alloc is not None and not isinstance(alloc, Allocator):
+        raise E.InvalidTypeError(f"expected an Allocator, not {type(alloc).__name__}")
+    with _lock:
+        old, _default = _default, alloc
+        return old
