@@ -8,6 +8,7 @@ documented in their modules.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import subprocess
@@ -17,7 +18,7 @@ from typing import List, Optional
 
 def _info(args: argparse.Namespace) -> int:
     import nativemem as nm
-    from nativemem import backends as B
+    B = importlib.import_module("nativemem.backends")
 
     print(f"nativemem {nm.__version__} on {platform.system()} {platform.release()} {platform.machine()}")
     print(f"Python {platform.python_version()} ({sys.executable})")
@@ -41,7 +42,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from nativemem import backends as B
+    B = importlib.import_module("nativemem.backends")
 
     cmd = list(args.command)
     if cmd and cmd[0] == "--":
@@ -62,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
             tun = env.get("GLIBC_TUNABLES", "")
             if "optional_static_tls" not in tun:
                 env["GLIBC_TUNABLES"] = (tun + ":" if tun else "") + B.JEMALLOC_TLS_TUNABLE
-    if cmd[0].endswith(".py") or os.path.isfile(cmd[0]) and not os.access(cmd[0], os.X_OK):
+    if cmd[0].startswith("-") or cmd[0].endswith(".py") or (os.path.isfile(cmd[0]) and not os.access(cmd[0], os.X_OK)):
         cmd = [sys.executable] + cmd
     return subprocess.call(cmd, env=env)
 
