@@ -94,6 +94,7 @@ struct nm_allocator {
     intptr_t st_allocs;
     intptr_t st_frees;
     intptr_t st_failures;
+    intptr_t st_dying;             /* destroy requested while blocks were live: 1; done: 2 */
 };
 
 typedef struct nm_alloc_stats {
@@ -123,7 +124,10 @@ void *nm_memalign_at(nm_allocator_t *a, size_t alignment, size_t size, const cha
 size_t nm_usable_size(nm_allocator_t *a, const void *p);
 void nm_allocator_stats(nm_allocator_t *a, nm_alloc_stats_t *out);
 void nm_allocator_reset_peak(nm_allocator_t *a);
-/* Free an allocator made by one of the constructors below (no-op for static ones). */
+/* Free an allocator made by one of the constructors below (no-op for static ones).  While
+ * blocks counted by its statistics are still live the destruction is deferred: the table (and
+ * an arena's region) goes away when the last of them is freed, so a late free is never a use
+ * after free of the table. */
 void nm_allocator_destroy(nm_allocator_t *a);
 /* A fresh table with the same functions and context, its own statistics and name.  The
  * clone's destroy frees only the clone, so the base must outlive it. */

@@ -294,3 +294,24 @@ def test_concurrent_double_free_is_one_free(alloc):
             t.join()
         assert results.count("ok") == 1
     assert alloc.stats().live_blocks == 0
+
+
+def test_buffers_dying_in_a_cycle_with_their_allocator():
+    """The garbage collector may finalize an Allocator and its Buffers together: the C table
+    defers its destruction until its last block is freed, so this must not crash or leak."""
+    libc = nativemem.allocator("libc")
+    for _ in range(200):
+        a = nativemem.allocator("libc")
+        a.bufs = [a.malloc(64) for _ in range(5)]  # Allocator -> Buffers -> Allocator
+        a.bufs.append(a)
+        del a
+    gc.collect()
+    arena_cls = getattr(nativemem, "Arena", None)
+    if arena_cls is not None:
+        for _ in range(20):
+            ar = arena_cls(1 << 20)
+            ar.bufs = [ar.malloc(100) for _ in range(5)] + [ar]
+            del ar
+        gc.collect()
+    b = libc.malloc(8)
+    b.free()

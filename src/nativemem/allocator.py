@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from . import errors as E
 from ._ffi import as_size, check_ptr, ffi, lib, raise_last
@@ -153,15 +153,6 @@ class Allocator:
         pass
 
 
-def _free_forgotten(table: Any, allocator: Allocator) -> Callable[[Any], None]:
-    # The closure keeps the Allocator (and so its table) alive as long as the block.
-    def free(p: Any) -> None:
-        lib.nm_free(table, p)
-        lib.nm_clear_error()
-    free.allocator = allocator  # type: ignore[attr-defined]
-    return free
-
-
 class Buffer:
     """A block of native memory owned by an :class:`Allocator`.
 
@@ -176,7 +167,7 @@ class Buffer:
     def _make(cls, allocator: Allocator, p: Any, size: int) -> "Buffer":
         self = object.__new__(cls)
         self._allocator = allocator
-        self._cell = [ffi.gc(p, _free_forgotten(allocator._table, allocator))]
+        self._cell = [p]
         self._addr = int(ffi.cast("uintptr_t", p))
         self._size = size
         self._exports: list = []
@@ -293,7 +284,6 @@ class Buffer:
             raise E.DoubleFreeError(f"double free of Buffer at {self._addr:#x}", address=self._addr) from None
         alloc = self._allocator
         alloc._before_free(self)
-        ffi.gc(p, None)  # detach the finalizer: freed exactly once, here
         lib.nm_clear_error()
         lib.nm_free(alloc._table, p)
         if lib.nm_last_error() != lib.NM_OK:
@@ -312,11 +302,27 @@ class Buffer:
         alloc = self._allocator
         q = lib.nm_realloc_at(alloc._table, p, n, alloc._site(), 0)
         check_ptr(q, f"realloc to {n} bytes failed", address=self._addr, size=n)
-        ffi.gc(p, None)
-        self._cell[0] = ffi.gc(q, _free_forgotten(alloc._table, alloc))
+        self._cell[0] = q
         self._addr = int(ffi.cast("uintptr_t", q))
         self._size = n
         return self
+
+    def __del__(self) -> None:
+        # A forgotten Buffer is freed here.  __del__ (not ffi.gc with a closure) because the
+        # garbage collector runs finalizers before it clears anything, so the allocator is
+        # intact even when the Buffer dies in a reference cycle with it; the C table itself
+        # defers its destruction until its last block is freed.
+        try:
+            cell = self._cell
+        except AttributeError:
+            return
+        if cell:
+            try:
+                p = cell.pop()
+                lib.nm_free(self._allocator._table, p)
+                lib.nm_clear_error()
+            except Exception:  # interpreter shutdown: module globals may be gone
+                pass
 
     def __enter__(self) -> "Buffer":
         self._live()
