@@ -195,6 +195,12 @@ void nm_free(nm_allocator_t *a, void *p) {
     a->free(a->ctx, p);
 }
 
+int nm_free_checked(nm_allocator_t *a, void *p) {
+    unsigned seq = nm__err_seq;
+    nm_free(a, p);
+    return nm__err_seq != seq ? nm__err_code : NM_OK;
+}
+
 void *nm_memalign(nm_allocator_t *a, size_t alignment, size_t size) {
     void *p;
     unsigned seq;

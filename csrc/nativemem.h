@@ -114,6 +114,9 @@ void *nm_malloc(nm_allocator_t *a, size_t size);
 void *nm_calloc(nm_allocator_t *a, size_t n, size_t size);
 void *nm_realloc(nm_allocator_t *a, void *p, size_t size);
 void nm_free(nm_allocator_t *a, void *p);
+/* nm_free that returns NM_OK, or the error an allocator that checks frees (debug, arena, ...)
+ * reported; one call instead of free + error query, for bindings. */
+int nm_free_checked(nm_allocator_t *a, void *p);
 void *nm_memalign(nm_allocator_t *a, size_t alignment, size_t size);
 /* Same, recording `file`/`line` as the allocation site for allocators that keep sites. */
 void *nm_malloc_at(nm_allocator_t *a, size_t size, const char *file, int line);
