@@ -9,6 +9,11 @@
 #ifndef NM_PLATFORM_H
 #define NM_PLATFORM_H
 
+/* mingw-w64: C99 printf (%zu) instead of the old msvcrt one; must precede <stdio.h>. */
+#if defined(__MINGW32__) && !defined(__USE_MINGW_ANSI_STDIO)
+#  define __USE_MINGW_ANSI_STDIO 1
+#endif
+
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
