@@ -179,6 +179,6 @@ typedef struct nm_zone_fns {
 nm_allocator_t *nm_allocator_from_zone(const nm_zone_fns_t *fns, const char *name);
 
 /* ---- area headers (each one file per concern; build_ffi.py inlines them for cdef) ---- */
-/* (area includes are added here as the areas land) */
+#include "nm_arena.h"
 
 #endif /* NATIVEMEM_H */
