@@ -79,6 +79,11 @@ class Pool:
         return p
 
     @property
+    def cdata(self) -> Any:
+        """The ``nm_pool_t *`` for C code."""
+        return self._ptr()
+
+    @property
     def closed(self) -> bool:
         return self._p is None
 

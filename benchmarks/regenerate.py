@@ -1,0 +1,47 @@
+"""Regenerate benchmarks/README.md from a fresh full run (jemalloc loaded when installed)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "bench.json")
+        cmd = [sys.executable, "-m", "nativemem", "run", "--backend", "jemalloc", "--",
+               "-m", "nativemem", "bench", "--json", out]
+        if subprocess.call(cmd, stdout=subprocess.DEVNULL) != 0:  # no jemalloc: plain run
+            subprocess.check_call([sys.executable, "-m", "nativemem", "bench", "--json", out],
+                                  stdout=subprocess.DEVNULL)
+        with open(out) as f:
+            data = json.load(f)
+    from nativemem.bench import Row, render_table
+    rows = [Row(**r) for r in data["rows"]]
+    ours = ("pool", "arena", "nativemem")
+    losses = [r for r in rows if r.ratio and r.ratio > 1.0 and r.contender.startswith(ours)]
+    better = {}
+    for r in rows:
+        key = (r.area, r.workload)
+        if r.ratio and (key not in better or r.ratio < better[key].ratio):
+            better[key] = r
+    with open(os.path.join(HERE, "README.md.head")) as f:
+        head = f.read()
+    lines = [head.rstrip(), ""]
+    for r in losses:
+        best = better[(r.area, r.workload)]
+        lines.append(f"- {r.area} / {r.workload}: {r.contender} at {r.median_ns:.1f} ns is {r.ratio:.2f}x "
+                     f"{r.reference}; fastest here: {best.contender} ({best.median_ns:.1f} ns).")
+    lines += ["", "## Results", "", render_table(rows, data["machine"], markdown=True), ""]
+    with open(os.path.join(HERE, "README.md"), "w") as f:
+        f.write("\n".join(lines))
+    print(f"wrote benchmarks/README.md ({len(rows)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
