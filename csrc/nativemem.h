@@ -174,4 +174,6 @@ nm_allocator_t *nm_allocator_from_zone(const nm_zone_fns_t *fns, const char *nam
 /* ---- area headers (each one file per concern; build_ffi.py inlines them for cdef) ---- */
 /* (area includes are added here as the areas land) */
 
+#include "nm_pool.h"
+
 #endif /* NATIVEMEM_H */

@@ -199,4 +199,40 @@ int nm_os_protect(void *p, size_t size, int access);
 #  define NM_ASAN_UNPOISON(p, n)  ((void)(p), (void)(n))
 #endif
 
+/* ---- [pool] thread-exit callbacks and a monotonic clock -------------------------------- *
+ * nm_tls_key_t holds one pointer per thread; when a thread exits with a non-NULL value the
+ * destructor runs with it (pthread keys; fiber-local storage on Windows, whose callback also
+ * runs at thread exit).  NM_TLS_DTOR_CALL is the destructor's calling convention. */
+#if defined(NM_OS_WINDOWS)
+typedef DWORD nm_tls_key_t;
+#  define NM_TLS_DTOR_CALL NTAPI
+NM_INLINE int nm_tls_key_create(nm_tls_key_t *k, void (NM_TLS_DTOR_CALL *dtor)(void *)) {
+    *k = FlsAlloc(dtor);
+    return *k == FLS_OUT_OF_INDEXES ? -1 : 0;
+}
+NM_INLINE int nm_tls_key_set(nm_tls_key_t k, void *v) { return FlsSetValue(k, v) ? 0 : -1; }
+NM_INLINE void *nm_tls_key_get(nm_tls_key_t k) { return FlsGetValue(k); }
+/* Nanoseconds from a monotonic clock. */
+NM_INLINE uint64_t nm_now_ns(void) {
+    LARGE_INTEGER f, c;
+    QueryPerformanceFrequency(&f);
+    QueryPerformanceCounter(&c);
+    return (uint64_t)((double)c.QuadPart * 1e9 / (double)f.QuadPart);
+}
+#else
+#  include <time.h>
+typedef pthread_key_t nm_tls_key_t;
+#  define NM_TLS_DTOR_CALL
+NM_INLINE int nm_tls_key_create(nm_tls_key_t *k, void (*dtor)(void *)) { return pthread_key_create(k, dtor) ? -1 : 0; }
+NM_INLINE int nm_tls_key_set(nm_tls_key_t k, void *v) { return pthread_setspecific(k, v) ? -1 : 0; }
+NM_INLINE void *nm_tls_key_get(nm_tls_key_t k) { return pthread_getspecific(k); }
+/* Nanoseconds from a monotonic clock. */
+NM_INLINE uint64_t nm_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+#endif
+/* ---- [pool] end ---------------------------------------------------------------------- */
+
 #endif /* NM_PLATFORM_H */

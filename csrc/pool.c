@@ -1,0 +1,1062 @@
+/* pool.c -- fixed-size object pools: chunks, per-thread caches, checked frees, debug modes.
+ *
+ * Layout.  A chunk is one nm_memalign block aligned to its own power-of-two size, so the
+ * chunk header of any object is `ptr & ~(chunk_size - 1)`.  Before dereferencing that header
+ * a free looks the base up in the pool's chunk registry (an open-addressing hash of chunk
+ * bases, read lock-free), so a foreign pointer is never followed.  Header, then the
+ * allocation bitmap, the remote-free bitmap, the per-slot sites (checked mode), then objects.
+ *
+ * Threads.  Every thread using a pool gets a cache (nm__tcache_t) that OWNS chunks.  The owner
+ * allocates from its chunks' free lists and bump pointers and frees into them without any lock
+ * or atomic read-modify-write (the allocation bitmap is written only by the owner).  A thread
+ * freeing an object of a chunk it does not own sets the object's bit in the chunk's remote
+ * bitmap with an atomic OR (an already set bit is a double free) and flags the chunk; the
+ * owner folds remote frees back on its slow path.  Chunks of exited threads are orphaned (via
+ * a thread-exit callback) and adopted by the next thread that needs a chunk; the shared slow
+ * path (new chunk, adoption, cache creation) takes the pool mutex.
+ *
+ * Counters are per cache (written by its thread, summed by nm_pool_stats), so they are exact
+ * when the pool is quiescent.  Peak live is the highest of: the single-cache peak (exact for a
+ * pool used by one thread), and the summed live count sampled on every slow path and stats call.
+ *
+ * Chunks go back to the allocator only in nm_pool_destroy.
+ */
+#include "nm_internal.h"
+
+#include <stdio.h>
+
+#define NM__WBITS (sizeof(uintptr_t) * 8)
+#define NM__TLS_SLOTS 64
+#define NM__POISON 0xDD
+#define NM__MAX_ALIGN 4096
+
+typedef struct nm__chunk nm__chunk_t;
+typedef struct nm__tcache nm__tcache_t;
+
+struct nm__chunk {
+    uintptr_t magic;            /* (uintptr_t)chunk ^ pool secret                      */
+    nm_pool_t *pool;
+    nm_atomic_t owner;          /* nm__tcache_t * of the owner; 0 when orphaned         */
+    nm__chunk_t *next_owned;    /* owner's list, or the pool's orphan list              */
+    nm__chunk_t *next_all;      /* every chunk of the pool                              */
+    char *objects;
+    size_t nobj;
+    size_t bump;                /* slots [bump, nobj) were never handed out             */
+    void *free;                 /* owner's free list (encoded links)                    */
+    nm_atomic_t remote_pending; /* nonzero when remote_bits may hold bits               */
+    nm_atomic_t *alloc_bits;    /* 1 = handed out (owner writes, others read)           */
+    nm_atomic_t *remote_bits;   /* 1 = freed by another thread, not yet folded back     */
+    const char **site_file;     /* checked mode: last allocation site per slot          */
+    int *site_line;
+};
+
+struct nm__tcache {
+    nm_pool_t *pool;
+    nm_atomic_t thread;         /* nm_thread_id() of the user; 0 when free for reuse    */
+    nm__chunk_t *cur;
+    nm__chunk_t *owned;
+    nm_atomic_t allocs, frees;  /* written by the owning thread only                    */
+    nm_atomic_t peak_net;
+    nm__tcache_t *next;
+};
+
+/* Registry of chunk bases: open addressing, keys are chunk numbers (base >> shift) + 1. */
+typedef struct nm__reg {
+    size_t cap, count;
+    struct nm__reg *older;      /* replaced tables stay alive until destroy            */
+    nm_atomic_t keys[1];
+} nm__reg_t;
+
+/* Bughunt mode: every object is its own backend block, tracked in this map. */
+typedef struct nm__bh_ent {
+    uintptr_t addr;
+    int state;                  /* 0 empty, 1 live, 2 freed                            */
+    int line;
+    const char *file;
+} nm__bh_ent_t;
+
+struct nm_pool {
+    uint64_t id;
+    uintptr_t secret;
+    nm_allocator_t *a;
+    unsigned flags;
+    size_t object_size, stride, alignment, want_per_chunk;
+    size_t chunk_size, nobj, objects_offset, bits_words;
+    uintptr_t chunk_mask;
+    unsigned stride_tz;
+    uintptr_t stride_inv;
+    nm_mutex_t lock;
+    nm__chunk_t *all, *orphans;
+    nm__tcache_t *tcaches;
+    nm_atomic_t reg;            /* nm__reg_t *                                          */
+    nm_atomic_t nchunks, reserved, peak_sampled;
+    nm__bh_ent_t *bh;
+    size_t bh_cap, bh_count;
+    int64_t bh_allocs, bh_frees, bh_live, bh_peak;
+    nm_pool_t *next_live;
+};
+
+/* ---- global registry of live pools (validates thread-exit work against destroy) ------ */
+static nm_mutex_t nm__pools_lock = NM_MUTEX_INIT;
+static nm_pool_t *nm__pools;
+static uint64_t nm__pool_ids;
+static int nm__key_made;
+static nm_tls_key_t nm__key;
+
+typedef struct nm__tnode {
+    nm_pool_t *pool;
+    uint64_t id;
+    nm__tcache_t *tc;
+    struct nm__tnode *next;
+} nm__tnode_t;
+
+typedef struct nm__tls_ent {
+    nm_pool_t *pool;
+    uint64_t id;
+    nm__tcache_t *tc;
+} nm__tls_ent_t;
+
+static NM_THREAD_LOCAL nm__tls_ent_t nm__tls[NM__TLS_SLOTS];
+static NM_THREAD_LOCAL nm__tnode_t *nm__tnodes;
+static NM_THREAD_LOCAL size_t nm__tnode_count, nm__tnode_prune_at;
+
+/* ---- small helpers ------------------------------------------------------------------- */
+/* Multiplicative inverse of an odd number modulo 2^bits (Newton iteration). */
+static uintptr_t nm__inverse(uintptr_t d) {
+    uintptr_t x = d;
+    int i;
+    for (i = 0; i < 6; i++) x *= 2 - d * x;
+    return x;
+}
+
+/* Slot index of `p` in chunk `c`, or (size_t)-1 when p is not an object start. */
+NM_INLINE size_t nm__slot_index(const nm_pool_t *pool, const nm__chunk_t *c, const void *p) {
+    uintptr_t off, q;
+    if ((uintptr_t)p < (uintptr_t)c->objects) return (size_t)-1;
+    off = (uintptr_t)p - (uintptr_t)c->objects;
+    if (off & (((uintptr_t)1 << pool->stride_tz) - 1)) return (size_t)-1;
+    q = (off >> pool->stride_tz) * pool->stride_inv;
+    return q < c->nobj ? (size_t)q : (size_t)-1;
+}
+
+NM_INLINE int nm__bit_get(nm_atomic_t *words, size_t i) {
+    return (int)(((uintptr_t)nm_atomic_load_relaxed(&words[i / NM__WBITS]) >> (i % NM__WBITS)) & 1u);
+}
+/* Owner-only bitmap writes: a relaxed load and store, no read-modify-write. */
+NM_INLINE void nm__bit_put(nm_atomic_t *words, size_t i, int on) {
+    uintptr_t w = (uintptr_t)nm_atomic_load_relaxed(&words[i / NM__WBITS]);
+    uintptr_t m = (uintptr_t)1 << (i % NM__WBITS);
+    w = on ? (w | m) : (w & ~m);
+    nm_atomic_store_relaxed(&words[i / NM__WBITS], (intptr_t)w);
+}
+/* Atomic OR; returns the previous word. */
+static uintptr_t nm__atomic_or(nm_atomic_t *w, uintptr_t m) {
+    intptr_t old = nm_atomic_load_relaxed(w);
+    while (!nm_atomic_cas(w, &old, (intptr_t)((uintptr_t)old | m))) { }
+    return (uintptr_t)old;
+}
+
+NM_INLINE void nm__counter_inc(nm_atomic_t *c) { nm_atomic_store_relaxed(c, nm_atomic_load_relaxed(c) + 1); }
+
+NM_INLINE void *nm__encode(const nm_pool_t *pool, void *slot, void *next) {
+    return (void *)((uintptr_t)next ^ pool->secret ^ (uintptr_t)slot);
+}
+
+/* Memory-checker hooks: make a slot's link word accessible to the pool, then hide it again. */
+NM_INLINE void nm__link_open(void *slot) {
+    NM_ASAN_UNPOISON(slot, sizeof(void *));
+    NM_VG_DEFINED(slot, sizeof(void *));
+}
+NM_INLINE void nm__link_close(void *slot) {
+    NM_VG_NOACCESS(slot, sizeof(void *));
+    NM_ASAN_POISON(slot, sizeof(void *));
+}
+
+static const char *nm__sitef(const char *f) { return f ? f : "<unknown>"; }
+
+/* ---- chunk registry -------------------------------------------------------------------- */
+static nm__reg_t *nm__reg_new(nm_pool_t *pool, size_t cap) {
+    size_t bytes;
+    nm__reg_t *r;
+    if (nm_mul_overflow(cap, sizeof(nm_atomic_t), &bytes) || nm_add_overflow(bytes, sizeof(nm__reg_t), &bytes))
+        return NULL;
+    r = (nm__reg_t *)nm_calloc(pool->a, 1, bytes);
+    if (r) r->cap = cap;
+    return r;
+}
+
+NM_INLINE size_t nm__reg_hash(uintptr_t key, size_t cap) {
+    return (size_t)((key * (uintptr_t)0x9E3779B97F4A7C15ull) >> 7) & (cap - 1);
+}
+
+static void nm__reg_put(nm__reg_t *r, uintptr_t key) {
+    size_t i = nm__reg_hash(key, r->cap);
+    while (nm_atomic_load_relaxed(&r->keys[i]) != 0) i = (i + 1) & (r->cap - 1);
+    nm_atomic_store_release(&r->keys[i], (intptr_t)key);
+    r->count++;
+}
+
+/* Adds a chunk base (pool lock held).  Returns 0, or NM_ERR_NOMEM. */
+static int nm__reg_add(nm_pool_t *pool, uintptr_t base) {
+    nm__reg_t *r = (nm__reg_t *)nm_atomic_load_relaxed(&pool->reg);
+    uintptr_t key = (base / pool->chunk_size) + 1;
+    if ((r->count + 1) * 2 > r->cap) {
+        nm__reg_t *n = nm__reg_new(pool, r->cap * 2);
+        size_t i;
+        if (!n) return NM_ERR_NOMEM;
+        for (i = 0; i < r->cap; i++) {
+            uintptr_t k = (uintptr_t)nm_atomic_load_relaxed(&r->keys[i]);
+            if (k) nm__reg_put(n, k);
+        }
+        n->older = r;
+        nm_atomic_store_release(&pool->reg, (intptr_t)n);
+        r = n;
+    }
+    nm__reg_put(r, key);
+    return 0;
+}
+
+/* The chunk holding `p` if p lies in one of this pool's chunks, else NULL.  Lock-free. */
+NM_INLINE nm__chunk_t *nm__chunk_of(nm_pool_t *pool, const void *p) {
+    nm__reg_t *r = (nm__reg_t *)nm_atomic_load_ptr_acquire(&pool->reg);
+    uintptr_t base = (uintptr_t)p & pool->chunk_mask;
+    uintptr_t key = base / pool->chunk_size + 1, k;
+    size_t i = nm__reg_hash(key, r->cap);
+    while ((k = (uintptr_t)nm_atomic_load_acquire(&r->keys[i])) != 0) {
+        if (k == key) return (nm__chunk_t *)base;
+        i = (i + 1) & (r->cap - 1);
+    }
+    return NULL;
+}
+
+/* ---- thread caches ------------------------------------------------------------------- */
+static void NM_TLS_DTOR_CALL nm__thread_exit(void *arg);
+
+/* Returns chunks of `tc` to the pool's orphan list and frees the cache for reuse (lock held). */
+static void nm__tcache_release(nm_pool_t *pool, nm__tcache_t *tc) {
+    nm__chunk_t *c = tc->owned, *next;
+    for (; c; c = next) {
+        next = c->next_owned;
+        nm_atomic_store_relaxed(&c->owner, 0);
+        c->next_owned = pool->orphans;
+        pool->orphans = c;
+    }
+    tc->owned = tc->cur = NULL;
+    nm_atomic_store_relaxed(&tc->thread, 0);
+}
+
+/* Drops this thread's records of pools that no longer exist (global lock held). */
+static void nm__tnodes_prune(void) {
+    nm__tnode_t **pp = &nm__tnodes;
+    while (*pp) {
+        nm__tnode_t *n = *pp;
+        nm_pool_t *q = nm__pools;
+        while (q && !(q == n->pool && q->id == n->id)) q = q->next_live;
+        if (!q) {
+            *pp = n->next;
+            nm_free(nm_allocator_libc(), n);
+            nm__tnode_count--;
+        } else {
+            pp = &n->next;
+        }
+    }
+}
+
+/* Finds or makes the calling thread's cache for `pool` (slow path of nm__tc). */
+static NM_NOINLINE nm__tcache_t *nm__tc_slow(nm_pool_t *pool) {
+    uintptr_t me = nm_thread_id();
+    nm__tcache_t *tc, *spare = NULL;
+    nm__tls_ent_t *e;
+    nm__tnode_t *node;
+    int fresh = 0;
+    nm_mutex_lock(&pool->lock);
+    for (tc = pool->tcaches; tc; tc = tc->next) {
+        uintptr_t t = (uintptr_t)nm_atomic_load_relaxed(&tc->thread);
+        if (t == me) break;
+        if (t == 0 && !spare) spare = tc;
+    }
+    if (!tc) {
+        fresh = 1;
+        if (spare) {
+            tc = spare;
+        } else {
+            tc = (nm__tcache_t *)nm_calloc(pool->a, 1, sizeof *tc);
+            if (!tc) {
+                nm_mutex_unlock(&pool->lock);
+                return NULL;
+            }
+            tc->pool = pool;
+            tc->next = pool->tcaches;
+            pool->tcaches = tc;
+        }
+        nm_atomic_store_relaxed(&tc->thread, (intptr_t)me);
+    }
+    nm_mutex_unlock(&pool->lock);
+    if (fresh) {
+        /* remember it for the thread-exit callback */
+        nm_mutex_lock(&nm__pools_lock);
+        if (!nm__key_made) {
+            if (nm_tls_key_create(&nm__key, nm__thread_exit) == 0) nm__key_made = 1;
+        }
+        if (nm__tnode_count >= nm__tnode_prune_at) {
+            nm__tnodes_prune();
+            nm__tnode_prune_at = nm__tnode_count * 2 + 16;
+        }
+        node = (nm__tnode_t *)nm_malloc(nm_allocator_libc(), sizeof *node);
+        if (node) {
+            node->pool = pool;
+            node->id = pool->id;
+            node->tc = tc;
+            node->next = nm__tnodes;
+            nm__tnodes = node;
+            nm__tnode_count++;
+            if (nm__key_made) nm_tls_key_set(nm__key, nm__tnodes);
+        }
+        nm_mutex_unlock(&nm__pools_lock);
+    }
+    e = &nm__tls[pool->id % NM__TLS_SLOTS];
+    e->pool = pool;
+    e->id = pool->id;
+    e->tc = tc;
+    return tc;
+}
+
+/* The calling thread's cache for `pool`. */
+NM_INLINE nm__tcache_t *nm__tc(nm_pool_t *pool) {
+    nm__tls_ent_t *e = &nm__tls[pool->id % NM__TLS_SLOTS];
+    if (NM_LIKELY(e->pool == pool && e->id == pool->id)) return e->tc;
+    return nm__tc_slow(pool);
+}
+
+/* Thread exit: orphan the exiting thread's chunks in every pool still alive. */
+static void NM_TLS_DTOR_CALL nm__thread_exit(void *arg) {
+    nm__tnode_t *n = (nm__tnode_t *)arg, *next;
+    nm_mutex_lock(&nm__pools_lock);
+    for (; n; n = next) {
+        nm_pool_t *q = nm__pools;
+        next = n->next;
+        while (q && !(q == n->pool && q->id == n->id)) q = q->next_live;
+        if (q) {
+            nm_mutex_lock(&q->lock);
+            nm__tcache_release(q, n->tc);
+            nm_mutex_unlock(&q->lock);
+        }
+        nm_free(nm_allocator_libc(), n);
+    }
+    nm__tnodes = NULL;
+    nm__tnode_count = 0;
+    memset(nm__tls, 0, sizeof nm__tls);
+    nm_mutex_unlock(&nm__pools_lock);
+}
+
+/* ---- statistics ---------------------------------------------------------------------- */
+static int64_t nm__live_sum(nm_pool_t *pool, int64_t *allocs, int64_t *frees, int64_t *tc_peak) {
+    nm__tcache_t *tc;
+    int64_t a = 0, f = 0, pk = 0, n = 0;
+    for (tc = pool->tcaches; tc; tc = tc->next) {
+        a += nm_atomic_load_relaxed(&tc->allocs);
+        f += nm_atomic_load_relaxed(&tc->frees);
+        if (nm_atomic_load_relaxed(&tc->peak_net) > pk) pk = nm_atomic_load_relaxed(&tc->peak_net);
+        n++;
+    }
+    if (allocs) *allocs = a;
+    if (frees) *frees = f;
+    if (tc_peak) *tc_peak = n == 1 ? pk : 0;
+    return a - f;
+}
+
+/* Records the summed live count as a peak candidate (pool lock held). */
+static void nm__sample_peak(nm_pool_t *pool) {
+    int64_t live = nm__live_sum(pool, NULL, NULL, NULL);
+    if (live > nm_atomic_load_relaxed(&pool->peak_sampled)) nm_atomic_store_relaxed(&pool->peak_sampled, (intptr_t)live);
+}
+
+/* ---- chunks -------------------------------------------------------------------------- */
+/* A fresh chunk owned by `tc` (pool lock held). */
+static nm__chunk_t *nm__chunk_new(nm_pool_t *pool, nm__tcache_t *tc) {
+    char *mem = (char *)nm_memalign(pool->a, pool->chunk_size, pool->chunk_size);
+    nm__chunk_t *c;
+    char *p;
+    if (!mem) return NULL;
+    memset(mem, 0, pool->objects_offset);
+    c = (nm__chunk_t *)mem;
+    c->magic = (uintptr_t)c ^ pool->secret;
+    c->pool = pool;
+    p = mem + sizeof(nm__chunk_t);
+    p = (char *)_nm_align_up((uintptr_t)p, sizeof(nm_atomic_t));
+    c->alloc_bits = (nm_atomic_t *)p;
+    p += pool->bits_words * sizeof(nm_atomic_t);
+    c->remote_bits = (nm_atomic_t *)p;
+    p += pool->bits_words * sizeof(nm_atomic_t);
+    if (pool->flags & NM_POOL_CHECKED) {
+        c->site_file = (const char **)p;
+        p += pool->nobj * sizeof(char *);
+        c->site_line = (int *)p;
+    }
+    c->objects = mem + pool->objects_offset;
+    c->nobj = pool->nobj;
+    if (nm__reg_add(pool, (uintptr_t)mem) != 0) {
+        nm_free(pool->a, mem);
+        return NULL;
+    }
+    NM_VG_NOACCESS(c->objects, pool->nobj * pool->stride);
+    NM_ASAN_POISON(c->objects, pool->nobj * pool->stride);
+    c->next_all = pool->all;
+    pool->all = c;
+    nm_atomic_store_relaxed(&c->owner, (intptr_t)tc);
+    c->next_owned = tc->owned;
+    tc->owned = c;
+    nm_atomic_add_relaxed(&pool->nchunks, 1);
+    nm_atomic_add_relaxed(&pool->reserved, (intptr_t)pool->chunk_size);
+    return c;
+}
+
+/* Folds other threads' frees of chunk `c` back into its free list (owner only). */
+static void nm__collect(nm_pool_t *pool, nm__chunk_t *c) {
+    size_t w;
+    if (nm_atomic_load_relaxed(&c->remote_pending) == 0) return;
+    nm_atomic_exchange(&c->remote_pending, 0);
+    for (w = 0; w < pool->bits_words; w++) {
+        uintptr_t bits;
+        if (nm_atomic_load_relaxed(&c->remote_bits[w]) == 0) continue;
+        bits = (uintptr_t)nm_atomic_exchange(&c->remote_bits[w], 0);
+        if (!bits) continue;
+        nm_atomic_store_relaxed(&c->alloc_bits[w], (intptr_t)((uintptr_t)nm_atomic_load_relaxed(&c->alloc_bits[w]) & ~bits));
+        while (bits) {
+            unsigned b = 0;
+            uintptr_t t = bits;
+            void *slot;
+            while (!(t & 1u)) { t >>= 1; b++; }
+            bits &= bits - 1;
+            slot = c->objects + (w * NM__WBITS + b) * pool->stride;
+            nm__link_open(slot);
+            *(void **)slot = nm__encode(pool, slot, c->free);
+            nm__link_close(slot);
+            c->free = slot;
+        }
+    }
+}
+
+/* 1 when `c` can hand out an object. */
+NM_INLINE int nm__has_room(nm__chunk_t *c) { return c->free != NULL || c->bump < c->nobj; }
+
+/* Makes tc->cur a chunk with room: own chunks, then orphans, then a new chunk. */
+static NM_NOINLINE nm__chunk_t *nm__refill(nm_pool_t *pool, nm__tcache_t *tc) {
+    nm__chunk_t *c;
+    for (c = tc->owned; c; c = c->next_owned) {
+        nm__collect(pool, c);
+        if (nm__has_room(c)) return tc->cur = c;
+    }
+    nm_mutex_lock(&pool->lock);
+    nm__sample_peak(pool);
+    while ((c = pool->orphans) != NULL) {
+        pool->orphans = c->next_owned;
+        nm_atomic_store_relaxed(&c->owner, (intptr_t)tc);
+        c->next_owned = tc->owned;
+        tc->owned = c;
+        nm__collect(pool, c);
+        if (nm__has_room(c)) break;
+    }
+    if (!c) c = nm__chunk_new(pool, tc);
+    nm_mutex_unlock(&pool->lock);
+    if (!c) {
+        _nm_set_error(NM_ERR_NOMEM, "pool of %zu-byte objects: cannot get a %zu-byte chunk from allocator %s",
+                      pool->object_size, pool->chunk_size, pool->a->name ? pool->a->name : "?");
+        return NULL;
+    }
+    return tc->cur = c;
+}
+
+/* ---- creation and destruction ---------------------------------------------------------- */
+nm_pool_t *nm_pool_create(nm_allocator_t *a, size_t object_size, size_t objects_per_chunk, unsigned flags) {
+    return nm_pool_create_ex(a, object_size, objects_per_chunk, 64, flags);
+}
+
+/* Chunk layout for n objects: returns the objects' offset from the chunk start, or 0 on overflow. */
+static size_t nm__layout(nm_pool_t *pool, size_t n, size_t *words) {
+    size_t off = _nm_align_up(sizeof(nm__chunk_t), sizeof(nm_atomic_t)), t;
+    *words = (n + NM__WBITS - 1) / NM__WBITS;
+    if (nm_mul_overflow(*words, 2 * sizeof(nm_atomic_t), &t) || nm_add_overflow(off, t, &off)) return 0;
+    if (pool->flags & NM_POOL_CHECKED) {
+        if (nm_mul_overflow(n, sizeof(char *) + sizeof(int), &t) || nm_add_overflow(off, t, &off)) return 0;
+    }
+    if (nm_add_overflow(off, pool->alignment, &t)) return 0;
+    return _nm_align_up(off, pool->alignment);
+}
+
+nm_pool_t *nm_pool_create_ex(nm_allocator_t *a, size_t object_size, size_t objects_per_chunk,
+                             size_t alignment, unsigned flags) {
+    nm_pool_t *pool;
+    size_t stride, total, off, words, cs, n;
+    uintptr_t odd;
+    if (!a) { _nm_set_error(NM_ERR_INVALID, "nm_pool_create: allocator is NULL"); return NULL; }
+    if (object_size == 0) { _nm_set_error(NM_ERR_INVALID, "nm_pool_create: object size is 0"); return NULL; }
+    if (objects_per_chunk == 0) { _nm_set_error(NM_ERR_INVALID, "nm_pool_create: objects_per_chunk is 0"); return NULL; }
+    if (!_nm_is_pow2(alignment) || alignment < sizeof(void *) || alignment > NM__MAX_ALIGN) {
+        _nm_set_error(NM_ERR_INVALID, "nm_pool_create: alignment %zu is not a power of two in [%zu, %d]",
+                      alignment, sizeof(void *), NM__MAX_ALIGN);
+        return NULL;
+    }
+    if (flags & ~(unsigned)(NM_POOL_ZERO | NM_POOL_CHECKED | NM_POOL_BUGHUNT | NM_POOL_QUIET)) {
+        _nm_set_error(NM_ERR_INVALID, "nm_pool_create: unknown flags %#x", flags);
+        return NULL;
+    }
+    if (object_size > NM_MAX_ALLOC / 4 || objects_per_chunk > NM_MAX_ALLOC / 4) {
+        _nm_set_error(NM_ERR_OVERFLOW, "nm_pool_create: object size %zu x %zu objects per chunk is too large",
+                      object_size, objects_per_chunk);
+        return NULL;
+    }
+    stride = _nm_align_up(object_size < sizeof(void *) ? sizeof(void *) : object_size, alignment);
+    pool = (nm_pool_t *)nm_calloc(a, 1, sizeof *pool);
+    if (!pool) return NULL;
+    pool->a = a;
+    pool->flags = flags;
+    pool->object_size = object_size;
+    pool->stride = stride;
+    pool->alignment = alignment;
+    pool->want_per_chunk = objects_per_chunk;
+    /* chunk size: smallest power of two holding the header and objects_per_chunk objects */
+    off = nm__layout(pool, objects_per_chunk, &words);
+    if (!off || nm_mul_overflow(stride, objects_per_chunk, &total) || nm_add_overflow(total, off, &total)
+        || total > ((size_t)1 << (sizeof(size_t) * 8 - 2))) {
+        nm_free(a, pool);
+        _nm_set_error(NM_ERR_OVERFLOW, "nm_pool_create: %zu objects of %zu bytes do not fit a chunk",
+                      objects_per_chunk, object_size);
+        return NULL;
+    }
+    cs = 4096;
+    while (cs < total) cs <<= 1;
+    /* fill the power of two: as many objects as fit */
+    n = (cs - off) / stride + 1;
+    do {
+        n--;
+        off = nm__layout(pool, n, &words);
+    } while (n > objects_per_chunk && off + n * stride > cs);
+    pool->chunk_size = cs;
+    pool->nobj = n;
+    pool->objects_offset = off;
+    pool->bits_words = words;
+    pool->chunk_mask = ~(uintptr_t)(cs - 1);
+    for (odd = stride, pool->stride_tz = 0; !(odd & 1u); odd >>= 1) pool->stride_tz++;
+    pool->stride_inv = nm__inverse(odd);
+    nm_mutex_init(&pool->lock);
+    {
+        nm__reg_t *r = nm__reg_new(pool, 16);
+        if (!r) { nm_free(a, pool); return NULL; }
+        nm_atomic_store_relaxed(&pool->reg, (intptr_t)r);
+    }
+    nm_mutex_lock(&nm__pools_lock);
+    pool->id = ++nm__pool_ids;
+    pool->next_live = nm__pools;
+    nm__pools = pool;
+    nm_mutex_unlock(&nm__pools_lock);
+    /* secret: address entropy mixed with the clock (not cryptographic; detects corruption) */
+    {
+        uint64_t s = nm_now_ns() ^ ((uint64_t)(uintptr_t)pool << 17) ^ (pool->id * 0x9E3779B97F4A7C15ull);
+        s ^= s >> 33; s *= 0xff51afd7ed558ccdull; s ^= s >> 33; s *= 0xc4ceb9fe1a85ec53ull; s ^= s >> 33;
+        pool->secret = (uintptr_t)s | 1u;
+    }
+    NM_VG_MEMPOOL_CREATE(pool, 0, (flags & NM_POOL_ZERO) != 0);
+    return pool;
+}
+
+/* Prints one leaked object. */
+static void nm__print_leak(nm_pool_t *pool, void *p, const char *file, int line) {
+    if (file && line) fprintf(stderr, "nativemem: pool leak: %p (%zu bytes) allocated at %s:%d\n", p, pool->object_size, file, line);
+    else fprintf(stderr, "nativemem: pool leak: %p (%zu bytes) allocated at %s\n", p, pool->object_size, nm__sitef(file));
+}
+
+void nm_pool_destroy(nm_pool_t *pool) {
+    nm_pool_t **pp;
+    nm__chunk_t *c, *next;
+    nm__tcache_t *tc, *tn;
+    nm__reg_t *r, *ro;
+    if (!pool) return;
+    nm_mutex_lock(&nm__pools_lock);
+    for (pp = &nm__pools; *pp && *pp != pool; pp = &(*pp)->next_live) { }
+    if (*pp) *pp = pool->next_live;
+    nm_mutex_unlock(&nm__pools_lock);
+    if ((pool->flags & NM_POOL_CHECKED) && !(pool->flags & NM_POOL_QUIET)) {
+        size_t n = nm_pool_live_objects(pool, NULL, 0);
+        if (n) {
+            nm_pool_object_t *objs = (nm_pool_object_t *)nm_calloc(pool->a, n, sizeof *objs);
+            size_t i;
+            fprintf(stderr, "nativemem: pool of %zu-byte objects destroyed with %zu live object(s)\n", pool->object_size, n);
+            if (objs) {
+                size_t got = nm_pool_live_objects(pool, objs, n);
+                if (got < n) n = got;
+                for (i = 0; i < n; i++) nm__print_leak(pool, objs[i].ptr, objs[i].file, objs[i].line);
+                nm_free(pool->a, objs);
+            }
+        }
+    }
+    if (pool->flags & NM_POOL_BUGHUNT) {
+        size_t i;
+        for (i = 0; i < pool->bh_cap; i++)
+            if (pool->bh[i].state == 1) nm_free(pool->a, (void *)pool->bh[i].addr);
+        nm_free(pool->a, pool->bh);
+    }
+    for (c = pool->all; c; c = next) {
+        next = c->next_all;
+        NM_VG_DEFINED(c->objects, c->nobj * pool->stride);
+        NM_ASAN_UNPOISON(c->objects, c->nobj * pool->stride);
+        nm_free(pool->a, c);
+    }
+    for (tc = pool->tcaches; tc; tc = tn) {
+        tn = tc->next;
+        nm_free(pool->a, tc);
+    }
+    for (r = (nm__reg_t *)nm_atomic_load_relaxed(&pool->reg); r; r = ro) {
+        ro = r->older;
+        nm_free(pool->a, r);
+    }
+    NM_VG_MEMPOOL_DESTROY(pool);
+    nm_mutex_destroy(&pool->lock);
+    pool->id = 0;
+    nm_free(pool->a, pool);
+}
+
+/* ---- bughunt mode: one backend block per object -------------------------------------- */
+static nm__bh_ent_t *nm__bh_find(nm_pool_t *pool, uintptr_t addr) {
+    size_t i;
+    if (!pool->bh_cap) return NULL;
+    i = nm__reg_hash(addr >> 4, pool->bh_cap);
+    while (pool->bh[i].state != 0) {
+        if (pool->bh[i].addr == addr) return &pool->bh[i];
+        i = (i + 1) & (pool->bh_cap - 1);
+    }
+    return NULL;
+}
+
+static nm__bh_ent_t *nm__bh_insert(nm_pool_t *pool, uintptr_t addr) {
+    nm__bh_ent_t *e = nm__bh_find(pool, addr);
+    size_t i;
+    if (e) return e;
+    if ((pool->bh_count + 1) * 2 > pool->bh_cap) {
+        size_t ncap = pool->bh_cap ? pool->bh_cap * 2 : 64, j;
+        nm__bh_ent_t *old = pool->bh, *nt = (nm__bh_ent_t *)nm_calloc(pool->a, ncap, sizeof *nt);
+        if (!nt) return NULL;
+        for (j = 0; j < pool->bh_cap; j++) {
+            if (!old[j].state) continue;
+            i = nm__reg_hash(old[j].addr >> 4, ncap);
+            while (nt[i].state) i = (i + 1) & (ncap - 1);
+            nt[i] = old[j];
+        }
+        nm_free(pool->a, old);
+        pool->bh = nt;
+        pool->bh_cap = ncap;
+    }
+    i = nm__reg_hash(addr >> 4, pool->bh_cap);
+    while (pool->bh[i].state) i = (i + 1) & (pool->bh_cap - 1);
+    pool->bh[i].addr = addr;
+    pool->bh_count++;
+    return &pool->bh[i];
+}
+
+static void *nm__bh_alloc(nm_pool_t *pool, const char *file, int line) {
+    void *p = nm_memalign_at(pool->a, pool->alignment, pool->object_size, file, line);
+    nm__bh_ent_t *e;
+    if (!p) return NULL;
+    nm_mutex_lock(&pool->lock);
+    e = nm__bh_insert(pool, (uintptr_t)p);
+    if (!e) {
+        nm_mutex_unlock(&pool->lock);
+        nm_free(pool->a, p);
+        return NULL;
+    }
+    e->state = 1;
+    e->file = file;
+    e->line = line;
+    pool->bh_allocs++;
+    if (++pool->bh_live > pool->bh_peak) pool->bh_peak = pool->bh_live;
+    nm_mutex_unlock(&pool->lock);
+    if (pool->flags & NM_POOL_ZERO) memset(p, 0, pool->object_size);
+    return p;
+}
+
+static int nm__bh_free(nm_pool_t *pool, void *p) {
+    nm__bh_ent_t *e;
+    int rc = 0;
+    nm_mutex_lock(&pool->lock);
+    e = nm__bh_find(pool, (uintptr_t)p);
+    if (!e) {
+        rc = _nm_set_error(NM_ERR_INVALID_FREE, "invalid free of %p: not an object of this pool (%zu-byte objects)",
+                           p, pool->object_size);
+    } else if (e->state == 2) {
+        rc = _nm_set_error(NM_ERR_DOUBLE_FREE, "double free of %p (%zu bytes), last allocated at %s:%d",
+                           p, pool->object_size, nm__sitef(e->file), e->line);
+    } else {
+        e->state = 2;
+        pool->bh_frees++;
+        pool->bh_live--;
+    }
+    nm_mutex_unlock(&pool->lock);
+    if (rc == 0) nm_free(pool->a, p);
+    return rc;
+}
+
+/* ---- allocation ---------------------------------------------------------------------- */
+/* Checked mode: verifies the poison of a slot being handed out again. */
+static int nm__verify_poison(nm_pool_t *pool, nm__chunk_t *c, size_t idx, unsigned char *p) {
+    size_t i;
+    for (i = sizeof(void *); i < pool->object_size; i++) {
+        if (p[i] != NM__POISON) {
+            return _nm_set_error(NM_ERR_USE_AFTER_FREE,
+                                 "write after free in pool object %p (%zu bytes): byte %zu is 0x%02x; "
+                                 "the object was last allocated at %s:%d",
+                                 (void *)p, pool->object_size, i, p[i], nm__sitef(c->site_file[idx]), c->site_line[idx]);
+        }
+    }
+    return 0;
+}
+
+/* Pops one object for thread cache `tc`, site `file`:`line` (checked mode). */
+NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, int line) {
+    nm__chunk_t *c = tc->cur;
+    void *slot;
+    size_t idx;
+    int reused = 0;
+    for (;;) {
+        if (NM_UNLIKELY(!c || !nm__has_room(c))) {
+            if (c) nm__collect(pool, c);
+            if (!c || !nm__has_room(c)) {
+                c = nm__refill(pool, tc);
+                if (!c) return NULL;
+            }
+        }
+        if (c->free) {
+            void *next;
+            slot = c->free;
+            nm__link_open(slot);
+            next = nm__encode(pool, slot, *(void **)slot);
+            nm__link_close(slot);
+            idx = nm__slot_index(pool, c, slot);
+            if (NM_UNLIKELY(next != NULL && (((uintptr_t)next & pool->chunk_mask) != (uintptr_t)c
+                                              || nm__slot_index(pool, c, next) == (size_t)-1))) {
+                c->free = NULL; /* drop the damaged list rather than follow it */
+                if (pool->flags & NM_POOL_CHECKED)
+                    _nm_set_error(NM_ERR_USE_AFTER_FREE,
+                                  "write after free in pool object %p (%zu bytes): its free-list link was overwritten; "
+                                  "the object was last allocated at %s:%d",
+                                  slot, pool->object_size, nm__sitef(c->site_file[idx]), c->site_line[idx]);
+                else
+                    _nm_set_error(NM_ERR_CORRUPT,
+                                  "pool free list corrupt at %p (%zu-byte objects): link decodes to %p "
+                                  "(a write after free?)", slot, pool->object_size, next);
+                return NULL;
+            }
+            c->free = next;
+            if (NM_UNLIKELY(nm__bit_get(c->alloc_bits, idx))) {
+                _nm_set_error(NM_ERR_CORRUPT, "pool free list corrupt: %p is on the free list but allocated", slot);
+                return NULL;
+            }
+            reused = 1;
+        } else {
+            idx = c->bump++;
+            slot = c->objects + idx * pool->stride;
+        }
+        break;
+    }
+    nm__bit_put(c->alloc_bits, idx, 1);
+    {
+        intptr_t a = nm_atomic_load_relaxed(&tc->allocs) + 1;
+        nm_atomic_store_relaxed(&tc->allocs, a);
+        if (a - nm_atomic_load_relaxed(&tc->frees) > nm_atomic_load_relaxed(&tc->peak_net))
+            nm_atomic_store_relaxed(&tc->peak_net, a - nm_atomic_load_relaxed(&tc->frees));
+    }
+    NM_ASAN_UNPOISON(slot, pool->object_size);
+    NM_VG_MEMPOOL_ALLOC(pool, slot, pool->object_size);
+    if (pool->flags & NM_POOL_CHECKED) {
+        if (reused) {
+            int rc;
+            NM_VG_DEFINED(slot, pool->object_size);
+            rc = nm__verify_poison(pool, c, idx, (unsigned char *)slot);
+            if (rc) {
+                /* the damaged slot stays out of circulation; the count is undone */
+                nm_atomic_store_relaxed(&tc->allocs, nm_atomic_load_relaxed(&tc->allocs) - 1);
+                nm__bit_put(c->alloc_bits, idx, 0);
+                NM_VG_MEMPOOL_FREE(pool, slot);
+                return NULL;
+            }
+            if (!(pool->flags & NM_POOL_ZERO)) NM_VG_UNDEFINED(slot, pool->object_size);
+        }
+        c->site_file[idx] = file ? file : _nm_site_file;
+        c->site_line[idx] = file ? line : _nm_site_line;
+    }
+    if (pool->flags & NM_POOL_ZERO) memset(slot, 0, pool->object_size);
+    return slot;
+}
+
+void *nm_pool_alloc(nm_pool_t *pool) {
+    nm__tcache_t *tc;
+    if (NM_UNLIKELY(pool->flags & NM_POOL_BUGHUNT)) return nm__bh_alloc(pool, _nm_site_file, _nm_site_line);
+    tc = nm__tc(pool);
+    return NM_LIKELY(tc != NULL) ? nm__alloc(pool, tc, NULL, 0) : NULL;
+}
+
+void *nm_pool_alloc_at(nm_pool_t *pool, const char *file, int line) {
+    nm__tcache_t *tc;
+    if (pool->flags & NM_POOL_BUGHUNT) return nm__bh_alloc(pool, file, line);
+    tc = nm__tc(pool);
+    return tc ? nm__alloc(pool, tc, file ? file : "<unknown>", line) : NULL;
+}
+
+size_t nm_pool_alloc_many(nm_pool_t *pool, void **out, size_t n) {
+    size_t i;
+    nm__tcache_t *tc;
+    if (pool->flags & NM_POOL_BUGHUNT) {
+        for (i = 0; i < n; i++)
+            if (!(out[i] = nm__bh_alloc(pool, _nm_site_file, _nm_site_line))) return i;
+        return n;
+    }
+    tc = nm__tc(pool);
+    if (!tc) return 0;
+    for (i = 0; i < n; i++)
+        if (!(out[i] = nm__alloc(pool, tc, NULL, 0))) return i;
+    return n;
+}
+
+/* ---- free ---------------------------------------------------------------------------- */
+static NM_NOINLINE int nm__bad_free(nm_pool_t *pool, nm__chunk_t *c, void *p, size_t idx) {
+    if (!c) return _nm_set_error(NM_ERR_INVALID_FREE, "invalid free of %p: not from this pool (%zu-byte objects)",
+                                 p, pool->object_size);
+    if (idx == (size_t)-1)
+        return _nm_set_error(NM_ERR_INVALID_FREE, "invalid free of %p: inside this pool's chunk %p but not at the "
+                             "start of a %zu-byte object", p, (void *)c, pool->object_size);
+    if (pool->flags & NM_POOL_CHECKED)
+        return _nm_set_error(NM_ERR_DOUBLE_FREE, "double free of pool object %p (%zu bytes), last allocated at %s:%d",
+                             p, pool->object_size, nm__sitef(c->site_file[idx]), c->site_line[idx]);
+    return _nm_set_error(NM_ERR_DOUBLE_FREE, "double free of pool object %p (%zu bytes)", p, pool->object_size);
+}
+
+/* Returns `p` to the pool from thread cache `tc`. */
+NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p) {
+    nm__chunk_t *c = nm__chunk_of(pool, p);
+    size_t idx;
+    if (NM_UNLIKELY(!c)) return nm__bad_free(pool, NULL, p, 0);
+    if (NM_UNLIKELY(c->magic != ((uintptr_t)c ^ pool->secret)))
+        return _nm_set_error(NM_ERR_CORRUPT, "pool chunk header %p is corrupt (freeing %p)", (void *)c, p);
+    idx = nm__slot_index(pool, c, p);
+    if (NM_UNLIKELY(idx == (size_t)-1)) return nm__bad_free(pool, c, p, idx);
+    if (NM_UNLIKELY(!nm__bit_get(c->alloc_bits, idx) || nm__bit_get(c->remote_bits, idx)))
+        return nm__bad_free(pool, c, p, idx);
+    NM_VG_MEMPOOL_FREE(pool, p);
+    if (pool->flags & NM_POOL_CHECKED) {
+        NM_VG_UNDEFINED(p, pool->object_size);
+        memset(p, NM__POISON, pool->object_size);
+        NM_VG_NOACCESS(p, pool->object_size);
+    }
+    NM_ASAN_POISON(p, pool->object_size);
+    if (NM_LIKELY((nm__tcache_t *)nm_atomic_load_relaxed(&c->owner) == tc)) {
+        nm__bit_put(c->alloc_bits, idx, 0);
+        nm__link_open(p);
+        *(void **)p = nm__encode(pool, p, c->free);
+        nm__link_close(p);
+        c->free = p;
+    } else {
+        uintptr_t m = (uintptr_t)1 << (idx % NM__WBITS);
+        if (nm__atomic_or(&c->remote_bits[idx / NM__WBITS], m) & m) return nm__bad_free(pool, c, p, idx);
+        nm_atomic_store_release(&c->remote_pending, 1);
+    }
+    nm__counter_inc(&tc->frees);
+    return 0;
+}
+
+int nm_pool_free(nm_pool_t *pool, void *ptr) {
+    nm__tcache_t *tc;
+    if (NM_UNLIKELY(pool->flags & NM_POOL_BUGHUNT)) return nm__bh_free(pool, ptr);
+    tc = nm__tc(pool);
+    if (!tc) return NM_ERR_NOMEM;
+    return nm__free(pool, tc, ptr);
+}
+
+int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
+    size_t i;
+    nm__tcache_t *tc = NULL;
+    int rc;
+    if (!(pool->flags & NM_POOL_BUGHUNT)) {
+        tc = nm__tc(pool);
+        if (!tc) return NM_ERR_NOMEM;
+    }
+    for (i = 0; i < n; i++) {
+        rc = tc ? nm__free(pool, tc, ptrs[i]) : nm__bh_free(pool, ptrs[i]);
+        if (rc) {
+            char msg[400];
+            snprintf(msg, sizeof msg, "%s", nm_last_error_message());
+            return _nm_set_error(rc, "free_many: pointer %zu of %zu: %s", i, n, msg);
+        }
+    }
+    return 0;
+}
+
+int nm_pool_owns(nm_pool_t *pool, const void *ptr) {
+    nm__chunk_t *c;
+    size_t idx;
+    if (pool->flags & NM_POOL_BUGHUNT) {
+        nm__bh_ent_t *e;
+        int r;
+        nm_mutex_lock(&pool->lock);
+        e = nm__bh_find(pool, (uintptr_t)ptr);
+        r = e && e->state == 1;
+        nm_mutex_unlock(&pool->lock);
+        return r;
+    }
+    c = nm__chunk_of(pool, ptr);
+    if (!c) return 0;
+    idx = nm__slot_index(pool, c, ptr);
+    return idx != (size_t)-1 && nm__bit_get(c->alloc_bits, idx) && !nm__bit_get(c->remote_bits, idx);
+}
+
+/* ---- introspection ------------------------------------------------------------------- */
+void nm_pool_stats(nm_pool_t *pool, nm_pool_stats_t *out) {
+    int64_t a, f, tcpk, live, pk;
+    memset(out, 0, sizeof *out);
+    nm_mutex_lock(&pool->lock);
+    if (pool->flags & NM_POOL_BUGHUNT) {
+        out->allocations = pool->bh_allocs;
+        out->frees = pool->bh_frees;
+        out->live = pool->bh_live;
+        out->peak = pool->bh_peak;
+        out->chunks = pool->bh_live;
+        out->reserved_bytes = pool->bh_live * (int64_t)pool->object_size;
+        nm_mutex_unlock(&pool->lock);
+        return;
+    }
+    live = nm__live_sum(pool, &a, &f, &tcpk);
+    pk = nm_atomic_load_relaxed(&pool->peak_sampled);
+    if (tcpk > pk) pk = tcpk;
+    if (live > pk) pk = live;
+    nm_atomic_store_relaxed(&pool->peak_sampled, (intptr_t)pk);
+    out->allocations = a;
+    out->frees = f;
+    out->live = live;
+    out->peak = pk;
+    out->chunks = nm_atomic_load_relaxed(&pool->nchunks);
+    out->reserved_bytes = nm_atomic_load_relaxed(&pool->reserved);
+    nm_mutex_unlock(&pool->lock);
+}
+
+size_t nm_pool_object_size(nm_pool_t *pool) { return pool->object_size; }
+size_t nm_pool_alignment(nm_pool_t *pool) { return pool->alignment; }
+size_t nm_pool_objects_per_chunk(nm_pool_t *pool) { return pool->nobj; }
+unsigned nm_pool_flags(nm_pool_t *pool) { return pool->flags; }
+
+size_t nm_pool_live_objects(nm_pool_t *pool, nm_pool_object_t *out, size_t n) {
+    size_t count = 0, i;
+    nm__chunk_t *c;
+    nm_mutex_lock(&pool->lock);
+    if (pool->flags & NM_POOL_BUGHUNT) {
+        for (i = 0; i < pool->bh_cap; i++) {
+            if (pool->bh[i].state != 1) continue;
+            if (out && count < n) {
+                out[count].ptr = (void *)pool->bh[i].addr;
+                out[count].file = pool->bh[i].file;
+                out[count].line = pool->bh[i].line;
+            }
+            count++;
+        }
+        nm_mutex_unlock(&pool->lock);
+        return count;
+    }
+    for (c = pool->all; c; c = c->next_all) {
+        for (i = 0; i < c->bump; i++) {
+            if (!nm__bit_get(c->alloc_bits, i) || nm__bit_get(c->remote_bits, i)) continue;
+            if (out && count < n) {
+                out[count].ptr = c->objects + i * pool->stride;
+                out[count].file = c->site_file ? c->site_file[i] : NULL;
+                out[count].line = c->site_line ? c->site_line[i] : 0;
+            }
+            count++;
+        }
+    }
+    nm_mutex_unlock(&pool->lock);
+    return count;
+}
+
+int nm_pool_check(nm_pool_t *pool) {
+    nm__chunk_t *c;
+    int rc = 0;
+    if (pool->flags & NM_POOL_BUGHUNT) return 0;
+    nm_mutex_lock(&pool->lock);
+    for (c = pool->all; c && !rc; c = c->next_all) {
+        size_t i;
+        void *s = c->free;
+        size_t steps = 0;
+        while (s && !rc) {
+            void *next;
+            nm__link_open(s);
+            next = nm__encode(pool, s, *(void **)s);
+            nm__link_close(s);
+            if (next && (((uintptr_t)next & pool->chunk_mask) != (uintptr_t)c || nm__slot_index(pool, c, next) == (size_t)-1
+                         || ++steps > c->nobj))
+                rc = _nm_set_error(NM_ERR_CORRUPT, "pool free list corrupt at %p: link decodes to %p", s, next);
+            s = next;
+        }
+        if (!(pool->flags & NM_POOL_CHECKED)) continue;
+        for (i = 0; i < c->bump && !rc; i++) {
+            unsigned char *p = (unsigned char *)(c->objects + i * pool->stride);
+            int is_free = !nm__bit_get(c->alloc_bits, i) || nm__bit_get(c->remote_bits, i);
+            if (!is_free || !c->site_file[i]) continue;
+            NM_ASAN_UNPOISON(p, pool->object_size);
+            NM_VG_DEFINED(p, pool->object_size);
+            rc = nm__verify_poison(pool, c, i, p);
+            NM_VG_NOACCESS(p, pool->object_size);
+            NM_ASAN_POISON(p, pool->object_size);
+        }
+    }
+    nm_mutex_unlock(&pool->lock);
+    return rc;
+}
+
+/* ---- measurement loops (for benchmarks/) --------------------------------------------- */
+/* Keeps the compiler from discarding the loop. */
+static volatile uintptr_t nm__bench_sink;
+
+double nm_pool_bench_pairs(nm_pool_t *p, size_t iterations) {
+    uint64_t t0, t1;
+    size_t i;
+    uintptr_t acc = 0;
+    if (iterations == 0) return 0.0;
+    t0 = nm_now_ns();
+    for (i = 0; i < iterations; i++) {
+        void *o = nm_pool_alloc(p);
+        acc += (uintptr_t)o;
+        nm_pool_free(p, o);
+    }
+    t1 = nm_now_ns();
+    nm__bench_sink = acc;
+    return (double)(t1 - t0) / (double)iterations;
+}
+
+double nm_pool_bench_batch(nm_pool_t *p, size_t batch, size_t rounds) {
+    void **v;
+    uint64_t t0, t1;
+    size_t r, total;
+    if (batch == 0 || rounds == 0 || nm_mul_overflow(batch, rounds, &total)) return 0.0;
+    v = (void **)nm_calloc(p->a, batch, sizeof(void *));
+    if (!v) return -1.0;
+    t0 = nm_now_ns();
+    for (r = 0; r < rounds; r++) {
+        nm_pool_alloc_many(p, v, batch);
+        nm_pool_free_many(p, v, batch);
+    }
+    t1 = nm_now_ns();
+    nm_free(p->a, v);
+    return (double)(t1 - t0) / (double)total;
+}
+
+double nm_malloc_bench_pairs(nm_allocator_t *a, size_t size, size_t iterations) {
+    uint64_t t0, t1;
+    size_t i;
+    uintptr_t acc = 0;
+    if (iterations == 0) return 0.0;
+    t0 = nm_now_ns();
+    for (i = 0; i < iterations; i++) {
+        void *o = nm_malloc(a, size);
+        acc += (uintptr_t)o;
+        nm_free(a, o);
+    }
+    t1 = nm_now_ns();
+    nm__bench_sink = acc;
+    return (double)(t1 - t0) / (double)iterations;
+}
