@@ -47,3 +47,5 @@ __all__ = [
 ]
 
 # Areas built on the foundation register themselves below (one import line each).
+from .pool import ObjectPool, Pool, PoolObject, PoolStats  # noqa: E402
+__all__ += ["Pool", "PoolStats", "PoolObject", "ObjectPool"]
