@@ -683,8 +683,8 @@ static int nm__bh_free(nm_pool_t *pool, void *p) {
         rc = _nm_set_error(NM_ERR_INVALID_FREE, "invalid free of %p: not an object of this pool (%zu-byte objects)",
                            p, pool->object_size);
     } else if (e->state == 2) {
-        rc = _nm_set_error(NM_ERR_DOUBLE_FREE, "double free of %p (%zu bytes), last allocated at %s:%d",
-                           p, pool->object_size, nm__sitef(e->file), e->line);
+        rc = _nm_set_error(NM_ERR_DOUBLE_FREE, "double free of %p (%zu bytes), last allocated at %s%s%.0d",
+                           p, pool->object_size, nm__sitef(e->file), e->line ? ":" : "", e->line);
     } else {
         e->state = 2;
         pool->bh_frees++;
@@ -703,8 +703,9 @@ static int nm__verify_poison(nm_pool_t *pool, nm__chunk_t *c, size_t idx, unsign
         if (p[i] != NM__POISON) {
             return _nm_set_error(NM_ERR_USE_AFTER_FREE,
                                  "write after free in pool object %p (%zu bytes): byte %zu is 0x%02x; "
-                                 "the object was last allocated at %s:%d",
-                                 (void *)p, pool->object_size, i, p[i], nm__sitef(c->site_file[idx]), c->site_line[idx]);
+                                 "the object was last allocated at %s%s%.0d",
+                                 (void *)p, pool->object_size, i, p[i], nm__sitef(c->site_file[idx]),
+                                 c->site_line[idx] ? ":" : "", c->site_line[idx]);
         }
     }
     return 0;
@@ -735,13 +736,14 @@ NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, i
                                               || nm__slot_index(pool, c, next) == (size_t)-1))) {
                 c->free = NULL; /* drop the damaged list rather than follow it */
                 if (pool->flags & NM_POOL_CHECKED)
-                    _nm_set_error(NM_ERR_USE_AFTER_FREE,
-                                  "write after free in pool object %p (%zu bytes): its free-list link was overwritten; "
-                                  "the object was last allocated at %s:%d",
-                                  slot, pool->object_size, nm__sitef(c->site_file[idx]), c->site_line[idx]);
+                    _nm_set_error(NM_ERR_CORRUPT,
+                                  "pool free list corrupt at %p (%zu-byte objects): its link decodes to %p "
+                                  "(a write after free?); the object was last allocated at %s%s%.0d",
+                                  slot, pool->object_size, next, nm__sitef(c->site_file[idx]),
+                                  c->site_line[idx] ? ":" : "", c->site_line[idx]);
                 else
                     _nm_set_error(NM_ERR_CORRUPT,
-                                  "pool free list corrupt at %p (%zu-byte objects): link decodes to %p "
+                                  "pool free list corrupt at %p (%zu-byte objects): its link decodes to %p "
                                   "(a write after free?)", slot, pool->object_size, next);
                 return NULL;
             }
@@ -824,8 +826,9 @@ static NM_NOINLINE int nm__bad_free(nm_pool_t *pool, nm__chunk_t *c, void *p, si
         return _nm_set_error(NM_ERR_INVALID_FREE, "invalid free of %p: inside this pool's chunk %p but not at the "
                              "start of a %zu-byte object", p, (void *)c, pool->object_size);
     if (pool->flags & NM_POOL_CHECKED)
-        return _nm_set_error(NM_ERR_DOUBLE_FREE, "double free of pool object %p (%zu bytes), last allocated at %s:%d",
-                             p, pool->object_size, nm__sitef(c->site_file[idx]), c->site_line[idx]);
+        return _nm_set_error(NM_ERR_DOUBLE_FREE, "double free of pool object %p (%zu bytes), last allocated at %s%s%.0d",
+                             p, pool->object_size, nm__sitef(c->site_file[idx]), c->site_line[idx] ? ":" : "",
+                             c->site_line[idx]);
     return _nm_set_error(NM_ERR_DOUBLE_FREE, "double free of pool object %p (%zu bytes)", p, pool->object_size);
 }
 
@@ -873,7 +876,9 @@ int nm_pool_free(nm_pool_t *pool, void *ptr) {
 int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
     size_t i;
     nm__tcache_t *tc = NULL;
-    int rc;
+    int rc, first = 0;
+    size_t bad = 0;
+    char msg[400];
     if (!(pool->flags & NM_POOL_BUGHUNT)) {
         tc = nm__tc(pool);
         if (!tc) return NM_ERR_NOMEM;

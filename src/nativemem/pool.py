@@ -180,9 +180,8 @@ class Pool:
             raise E.ClosedError(f"pool {self.name!r} is closed")
         return p
 
-    def alloc_many(self, n: int) -> Any:
-        """Allocate ``n`` objects in one C call; returns a cffi ``void *[n]`` array (indexable,
-        iterable, and accepted as is by :meth:`free_many`)."""
+    def alloc_many(self, n: int) -> List[Any]:
+        """Allocate ``n`` objects in one C call; returns a list of cffi ``void *``."""
         p = self._live()
         count = as_size(n, "n")
         out = ffi.new("void *[]", count)
@@ -193,12 +192,12 @@ class Pool:
             if got:
                 lib.nm_pool_free_many(p, out, got)
             raise_last(f"{self.name}: alloc_many({count}) failed after {got} objects")
-        return out
+        return list(out)
 
     def free_many(self, ptrs: Any) -> None:
         """Free every pointer in ``ptrs`` (a sequence of cffi pointers / int addresses, or the
-        array returned by :meth:`alloc_many`) in one C call.  On a bad pointer, the ones before
-        it are freed, the rest are not, and the error names its index."""
+        list returned by :meth:`alloc_many`, or a cffi pointer array) in one C call.  Every valid
+        pointer is freed; the first bad one is then raised, its index in the message."""
         p = self._live()
         if isinstance(ptrs, ffi.CData) and ffi.typeof(ptrs).kind == "array" and ffi.typeof(ptrs).item.kind == "pointer":
             arr, n = ffi.cast("void **", ptrs), len(ptrs)
@@ -214,7 +213,10 @@ class Pool:
     def owns(self, ptr: Any) -> bool:
         """True when ``ptr`` is the start of a live object of this pool (never reads foreign memory)."""
         p = self._live()
-        addr = as_address(ptr)
+        try:
+            addr = as_address(ptr)
+        except E.InvalidFreeError:
+            return False
         return bool(lib.nm_pool_owns(p, ffi.cast("void *", addr)))
 
     def view(self, ptr: Any) -> memoryview:
