@@ -97,10 +97,22 @@ NM_INLINE void nm__count_alloc(nm_allocator_t *a, size_t bytes) {
     }
 }
 
+static void nm__destroy_now(nm_allocator_t *a);
+
+static NM_NOINLINE void nm__maybe_finish_destroy(nm_allocator_t *a) {
+    intptr_t expected = 1;
+    nm_atomic_fence_seq_cst();
+    if (nm_atomic_load_acquire(&a->st_live_blocks) == 0 && nm_atomic_cas(&a->st_dying, &expected, 2))
+        nm__destroy_now(a);
+}
+
 NM_INLINE void nm__count_free(nm_allocator_t *a, size_t bytes) {
+    intptr_t live;
     nm_atomic_add_relaxed(&a->st_frees, 1);
-    nm_atomic_add_relaxed(&a->st_live_blocks, -1);
     nm_atomic_add_relaxed(&a->st_live_bytes, -(intptr_t)bytes);
+    live = nm_atomic_add_acq_rel(&a->st_live_blocks, -1);
+    if (NM_UNLIKELY(live == 0) && NM_UNLIKELY(nm_atomic_load_acquire(&a->st_dying) == 1))
+        nm__maybe_finish_destroy(a);
 }
 
 static NM_NOINLINE void *nm__fail(nm_allocator_t *a, size_t size, unsigned seq) {
@@ -181,6 +193,12 @@ void nm_free(nm_allocator_t *a, void *p) {
         return;
     }
     a->free(a->ctx, p);
+}
+
+int nm_free_checked(nm_allocator_t *a, void *p) {
+    unsigned seq = nm__err_seq;
+    nm_free(a, p);
+    return nm__err_seq != seq ? nm__err_code : NM_OK;
 }
 
 void *nm_memalign(nm_allocator_t *a, size_t alignment, size_t size) {
@@ -264,9 +282,18 @@ nm_allocator_t *_nm_table_new(const char *name, size_t ctx_size) {
 
 void _nm_table_free(nm_allocator_t *a) { free(a); }
 
+static void nm__destroy_now(nm_allocator_t *a) { a->destroy(a); }
+
 void nm_allocator_destroy(nm_allocator_t *a) {
+    intptr_t expected = 0;
     if (a == NULL || (a->flags & NM_ALLOC_STATIC) || a->destroy == NULL) return;
-    a->destroy(a);
+    if (a->flags & NM_ALLOC_NO_STATS) {
+        nm__destroy_now(a);
+        return;
+    }
+    /* Defer while blocks are live; the last nm_free finishes the job (see nm__count_free). */
+    if (!nm_atomic_cas(&a->st_dying, &expected, 1)) return; /* already requested */
+    nm__maybe_finish_destroy(a);
 }
 
 nm_allocator_t *nm_allocator_clone(nm_allocator_t *base, const char *name) {

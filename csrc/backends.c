@@ -84,8 +84,8 @@ static size_t nm__libc_usable(void *ctx, const void *p) { (void)ctx; return nm__
 #endif
 
 static nm_allocator_t nm__libc = {
-    nm__libc_malloc, nm__libc_calloc, nm__libc_realloc, nm__libc_free, nm__libc_memalign,
-    nm__libc_usable, NULL, NULL, "libc", NM_ALLOC_STATIC, 0, 0, 0, 0, 0, 0};
+    .malloc = nm__libc_malloc, .calloc = nm__libc_calloc, .realloc = nm__libc_realloc, .free = nm__libc_free,
+    .memalign = nm__libc_memalign, .usable_size = nm__libc_usable, .name = "libc", .flags = NM_ALLOC_STATIC};
 
 nm_allocator_t *nm_allocator_libc(void) { return &nm__libc; }
 

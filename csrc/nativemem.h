@@ -94,6 +94,7 @@ struct nm_allocator {
     intptr_t st_allocs;
     intptr_t st_frees;
     intptr_t st_failures;
+    intptr_t st_dying;             /* destroy requested while blocks were live: 1; done: 2 */
 };
 
 typedef struct nm_alloc_stats {
@@ -113,6 +114,9 @@ void *nm_malloc(nm_allocator_t *a, size_t size);
 void *nm_calloc(nm_allocator_t *a, size_t n, size_t size);
 void *nm_realloc(nm_allocator_t *a, void *p, size_t size);
 void nm_free(nm_allocator_t *a, void *p);
+/* nm_free that returns NM_OK, or the error an allocator that checks frees (debug, arena, ...)
+ * reported; one call instead of free + error query, for bindings. */
+int nm_free_checked(nm_allocator_t *a, void *p);
 void *nm_memalign(nm_allocator_t *a, size_t alignment, size_t size);
 /* Same, recording `file`/`line` as the allocation site for allocators that keep sites. */
 void *nm_malloc_at(nm_allocator_t *a, size_t size, const char *file, int line);
@@ -123,7 +127,10 @@ void *nm_memalign_at(nm_allocator_t *a, size_t alignment, size_t size, const cha
 size_t nm_usable_size(nm_allocator_t *a, const void *p);
 void nm_allocator_stats(nm_allocator_t *a, nm_alloc_stats_t *out);
 void nm_allocator_reset_peak(nm_allocator_t *a);
-/* Free an allocator made by one of the constructors below (no-op for static ones). */
+/* Free an allocator made by one of the constructors below (no-op for static ones).  While
+ * blocks counted by its statistics are still live the destruction is deferred: the table (and
+ * an arena's region) goes away when the last of them is freed, so a late free is never a use
+ * after free of the table. */
 void nm_allocator_destroy(nm_allocator_t *a);
 /* A fresh table with the same functions and context, its own statistics and name.  The
  * clone's destroy frees only the clone, so the base must outlive it. */
@@ -172,7 +179,7 @@ typedef struct nm_zone_fns {
 nm_allocator_t *nm_allocator_from_zone(const nm_zone_fns_t *fns, const char *name);
 
 /* ---- area headers (each one file per concern; build_ffi.py inlines them for cdef) ---- */
-/* (area includes are added here as the areas land) */
+#include "nm_arena.h"
 
 #include "nm_pool.h"
 

@@ -9,7 +9,9 @@
 
 /* Record `code` and a printf-style message as the calling thread's error; returns code. */
 int _nm_set_error(int code, const char *fmt, ...)
-#if defined(__GNUC__) || defined(__clang__)
+#if defined(__MINGW32__)
+    __attribute__((format(gnu_printf, 2, 3)))
+#elif defined(__GNUC__) || defined(__clang__)
     __attribute__((format(printf, 2, 3)))
 #endif
     ;

@@ -9,6 +9,11 @@
 #ifndef NM_PLATFORM_H
 #define NM_PLATFORM_H
 
+/* mingw-w64: C99 printf (%zu) instead of the old msvcrt one; must precede <stdio.h>. */
+#if defined(__MINGW32__) && !defined(__USE_MINGW_ANSI_STDIO)
+#  define __USE_MINGW_ANSI_STDIO 1
+#endif
+
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -64,6 +69,40 @@ NM_INLINE int nm_add_overflow(size_t a, size_t b, size_t *out) {
     if (a > SIZE_MAX - b) return 1;
     *out = a + b;
     return 0;
+}
+
+/* ---- bit scans ------------------------------------------------------------------------ */
+/* Index of the lowest set bit of a nonzero 32-bit word. */
+NM_INLINE int nm_ctz32(uint32_t x) {
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_ctz(x);
+#elif defined(_MSC_VER)
+    unsigned long i;
+    _BitScanForward(&i, x);
+    return (int)i;
+#else
+    int i = 0;
+    while (!(x & 1u)) { x >>= 1; i++; }
+    return i;
+#endif
+}
+/* Index of the highest set bit of a nonzero size_t. */
+NM_INLINE int nm_fls_size(size_t x) {
+#if defined(__GNUC__) || defined(__clang__)
+    return (int)(sizeof(size_t) * 8 - 1) - (sizeof(size_t) == 8 ? __builtin_clzll((unsigned long long)x) : __builtin_clz((unsigned)x));
+#elif defined(_MSC_VER) && defined(_WIN64)
+    unsigned long i;
+    _BitScanReverse64(&i, (unsigned __int64)x);
+    return (int)i;
+#elif defined(_MSC_VER)
+    unsigned long i;
+    _BitScanReverse(&i, (unsigned long)x);
+    return (int)i;
+#else
+    int i = -1;
+    while (x) { x >>= 1; i++; }
+    return i;
+#endif
 }
 
 /* ---- atomics on intptr_t-sized words ------------------------------------------------- *

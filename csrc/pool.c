@@ -885,12 +885,13 @@ int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
     }
     for (i = 0; i < n; i++) {
         rc = tc ? nm__free(pool, tc, ptrs[i]) : nm__bh_free(pool, ptrs[i]);
-        if (rc) {
-            char msg[400];
+        if (rc && !first) {
+            first = rc;
             snprintf(msg, sizeof msg, "%s", nm_last_error_message());
-            return _nm_set_error(rc, "free_many: pointer %zu of %zu: %s", i, n, msg);
+            bad = i;
         }
     }
+    if (first) return _nm_set_error(first, "free_many: pointer %zu of %zu: %s", bad, n, msg);
     return 0;
 }
 

@@ -47,5 +47,7 @@ __all__ = [
 ]
 
 # Areas built on the foundation register themselves below (one import line each).
+from .arena import Arena, ArenaStats  # noqa: E402
+__all__ += ["Arena", "ArenaStats"]
 from .pool import ObjectPool, Pool, PoolObject, PoolStats  # noqa: E402
 __all__ += ["Pool", "PoolStats", "PoolObject", "ObjectPool"]

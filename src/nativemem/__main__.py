@@ -2,12 +2,13 @@
 
 ``info`` (the default) shows the platform, the build, every backend with its verified version or
 why it is missing, the default pick and a short comparison timed in C.  ``run`` starts a script
-with the environment a backend needs (jemalloc's static-TLS remedy).  ``bench`` and ``check`` are
+with the environment a backend needs (jemalloc: LD_PRELOAD, the static-TLS remedy).  ``bench`` and ``check`` are
 documented in their modules.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import subprocess
@@ -17,7 +18,7 @@ from typing import List, Optional
 
 def _info(args: argparse.Namespace) -> int:
     import nativemem as nm
-    from nativemem import backends as B
+    B = importlib.import_module("nativemem.backends")
 
     print(f"nativemem {nm.__version__} on {platform.system()} {platform.release()} {platform.machine()}")
     print(f"Python {platform.python_version()} ({sys.executable})")
@@ -41,7 +42,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from nativemem import backends as B
+    B = importlib.import_module("nativemem.backends")
 
     cmd = list(args.command)
     if cmd and cmd[0] == "--":
@@ -56,13 +57,13 @@ def _run(args: argparse.Namespace) -> int:
         if path is None:
             print("nativemem: libjemalloc not found; apt-get install libjemalloc2", file=sys.stderr)
             return 2
-        if args.preload:
-            env["LD_PRELOAD"] = (path + " " + env.get("LD_PRELOAD", "")).strip()
-        else:
+        if args.tunables:
             tun = env.get("GLIBC_TUNABLES", "")
             if "optional_static_tls" not in tun:
                 env["GLIBC_TUNABLES"] = (tun + ":" if tun else "") + B.JEMALLOC_TLS_TUNABLE
-    if cmd[0].endswith(".py") or os.path.isfile(cmd[0]) and not os.access(cmd[0], os.X_OK):
+        elif path not in env.get("LD_PRELOAD", ""):
+            env["LD_PRELOAD"] = (path + " " + env.get("LD_PRELOAD", "")).strip()
+    if cmd[0].startswith("-") or cmd[0].endswith(".py") or (os.path.isfile(cmd[0]) and not os.access(cmd[0], os.X_OK)):
         cmd = [sys.executable] + cmd
     return subprocess.call(cmd, env=env)
 
@@ -76,8 +77,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_info.add_argument("--no-bench", action="store_true", help="skip the short comparison")
     p_run = sub.add_parser("run", help="run a script on a backend (sets the environment it needs)")
     p_run.add_argument("--backend", required=True)
-    p_run.add_argument("--preload", action="store_true",
-                       help="use LD_PRELOAD instead of GLIBC_TUNABLES for jemalloc (also replaces the process malloc)")
+    p_run.add_argument("--tunables", action="store_true",
+                       help="jemalloc: set GLIBC_TUNABLES=glibc.rtld.optional_static_tls instead of LD_PRELOAD, so "
+                            "jemalloc serves only nativemem (unsafe with C++ extensions loaded later: Debian's "
+                            "jemalloc also replaces operator new/delete for libstdc++ loaded with it)")
     p_run.add_argument("command", nargs=argparse.REMAINDER)
     sub.add_parser("bench", help="benchmarks (see python -m nativemem bench --help)", add_help=False)
     sub.add_parser("check", help="run a script under the debug allocator and report leaks", add_help=False)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from . import errors as E
-from ._ffi import as_size, check_ptr, ffi, lib, raise_last
+from ._ffi import MAX_ALLOC, as_size, check_ptr, ffi, lib, make_error, raise_last
 
 __all__ = ["Allocator", "Buffer", "AllocatorStats"]
 
@@ -83,15 +83,25 @@ class Allocator:
         return f"<nativemem.Allocator {self._name!r} backend={self.backend!r}>"
 
     # -- allocation -----------------------------------------------------------------
+    #: Allocators that record allocation sites (the debug allocator) set this and override _site.
+    _records_sites = False
+
     def _site(self) -> Any:
         """C string naming the allocation site, for allocators that record sites."""
         return ffi.NULL
 
     def malloc(self, size: int) -> "Buffer":
         """Allocate ``size`` bytes (uninitialised)."""
-        n = as_size(size)
-        p = lib.nm_malloc_at(self._table, n, self._site(), 0)
-        check_ptr(p, f"malloc({n}) failed", size=n)
+        if type(size) is int and 0 <= size <= MAX_ALLOC:  # fast path for the common case
+            n = size
+        else:
+            n = as_size(size)
+        if self._records_sites:
+            p = lib.nm_malloc_at(self._table, n, self._site(), 0)
+        else:
+            p = lib.nm_malloc(self._table, n)
+        if not p:
+            raise_last(f"malloc({n}) failed", size=n)
         return Buffer._make(self, p, n)
 
     def calloc(self, count: int, size: int) -> "Buffer":
@@ -124,8 +134,8 @@ class Allocator:
             raise E.InvalidTypeError(f"realloc expects a Buffer, not {type(buf).__name__}")
         if buf._allocator is not self:
             raise E.InvalidFreeError(
-                f"Buffer at {buf._addr:#x} belongs to allocator {buf._allocator.name!r}, not {self.name!r}",
-                address=buf._addr)
+                f"Buffer at {buf._address():#x} belongs to allocator {buf._allocator.name!r}, not {self.name!r}",
+                address=buf._address())
         return buf._resize(n)
 
     def free(self, buf: "Buffer") -> None:
@@ -134,8 +144,8 @@ class Allocator:
             raise E.InvalidTypeError(f"free expects a Buffer, not {type(buf).__name__}")
         if buf._allocator is not self:
             raise E.InvalidFreeError(
-                f"Buffer at {buf._addr:#x} belongs to allocator {buf._allocator.name!r}, not {self.name!r}",
-                address=buf._addr)
+                f"Buffer at {buf._address():#x} belongs to allocator {buf._allocator.name!r}, not {self.name!r}",
+                address=buf._address())
         buf.free()
 
     # -- statistics -----------------------------------------------------------------
@@ -153,15 +163,6 @@ class Allocator:
         pass
 
 
-def _free_forgotten(table: Any, allocator: Allocator) -> Callable[[Any], None]:
-    # The closure keeps the Allocator (and so its table) alive as long as the block.
-    def free(p: Any) -> None:
-        lib.nm_free(table, p)
-        lib.nm_clear_error()
-    free.allocator = allocator  # type: ignore[attr-defined]
-    return free
-
-
 class Buffer:
     """A block of native memory owned by an :class:`Allocator`.
 
@@ -170,28 +171,37 @@ class Buffer:
     finalizer do it.  After ``free()`` every access raises :class:`UseAfterFreeError`.
     """
 
-    __slots__ = ("_allocator", "_cell", "_addr", "_size", "_exports", "__weakref__")
+    __slots__ = ("_allocator", "_cell", "_addr", "_size", "_exports", "_freed_ptr", "__weakref__")
 
     @classmethod
     def _make(cls, allocator: Allocator, p: Any, size: int) -> "Buffer":
         self = object.__new__(cls)
         self._allocator = allocator
-        self._cell = [ffi.gc(p, _free_forgotten(allocator._table, allocator))]
-        self._addr = int(ffi.cast("uintptr_t", p))
+        self._cell = [p]
+        self._addr = 0  # computed on first use (a cast costs more than the allocation)
+        self._freed_ptr = None
         self._size = size
-        self._exports: list = []
+        self._exports = None
         return self
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # pragma: no cover - guidance only
         raise E.InvalidTypeError("Buffers come from Allocator.malloc/calloc/memalign")
 
     # -- state ------------------------------------------------------------------------
+    def _address(self) -> int:
+        a = self._addr
+        if not a:
+            p = self._cell[0] if self._cell else self._freed_ptr
+            if p is not None:
+                a = self._addr = int(ffi.cast("uintptr_t", p))
+        return a
+
     def _live(self) -> Any:
         cell = self._cell
         if not cell:
             raise E.UseAfterFreeError(
-                f"Buffer at {self._addr:#x} ({self._size} bytes) was already freed",
-                address=self._addr, size=self._size)
+                f"Buffer at {self._address():#x} ({self._size} bytes) was already freed",
+                address=self._address(), size=self._size)
         return cell[0]
 
     @property
@@ -201,7 +211,7 @@ class Buffer:
     @property
     def address(self) -> int:
         self._live()
-        return self._addr
+        return self._address()
 
     @property
     def size(self) -> int:
@@ -220,7 +230,7 @@ class Buffer:
         return self._size
 
     def __repr__(self) -> str:
-        state = "freed" if not self._cell else f"at {self._addr:#x}"
+        state = "freed" if not self._cell else f"at {self._address():#x}"
         return f"<nativemem.Buffer {self._size} bytes {state} from {self._allocator.name!r}>"
 
     # -- views --------------------------------------------------------------------------
@@ -237,7 +247,9 @@ class Buffer:
         """A writable, zero-copy memoryview of the block (format 'B')."""
         p = self._live()
         ex = self._exports
-        if ex and _max_refcount(ex) <= _EXPORT_BASE:
+        if ex is None:
+            ex = self._exports = []
+        elif ex and _max_refcount(ex) <= _EXPORT_BASE:
             ex.clear()
         exporter = ffi.buffer(p, self._size)
         ex.append(exporter)
@@ -281,23 +293,25 @@ class Buffer:
         cell = self._cell
         if not cell:
             raise E.DoubleFreeError(
-                f"double free of Buffer at {self._addr:#x} ({self._size} bytes)", address=self._addr,
+                f"double free of Buffer at {self._address():#x} ({self._size} bytes)", address=self._address(),
                 size=self._size)
         if self._exports and self._views_alive():
             raise E.BufferInUseError(
-                f"Buffer at {self._addr:#x} has live views (memoryview/array); release them before free()",
-                address=self._addr, size=self._size)
+                f"Buffer at {self._address():#x} has live views (memoryview/array); release them before free()",
+                address=self._address(), size=self._size)
         try:
             p = cell.pop()
         except IndexError:  # another thread won the race
-            raise E.DoubleFreeError(f"double free of Buffer at {self._addr:#x}", address=self._addr) from None
+            raise E.DoubleFreeError(f"double free of Buffer at {self._address():#x}", address=self._address()) from None
+        self._freed_ptr = p  # the address stays known for error messages (never dereferenced)
         alloc = self._allocator
-        alloc._before_free(self)
-        ffi.gc(p, None)  # detach the finalizer: freed exactly once, here
-        lib.nm_clear_error()
-        lib.nm_free(alloc._table, p)
-        if lib.nm_last_error() != lib.NM_OK:
-            raise_last(address=self._addr, size=self._size)
+        if alloc._records_sites:
+            alloc._before_free(self)
+        rc = lib.nm_free_checked(alloc._table, p)
+        if rc:
+            msg = ffi.string(lib.nm_last_error_message()).decode("utf-8", "replace")
+            lib.nm_clear_error()
+            raise make_error(rc, msg, address=self._address(), size=self._size)
 
     def _resize(self, n: int) -> "Buffer":
         p = self._live()
@@ -307,16 +321,32 @@ class Buffer:
                 self._size = n
                 return self
             raise E.BufferInUseError(
-                f"Buffer at {self._addr:#x} has live views; it can only be resized in place (up to {usable} bytes)",
-                address=self._addr, size=self._size)
+                f"Buffer at {self._address():#x} has live views; it can only be resized in place (up to {usable} bytes)",
+                address=self._address(), size=self._size)
         alloc = self._allocator
         q = lib.nm_realloc_at(alloc._table, p, n, alloc._site(), 0)
-        check_ptr(q, f"realloc to {n} bytes failed", address=self._addr, size=n)
-        ffi.gc(p, None)
-        self._cell[0] = ffi.gc(q, _free_forgotten(alloc._table, alloc))
-        self._addr = int(ffi.cast("uintptr_t", q))
+        check_ptr(q, f"realloc to {n} bytes failed", address=self._address(), size=n)
+        self._cell[0] = q
+        self._addr = 0
         self._size = n
         return self
+
+    def __del__(self) -> None:
+        # A forgotten Buffer is freed here.  __del__ (not ffi.gc with a closure) because the
+        # garbage collector runs finalizers before it clears anything, so the allocator is
+        # intact even when the Buffer dies in a reference cycle with it; the C table itself
+        # defers its destruction until its last block is freed.
+        try:
+            cell = self._cell
+        except AttributeError:
+            return
+        if cell:
+            try:
+                p = cell.pop()
+                lib.nm_free(self._allocator._table, p)
+                lib.nm_clear_error()
+            except Exception:  # interpreter shutdown: module globals may be gone
+                pass
 
     def __enter__(self) -> "Buffer":
         self._live()

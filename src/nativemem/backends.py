@@ -136,9 +136,8 @@ def _probe_libc() -> _Loaded:
 def _jemalloc_remedy(path: str) -> str:
     return (f"{path} cannot be loaded after Python has started (glibc: 'cannot allocate memory in "
             f"static TLS block'). Start the program with the environment that makes it loadable: "
-            f"`python -m nativemem run --backend jemalloc -- script.py` (sets "
-            f"GLIBC_TUNABLES={JEMALLOC_TLS_TUNABLE}), or set that variable or LD_PRELOAD={path} "
-            f"before Python starts")
+            f"`python -m nativemem run --backend jemalloc -- script.py` (sets LD_PRELOAD={path}), "
+            f"or set LD_PRELOAD (or GLIBC_TUNABLES={JEMALLOC_TLS_TUNABLE}) yourself before Python starts")
 
 
 def _probe_jemalloc() -> _Loaded:
