@@ -336,7 +336,10 @@ class ObjectPool:
             self._ctypes = None
             self._ffi = ffi_
             self._ptype = ffi_.typeof(ffi_.getctype(ct, "*"))
-            size, align = ffi_.sizeof(ct), ffi_.alignof(ct)
+            try:
+                size, align = ffi_.sizeof(ct), ffi_.alignof(ct)
+            except (ValueError, TypeError) as exc:  # an opaque / incomplete type
+                raise E.InvalidTypeError(f"C type {ct.cname!r} has no known size: {exc}") from None
         pool_options.setdefault("zero", True)
         align_opt = pool_options.get("alignment", 64)
         if isinstance(align_opt, int) and not isinstance(align_opt, bool) and align_opt < align:
