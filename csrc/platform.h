@@ -272,6 +272,22 @@ NM_INLINE uint64_t nm_now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 #endif
+/* A word unique among live threads that is cheap to read: the thread pointer where the
+ * compiler exposes it (no __tls_get_addr call from a shared library), else nm_thread_id(). */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && (defined(__x86_64__) || defined(__aarch64__))
+#  define NM_HAVE_THREAD_POINTER 1
+#endif
+NM_INLINE uintptr_t nm_thread_fast_id(void) {
+#if defined(NM_HAVE_THREAD_POINTER)
+    return (uintptr_t)__builtin_thread_pointer();
+#elif defined(_MSC_VER) && defined(_M_X64)
+    return (uintptr_t)__readgsqword(0x30);
+#elif defined(_MSC_VER) && defined(_M_IX86)
+    return (uintptr_t)__readfsdword(0x18);
+#else
+    return nm_thread_id();
+#endif
+}
 /* ---- [pool] end ---------------------------------------------------------------------- */
 
 #endif /* NM_PLATFORM_H */

@@ -26,7 +26,7 @@
 #include <stdio.h>
 
 #define NM__WBITS (sizeof(uintptr_t) * 8)
-#define NM__TLS_SLOTS 64
+#define NM__TC_SLOTS 32
 #define NM__POISON 0xDD
 #define NM__MAX_ALIGN 4096
 
@@ -52,7 +52,7 @@ struct nm__chunk {
 
 struct nm__tcache {
     nm_pool_t *pool;
-    nm_atomic_t thread;         /* nm_thread_id() of the user; 0 when free for reuse    */
+    nm_atomic_t thread;         /* nm_thread_fast_id() of the user; 0 when free for reuse */
     nm__chunk_t *cur;
     nm__chunk_t *owned;
     nm_atomic_t allocs, frees;  /* written by the owning thread only                    */
@@ -83,12 +83,15 @@ struct nm_pool {
     size_t object_size, stride, alignment, want_per_chunk;
     size_t chunk_size, nobj, objects_offset, bits_words;
     uintptr_t chunk_mask;
+    unsigned chunk_shift;
+    int vg;                     /* running under Valgrind: issue client requests */
     unsigned stride_tz;
     uintptr_t stride_inv;
     nm_mutex_t lock;
     nm__chunk_t *all, *orphans;
     nm__tcache_t *tcaches;
     nm_atomic_t reg;            /* nm__reg_t *                                          */
+    nm_atomic_t tcs[NM__TC_SLOTS]; /* thread id hash -> nm__tcache_t * (hint, verified)  */
     nm_atomic_t nchunks, reserved, peak_sampled;
     nm__bh_ent_t *bh;
     size_t bh_cap, bh_count;
@@ -110,13 +113,6 @@ typedef struct nm__tnode {
     struct nm__tnode *next;
 } nm__tnode_t;
 
-typedef struct nm__tls_ent {
-    nm_pool_t *pool;
-    uint64_t id;
-    nm__tcache_t *tc;
-} nm__tls_ent_t;
-
-static NM_THREAD_LOCAL nm__tls_ent_t nm__tls[NM__TLS_SLOTS];
 static NM_THREAD_LOCAL nm__tnode_t *nm__tnodes;
 static NM_THREAD_LOCAL size_t nm__tnode_count, nm__tnode_prune_at;
 
@@ -163,12 +159,16 @@ NM_INLINE void *nm__encode(const nm_pool_t *pool, void *slot, void *next) {
 }
 
 /* Memory-checker hooks: make a slot's link word accessible to the pool, then hide it again. */
-NM_INLINE void nm__link_open(void *slot) {
+/* Valgrind client requests cost a few ns each even natively, so they run only when the pool
+ * was created under Valgrind. */
+#define NM__VG(pool, request) do { if (NM_UNLIKELY((pool)->vg)) { request; } } while (0)
+
+NM_INLINE void nm__link_open(const nm_pool_t *pool, void *slot) {
     NM_ASAN_UNPOISON(slot, sizeof(void *));
-    NM_VG_DEFINED(slot, sizeof(void *));
+    NM__VG(pool, NM_VG_DEFINED(slot, sizeof(void *)));
 }
-NM_INLINE void nm__link_close(void *slot) {
-    NM_VG_NOACCESS(slot, sizeof(void *));
+NM_INLINE void nm__link_close(const nm_pool_t *pool, void *slot) {
+    NM__VG(pool, NM_VG_NOACCESS(slot, sizeof(void *)));
     NM_ASAN_POISON(slot, sizeof(void *));
 }
 
@@ -199,7 +199,7 @@ static void nm__reg_put(nm__reg_t *r, uintptr_t key) {
 /* Adds a chunk base (pool lock held).  Returns 0, or NM_ERR_NOMEM. */
 static int nm__reg_add(nm_pool_t *pool, uintptr_t base) {
     nm__reg_t *r = (nm__reg_t *)nm_atomic_load_relaxed(&pool->reg);
-    uintptr_t key = (base / pool->chunk_size) + 1;
+    uintptr_t key = (base >> pool->chunk_shift) + 1;
     if ((r->count + 1) * 2 > r->cap) {
         nm__reg_t *n = nm__reg_new(pool, r->cap * 2);
         size_t i;
@@ -220,7 +220,7 @@ static int nm__reg_add(nm_pool_t *pool, uintptr_t base) {
 NM_INLINE nm__chunk_t *nm__chunk_of(nm_pool_t *pool, const void *p) {
     nm__reg_t *r = (nm__reg_t *)nm_atomic_load_ptr_acquire(&pool->reg);
     uintptr_t base = (uintptr_t)p & pool->chunk_mask;
-    uintptr_t key = base / pool->chunk_size + 1, k;
+    uintptr_t key = (base >> pool->chunk_shift) + 1, k;
     size_t i = nm__reg_hash(key, r->cap);
     while ((k = (uintptr_t)nm_atomic_load_acquire(&r->keys[i])) != 0) {
         if (k == key) return (nm__chunk_t *)base;
@@ -263,10 +263,12 @@ static void nm__tnodes_prune(void) {
 }
 
 /* Finds or makes the calling thread's cache for `pool` (slow path of nm__tc). */
-static NM_NOINLINE nm__tcache_t *nm__tc_slow(nm_pool_t *pool) {
-    uintptr_t me = nm_thread_id();
+NM_INLINE size_t nm__tc_hash(uintptr_t me) {
+    return (size_t)(((uint64_t)me * 0x9E3779B97F4A7C15ull) >> 59) & (NM__TC_SLOTS - 1);
+}
+
+static NM_NOINLINE nm__tcache_t *nm__tc_slow(nm_pool_t *pool, uintptr_t me) {
     nm__tcache_t *tc, *spare = NULL;
-    nm__tls_ent_t *e;
     nm__tnode_t *node;
     int fresh = 0;
     nm_mutex_lock(&pool->lock);
@@ -291,6 +293,7 @@ static NM_NOINLINE nm__tcache_t *nm__tc_slow(nm_pool_t *pool) {
         }
         nm_atomic_store_relaxed(&tc->thread, (intptr_t)me);
     }
+    nm_atomic_store_release(&pool->tcs[nm__tc_hash(me)], (intptr_t)tc);
     nm_mutex_unlock(&pool->lock);
     if (fresh) {
         /* remember it for the thread-exit callback */
@@ -314,18 +317,15 @@ static NM_NOINLINE nm__tcache_t *nm__tc_slow(nm_pool_t *pool) {
         }
         nm_mutex_unlock(&nm__pools_lock);
     }
-    e = &nm__tls[pool->id % NM__TLS_SLOTS];
-    e->pool = pool;
-    e->id = pool->id;
-    e->tc = tc;
     return tc;
 }
 
-/* The calling thread's cache for `pool`. */
+/* The calling thread's cache for `pool`: a hint slot checked against the cache's thread. */
 NM_INLINE nm__tcache_t *nm__tc(nm_pool_t *pool) {
-    nm__tls_ent_t *e = &nm__tls[pool->id % NM__TLS_SLOTS];
-    if (NM_LIKELY(e->pool == pool && e->id == pool->id)) return e->tc;
-    return nm__tc_slow(pool);
+    uintptr_t me = nm_thread_fast_id();
+    nm__tcache_t *tc = (nm__tcache_t *)nm_atomic_load_ptr_acquire(&pool->tcs[nm__tc_hash(me)]);
+    if (NM_LIKELY(tc != NULL && (uintptr_t)nm_atomic_load_relaxed(&tc->thread) == me)) return tc;
+    return nm__tc_slow(pool, me);
 }
 
 /* Thread exit: orphan the exiting thread's chunks in every pool still alive. */
@@ -345,7 +345,6 @@ static void NM_TLS_DTOR_CALL nm__thread_exit(void *arg) {
     }
     nm__tnodes = NULL;
     nm__tnode_count = 0;
-    memset(nm__tls, 0, sizeof nm__tls);
     nm_mutex_unlock(&nm__pools_lock);
 }
 
@@ -399,7 +398,7 @@ static nm__chunk_t *nm__chunk_new(nm_pool_t *pool, nm__tcache_t *tc) {
         nm_free(pool->a, mem);
         return NULL;
     }
-    NM_VG_NOACCESS(c->objects, pool->nobj * pool->stride);
+    NM__VG(pool, NM_VG_NOACCESS(c->objects, pool->nobj * pool->stride));
     NM_ASAN_POISON(c->objects, pool->nobj * pool->stride);
     c->next_all = pool->all;
     pool->all = c;
@@ -429,9 +428,9 @@ static void nm__collect(nm_pool_t *pool, nm__chunk_t *c) {
             while (!(t & 1u)) { t >>= 1; b++; }
             bits &= bits - 1;
             slot = c->objects + (w * NM__WBITS + b) * pool->stride;
-            nm__link_open(slot);
+            nm__link_open(pool, slot);
             *(void **)slot = nm__encode(pool, slot, c->free);
-            nm__link_close(slot);
+            nm__link_close(pool, slot);
             c->free = slot;
         }
     }
@@ -537,6 +536,8 @@ nm_pool_t *nm_pool_create_ex(nm_allocator_t *a, size_t object_size, size_t objec
     pool->objects_offset = off;
     pool->bits_words = words;
     pool->chunk_mask = ~(uintptr_t)(cs - 1);
+    for (pool->chunk_shift = 0; ((size_t)1 << pool->chunk_shift) < cs; pool->chunk_shift++) { }
+    pool->vg = NM_VG_RUNNING() ? 1 : 0;
     for (odd = stride, pool->stride_tz = 0; !(odd & 1u); odd >>= 1) pool->stride_tz++;
     pool->stride_inv = nm__inverse(odd);
     nm_mutex_init(&pool->lock);
@@ -598,7 +599,7 @@ void nm_pool_destroy(nm_pool_t *pool) {
     }
     for (c = pool->all; c; c = next) {
         next = c->next_all;
-        NM_VG_DEFINED(c->objects, c->nobj * pool->stride);
+        NM__VG(pool, NM_VG_DEFINED(c->objects, c->nobj * pool->stride));
         NM_ASAN_UNPOISON(c->objects, c->nobj * pool->stride);
         nm_free(pool->a, c);
     }
@@ -728,12 +729,17 @@ NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, i
         if (c->free) {
             void *next;
             slot = c->free;
-            nm__link_open(slot);
+            nm__link_open(pool, slot);
             next = nm__encode(pool, slot, *(void **)slot);
-            nm__link_close(slot);
+            nm__link_close(pool, slot);
             idx = nm__slot_index(pool, c, slot);
-            if (NM_UNLIKELY(next != NULL && (((uintptr_t)next & pool->chunk_mask) != (uintptr_t)c
-                                              || nm__slot_index(pool, c, next) == (size_t)-1))) {
+            if (NM_UNLIKELY(idx == (size_t)-1
+                            || (next != NULL && (((uintptr_t)next ^ (uintptr_t)slot) & pool->chunk_mask) != 0))) {
+                if (idx == (size_t)-1) { /* a link that passed the chunk check but is no object start */
+                    c->free = NULL;
+                    _nm_set_error(NM_ERR_CORRUPT, "pool free list corrupt: link to %p is not an object start", slot);
+                    return NULL;
+                }
                 c->free = NULL; /* drop the damaged list rather than follow it */
                 if (pool->flags & NM_POOL_CHECKED)
                     _nm_set_error(NM_ERR_CORRUPT,
@@ -767,20 +773,20 @@ NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, i
             nm_atomic_store_relaxed(&tc->peak_net, a - nm_atomic_load_relaxed(&tc->frees));
     }
     NM_ASAN_UNPOISON(slot, pool->object_size);
-    NM_VG_MEMPOOL_ALLOC(pool, slot, pool->object_size);
+    NM__VG(pool, NM_VG_MEMPOOL_ALLOC(pool, slot, pool->object_size));
     if (pool->flags & NM_POOL_CHECKED) {
         if (reused) {
             int rc;
-            NM_VG_DEFINED(slot, pool->object_size);
+            NM__VG(pool, NM_VG_DEFINED(slot, pool->object_size));
             rc = nm__verify_poison(pool, c, idx, (unsigned char *)slot);
             if (rc) {
                 /* the damaged slot stays out of circulation; the count is undone */
                 nm_atomic_store_relaxed(&tc->allocs, nm_atomic_load_relaxed(&tc->allocs) - 1);
                 nm__bit_put(c->alloc_bits, idx, 0);
-                NM_VG_MEMPOOL_FREE(pool, slot);
+                NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, slot));
                 return NULL;
             }
-            if (!(pool->flags & NM_POOL_ZERO)) NM_VG_UNDEFINED(slot, pool->object_size);
+            if (!(pool->flags & NM_POOL_ZERO)) NM__VG(pool, NM_VG_UNDEFINED(slot, pool->object_size));
         }
         c->site_file[idx] = file ? file : _nm_site_file;
         c->site_line[idx] = file ? line : _nm_site_line;
@@ -843,18 +849,18 @@ NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p) {
     if (NM_UNLIKELY(idx == (size_t)-1)) return nm__bad_free(pool, c, p, idx);
     if (NM_UNLIKELY(!nm__bit_get(c->alloc_bits, idx) || nm__bit_get(c->remote_bits, idx)))
         return nm__bad_free(pool, c, p, idx);
-    NM_VG_MEMPOOL_FREE(pool, p);
+    NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));
     if (pool->flags & NM_POOL_CHECKED) {
-        NM_VG_UNDEFINED(p, pool->object_size);
+        NM__VG(pool, NM_VG_UNDEFINED(p, pool->object_size));
         memset(p, NM__POISON, pool->object_size);
-        NM_VG_NOACCESS(p, pool->object_size);
+        NM__VG(pool, NM_VG_NOACCESS(p, pool->object_size));
     }
     NM_ASAN_POISON(p, pool->object_size);
     if (NM_LIKELY((nm__tcache_t *)nm_atomic_load_relaxed(&c->owner) == tc)) {
         nm__bit_put(c->alloc_bits, idx, 0);
-        nm__link_open(p);
+        nm__link_open(pool, p);
         *(void **)p = nm__encode(pool, p, c->free);
-        nm__link_close(p);
+        nm__link_close(pool, p);
         c->free = p;
     } else {
         uintptr_t m = (uintptr_t)1 << (idx % NM__WBITS);
@@ -990,9 +996,9 @@ int nm_pool_check(nm_pool_t *pool) {
         size_t steps = 0;
         while (s && !rc) {
             void *next;
-            nm__link_open(s);
+            nm__link_open(pool, s);
             next = nm__encode(pool, s, *(void **)s);
-            nm__link_close(s);
+            nm__link_close(pool, s);
             if (next && (((uintptr_t)next & pool->chunk_mask) != (uintptr_t)c || nm__slot_index(pool, c, next) == (size_t)-1
                          || ++steps > c->nobj))
                 rc = _nm_set_error(NM_ERR_CORRUPT, "pool free list corrupt at %p: link decodes to %p", s, next);
@@ -1004,9 +1010,9 @@ int nm_pool_check(nm_pool_t *pool) {
             int is_free = !nm__bit_get(c->alloc_bits, i) || nm__bit_get(c->remote_bits, i);
             if (!is_free || !c->site_file[i]) continue;
             NM_ASAN_UNPOISON(p, pool->object_size);
-            NM_VG_DEFINED(p, pool->object_size);
+            NM__VG(pool, NM_VG_DEFINED(p, pool->object_size));
             rc = nm__verify_poison(pool, c, i, p);
-            NM_VG_NOACCESS(p, pool->object_size);
+            NM__VG(pool, NM_VG_NOACCESS(p, pool->object_size));
             NM_ASAN_POISON(p, pool->object_size);
         }
     }
