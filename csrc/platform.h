@@ -274,7 +274,7 @@ NM_INLINE uint64_t nm_now_ns(void) {
 #endif
 /* A word unique among live threads that is cheap to read: the thread pointer where the
  * compiler exposes it (no __tls_get_addr call from a shared library), else nm_thread_id(). */
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && (defined(__x86_64__) || defined(__aarch64__))
+#if defined(__GNUC__) && !defined(__clang__) && !defined(_WIN32) && __GNUC__ >= 11 && (defined(__x86_64__) || defined(__aarch64__))
 #  define NM_HAVE_THREAD_POINTER 1
 #endif
 NM_INLINE uintptr_t nm_thread_fast_id(void) {

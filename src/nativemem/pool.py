@@ -192,7 +192,7 @@ class Pool:
             if got:
                 lib.nm_pool_free_many(p, out, got)
             raise_last(f"{self.name}: alloc_many({count}) failed after {got} objects")
-        return list(out)
+        return ffi.unpack(out, count)
 
     def free_many(self, ptrs: Any) -> None:
         """Free every pointer in ``ptrs`` (a sequence of cffi pointers / int addresses, or the
@@ -204,10 +204,12 @@ class Pool:
         else:
             if isinstance(ptrs, (str, bytes)) or not hasattr(ptrs, "__iter__"):
                 raise E.InvalidTypeError(f"free_many expects a sequence of pointers, not {type(ptrs).__name__}")
-            items = [x if (type(x) is ffi.CData and ffi.typeof(x).kind == "pointer")
-                     else ffi.cast("void *", as_address(x)) for x in ptrs]
-            n = len(items)
-            arr = ffi.new("void *[]", items)
+            try:  # fast path: a list of cffi pointers converts in C
+                arr = ffi.new("void *[]", ptrs if isinstance(ptrs, list) else list(ptrs))
+            except TypeError:
+                arr = ffi.new("void *[]", [x if (type(x) is ffi.CData and ffi.typeof(x).kind == "pointer")
+                                           else ffi.cast("void *", as_address(x)) for x in ptrs])
+            n = len(arr)
         check_status(lib.nm_pool_free_many(p, arr, n))
 
     def owns(self, ptr: Any) -> bool:
