@@ -95,8 +95,22 @@ static void *nm__plain_calloc(void *ctx, size_t n, size_t s) { return ((nm_plain
 static void *nm__plain_realloc(void *ctx, void *p, size_t n) { return ((nm_plain_fns_t *)ctx)->realloc(p, n); }
 static void nm__plain_free(void *ctx, void *p) { ((nm_plain_fns_t *)ctx)->free(p); }
 static void *nm__plain_memalign(void *ctx, size_t a, size_t n) {
+    nm_plain_fns_t *f = (nm_plain_fns_t *)ctx;
     void *p = NULL;
-    return ((nm_plain_fns_t *)ctx)->posix_memalign(&p, a, n) == 0 ? p : NULL;
+    if (f->posix_memalign(&p, a, n) != 0) return NULL;
+    if (NM_UNLIKELY((uintptr_t)p & (a - 1))) {
+        /* Debian's mimalloc 2.0.9 returns under-aligned blocks when the size is a multiple of an
+         * alignment >= 256 (seen here); asking for one more byte avoids its faulty path. */
+        f->free(p);
+        p = NULL;
+        if (n == SIZE_MAX || f->posix_memalign(&p, a, n + 1) != 0) return NULL;
+        if ((uintptr_t)p & (a - 1)) {
+            f->free(p);
+            _nm_set_error(NM_ERR_UNSUPPORTED, "backend returned a block not aligned to %zu", a);
+            return NULL;
+        }
+    }
+    return p;
 }
 static size_t nm__plain_usable(void *ctx, const void *p) { return ((nm_plain_fns_t *)ctx)->usable_size((void *)p); }
 

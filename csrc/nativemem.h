@@ -180,7 +180,7 @@ nm_allocator_t *nm_allocator_from_zone(const nm_zone_fns_t *fns, const char *nam
 
 /* ---- area headers (each one file per concern; build_ffi.py inlines them for cdef) ---- */
 #include "nm_arena.h"
-
 #include "nm_pool.h"
+#include "nm_bench.h"
 
 #endif /* NATIVEMEM_H */

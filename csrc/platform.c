@@ -1,7 +1,60 @@
 /* platform.c -- OS page mapping and protection behind platform.h's small interface. */
 #include "nm_internal.h"
 
+#include <time.h>
+#if !defined(_WIN32)
+#  include <sched.h>
+#endif
+
 #if defined(NM_OS_WINDOWS)
+
+static nm_thread_exit_fn nm__exit_fn;
+static DWORD nm__fls = FLS_OUT_OF_INDEXES;
+static INIT_ONCE nm__exit_once = INIT_ONCE_STATIC_INIT;
+
+static void WINAPI nm__fls_cb(void *v) {
+    if (v && nm__exit_fn) nm__exit_fn();
+}
+static BOOL CALLBACK nm__exit_init_once(PINIT_ONCE o, void *param, void **ctx) {
+    (void)o; (void)ctx;
+    nm__exit_fn = (nm_thread_exit_fn)param;
+    nm__fls = FlsAlloc(nm__fls_cb);
+    return TRUE;
+}
+void nm_thread_exit_init(nm_thread_exit_fn fn) { InitOnceExecuteOnce(&nm__exit_once, nm__exit_init_once, (void *)fn, NULL); }
+void nm_thread_exit_arm(void) {
+    if (nm__fls != FLS_OUT_OF_INDEXES && FlsGetValue(nm__fls) == NULL) FlsSetValue(nm__fls, (void *)1);
+}
+
+struct nm_thread { HANDLE h; nm_thread_fn fn; void *arg; };
+static DWORD WINAPI nm__thread_main(LPVOID v) {
+    struct nm_thread *t = (struct nm_thread *)v;
+    t->fn(t->arg);
+    return 0;
+}
+nm_thread_t *nm_thread_start(nm_thread_fn fn, void *arg) {
+    struct nm_thread *t = (struct nm_thread *)HeapAlloc(GetProcessHeap(), 0, sizeof *t);
+    if (t == NULL) return NULL;
+    t->fn = fn;
+    t->arg = arg;
+    t->h = CreateThread(NULL, 0, nm__thread_main, t, 0, NULL);
+    if (t->h == NULL) { HeapFree(GetProcessHeap(), 0, t); return NULL; }
+    return t;
+}
+void nm_thread_join(nm_thread_t *t) {
+    WaitForSingleObject(t->h, INFINITE);
+    CloseHandle(t->h);
+    HeapFree(GetProcessHeap(), 0, t);
+}
+void nm_thread_yield(void) { SwitchToThread(); }
+
+uint64_t nm_now_ns(void) {
+    static LARGE_INTEGER freq;
+    LARGE_INTEGER now;
+    if (freq.QuadPart == 0) QueryPerformanceFrequency(&freq);
+    QueryPerformanceCounter(&now);
+    return (uint64_t)((double)now.QuadPart * 1e9 / (double)freq.QuadPart);
+}
 
 size_t nm_os_page_size(void) {
     SYSTEM_INFO si;
@@ -21,6 +74,51 @@ int nm_os_protect(void *p, size_t size, int access) {
 }
 
 #else
+
+static nm_thread_exit_fn nm__exit_fn;
+static pthread_key_t nm__exit_key;
+static pthread_once_t nm__exit_once = PTHREAD_ONCE_INIT;
+static nm_thread_exit_fn nm__exit_pending;
+
+static void nm__key_dtor(void *v) {
+    if (v && nm__exit_fn) nm__exit_fn();
+}
+static void nm__exit_init_once(void) {
+    if (pthread_key_create(&nm__exit_key, nm__key_dtor) == 0) nm__exit_fn = nm__exit_pending;
+}
+void nm_thread_exit_init(nm_thread_exit_fn fn) {
+    nm__exit_pending = fn;
+    pthread_once(&nm__exit_once, nm__exit_init_once);
+}
+void nm_thread_exit_arm(void) {
+    if (nm__exit_fn && pthread_getspecific(nm__exit_key) == NULL) pthread_setspecific(nm__exit_key, (void *)1);
+}
+
+struct nm_thread { pthread_t t; nm_thread_fn fn; void *arg; };
+static void *nm__thread_main(void *v) {
+    struct nm_thread *t = (struct nm_thread *)v;
+    t->fn(t->arg);
+    return NULL;
+}
+nm_thread_t *nm_thread_start(nm_thread_fn fn, void *arg) {
+    struct nm_thread *t = (struct nm_thread *)nm_malloc(nm_allocator_libc(), sizeof *t);
+    if (t == NULL) return NULL;
+    t->fn = fn;
+    t->arg = arg;
+    if (pthread_create(&t->t, NULL, nm__thread_main, t) != 0) { nm_free(nm_allocator_libc(), t); return NULL; }
+    return t;
+}
+void nm_thread_join(nm_thread_t *t) {
+    pthread_join(t->t, NULL);
+    nm_free(nm_allocator_libc(), t);
+}
+void nm_thread_yield(void) { sched_yield(); }
+
+uint64_t nm_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 #if !defined(MAP_ANONYMOUS) && defined(MAP_ANON)
 #  define MAP_ANONYMOUS MAP_ANON

@@ -54,6 +54,14 @@
 #  define NM_THREAD_LOCAL _Thread_local
 #endif
 
+/* Thread-locals on hot paths: the initial-exec model is one %fs-relative load instead of a
+ * __tls_get_addr call in a shared object (uses a little of glibc's static TLS surplus). */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(_WIN32) && !defined(__APPLE__)
+#  define NM_TLS_FAST __attribute__((tls_model("initial-exec")))
+#else
+#  define NM_TLS_FAST
+#endif
+
 /* ---- overflow-checked size arithmetic ------------------------------------------------- */
 /* Returns nonzero when a*b overflows size_t; *out receives the product otherwise. */
 NM_INLINE int nm_mul_overflow(size_t a, size_t b, size_t *out) {
@@ -127,15 +135,22 @@ typedef intptr_t nm_atomic_t;
       __atomic_compare_exchange_n((p), (expected), (desired), 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)
 #  define nm_atomic_fence_acquire()      __atomic_thread_fence(__ATOMIC_ACQUIRE)
 #  define nm_atomic_fence_seq_cst()      __atomic_thread_fence(__ATOMIC_SEQ_CST)
+/* bitwise or/and returning the OLD value */
+#  define nm_atomic_or(p, v)             __atomic_fetch_or((p), (v), __ATOMIC_RELAXED)
+#  define nm_atomic_and(p, v)            __atomic_fetch_and((p), (v), __ATOMIC_RELAXED)
 #elif defined(_MSC_VER)
 #  if defined(_WIN64)
 #    define NM__IADD(p, v)   (_InterlockedExchangeAdd64((volatile __int64 *)(p), (__int64)(v)) + (__int64)(v))
 #    define NM__IXCHG(p, v)  _InterlockedExchange64((volatile __int64 *)(p), (__int64)(v))
 #    define NM__ICAS(p, d, e) _InterlockedCompareExchange64((volatile __int64 *)(p), (__int64)(d), (__int64)(e))
+#    define nm_atomic_or(p, v)  ((intptr_t)_InterlockedOr64((volatile __int64 *)(p), (__int64)(v)))
+#    define nm_atomic_and(p, v) ((intptr_t)_InterlockedAnd64((volatile __int64 *)(p), (__int64)(v)))
 #  else
 #    define NM__IADD(p, v)   (_InterlockedExchangeAdd((volatile long *)(p), (long)(v)) + (long)(v))
 #    define NM__IXCHG(p, v)  _InterlockedExchange((volatile long *)(p), (long)(v))
 #    define NM__ICAS(p, d, e) _InterlockedCompareExchange((volatile long *)(p), (long)(d), (long)(e))
+#    define nm_atomic_or(p, v)  ((intptr_t)_InterlockedOr((volatile long *)(p), (long)(v)))
+#    define nm_atomic_and(p, v) ((intptr_t)_InterlockedAnd((volatile long *)(p), (long)(v)))
 #  endif
 NM_INLINE intptr_t nm__msvc_load(volatile const intptr_t *p) { intptr_t v = *p; _ReadWriteBarrier(); return v; }
 NM_INLINE int nm__msvc_cas(volatile intptr_t *p, intptr_t *expected, intptr_t desired) {
@@ -184,6 +199,24 @@ NM_INLINE void nm_mutex_unlock(nm_mutex_t *m)  { pthread_mutex_unlock(m); }
 /* A small nonzero number unique per live thread (the address of a thread-local byte). */
 static NM_THREAD_LOCAL char nm__thread_marker;
 NM_INLINE uintptr_t nm_thread_id(void) { return (uintptr_t)&nm__thread_marker; }
+
+/* ---- thread exit callbacks ------------------------------------------------------------ */
+/* One process-wide callback run when a thread that called nm_thread_exit_arm() exits
+ * (pthread key destructor / fiber-local-storage callback), so per-thread caches are returned. */
+typedef void (*nm_thread_exit_fn)(void);
+void nm_thread_exit_init(nm_thread_exit_fn fn);
+void nm_thread_exit_arm(void);
+
+/* ---- threads (benchmarks and C tests) ---------------------------------------------------- */
+typedef struct nm_thread nm_thread_t;
+typedef void (*nm_thread_fn)(void *arg);
+/* Start fn(arg) on a new thread; NULL on failure.  nm_thread_join waits and frees it. */
+nm_thread_t *nm_thread_start(nm_thread_fn fn, void *arg);
+void nm_thread_join(nm_thread_t *t);
+void nm_thread_yield(void);
+
+/* ---- monotonic clock ------------------------------------------------------------------- */
+uint64_t nm_now_ns(void);
 
 /* ---- OS pages ------------------------------------------------------------------------ */
 size_t nm_os_page_size(void);
@@ -238,7 +271,7 @@ int nm_os_protect(void *p, size_t size, int access);
 #  define NM_ASAN_UNPOISON(p, n)  ((void)(p), (void)(n))
 #endif
 
-/* ---- [pool] thread-exit callbacks and a monotonic clock -------------------------------- *
+/* ---- [pool] per-pointer thread-exit keys and a cheap thread id -------------------------------- *
  * nm_tls_key_t holds one pointer per thread; when a thread exits with a non-NULL value the
  * destructor runs with it (pthread keys; fiber-local storage on Windows, whose callback also
  * runs at thread exit).  NM_TLS_DTOR_CALL is the destructor's calling convention. */
@@ -251,26 +284,12 @@ NM_INLINE int nm_tls_key_create(nm_tls_key_t *k, void (NM_TLS_DTOR_CALL *dtor)(v
 }
 NM_INLINE int nm_tls_key_set(nm_tls_key_t k, void *v) { return FlsSetValue(k, v) ? 0 : -1; }
 NM_INLINE void *nm_tls_key_get(nm_tls_key_t k) { return FlsGetValue(k); }
-/* Nanoseconds from a monotonic clock. */
-NM_INLINE uint64_t nm_now_ns(void) {
-    LARGE_INTEGER f, c;
-    QueryPerformanceFrequency(&f);
-    QueryPerformanceCounter(&c);
-    return (uint64_t)((double)c.QuadPart * 1e9 / (double)f.QuadPart);
-}
 #else
-#  include <time.h>
 typedef pthread_key_t nm_tls_key_t;
 #  define NM_TLS_DTOR_CALL
 NM_INLINE int nm_tls_key_create(nm_tls_key_t *k, void (*dtor)(void *)) { return pthread_key_create(k, dtor) ? -1 : 0; }
 NM_INLINE int nm_tls_key_set(nm_tls_key_t k, void *v) { return pthread_setspecific(k, v) ? -1 : 0; }
 NM_INLINE void *nm_tls_key_get(nm_tls_key_t k) { return pthread_getspecific(k); }
-/* Nanoseconds from a monotonic clock. */
-NM_INLINE uint64_t nm_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 #endif
 /* A word unique among live threads that is cheap to read: the thread pointer where the
  * compiler exposes it (no __tls_get_addr call from a shared library), else nm_thread_id(). */

@@ -41,7 +41,7 @@ def test_calloc_zeroes(alloc):
 
 @pytest.mark.parametrize("alignment", [PTR, 16, 64, 256, 4096, 65536])
 def test_memalign(alloc, alignment):
-    bufs = [alloc.memalign(alignment, n) for n in (1, 100, 5000)]
+    bufs = [alloc.memalign(alignment, n) for n in (1, 100, alignment, 2 * alignment, 5000)]
     for b in bufs:
         assert b.address % alignment == 0
         b.write(b"\x5a" * b.size)

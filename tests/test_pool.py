@@ -313,6 +313,16 @@ def test_threads_batches_100k_ops_each():
     pool.close()
 
 
+def test_c_level_threads_many_operations():
+    pool = Pool(64)
+    ops = ffi.new("uint64_t *")
+    assert lib.nm_bench_pool_larson(pool.cdata, 2000, 200_000, 4, ops) > 0
+    assert ops[0] == 800_000
+    st = pool.stats()
+    assert st.live == 0 and st.allocations == st.frees >= 800_000
+    pool.close()
+
+
 def test_objects_of_exited_threads_are_not_stranded():
     pool = Pool(32, objects_per_chunk=64)
 
