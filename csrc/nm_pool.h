@@ -36,6 +36,7 @@ typedef struct nm_pool_object {
     int line;
 } nm_pool_object_t;
 
+/* `a` NULL means the C library allocator. */
 nm_pool_t *nm_pool_create(nm_allocator_t *a, size_t object_size, size_t objects_per_chunk, unsigned flags);
 nm_pool_t *nm_pool_create_ex(nm_allocator_t *a, size_t object_size, size_t objects_per_chunk,
                              size_t alignment, unsigned flags);

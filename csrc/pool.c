@@ -488,7 +488,7 @@ nm_pool_t *nm_pool_create_ex(nm_allocator_t *a, size_t object_size, size_t objec
     nm_pool_t *pool;
     size_t stride, total, off, words, cs, n;
     uintptr_t odd;
-    if (!a) { _nm_set_error(NM_ERR_INVALID, "nm_pool_create: allocator is NULL"); return NULL; }
+    if (!a) a = nm_allocator_libc(); /* NULL: the C library */
     if (object_size == 0) { _nm_set_error(NM_ERR_INVALID, "nm_pool_create: object size is 0"); return NULL; }
     if (objects_per_chunk == 0) { _nm_set_error(NM_ERR_INVALID, "nm_pool_create: objects_per_chunk is 0"); return NULL; }
     if (!_nm_is_pow2(alignment) || alignment < sizeof(void *) || alignment > NM__MAX_ALIGN) {
