@@ -448,13 +448,21 @@ static NM_NOINLINE nm__chunk_t *nm__refill(nm_pool_t *pool, nm__tcache_t *tc) {
     }
     nm_mutex_lock(&pool->lock);
     nm__sample_peak(pool);
-    while ((c = pool->orphans) != NULL) {
-        pool->orphans = c->next_owned;
-        nm_atomic_store_relaxed(&c->owner, (intptr_t)tc);
-        c->next_owned = tc->owned;
-        tc->owned = c;
-        nm__collect(pool, c);
-        if (nm__has_room(c)) break;
+    {
+        /* adopt an orphan with room (orphans have no owner: under the lock we may fold their
+         * remote frees); full orphans stay listed for later */
+        nm__chunk_t **pp = &pool->orphans;
+        while ((c = *pp) != NULL) {
+            nm__collect(pool, c);
+            if (nm__has_room(c)) {
+                *pp = c->next_owned;
+                nm_atomic_store_relaxed(&c->owner, (intptr_t)tc);
+                c->next_owned = tc->owned;
+                tc->owned = c;
+                break;
+            }
+            pp = &c->next_owned;
+        }
     }
     if (!c) c = nm__chunk_new(pool, tc);
     nm_mutex_unlock(&pool->lock);
