@@ -57,6 +57,8 @@ struct nm__tcache {
     nm__chunk_t *owned;
     nm_atomic_t allocs, frees;  /* written by the owning thread only                    */
     nm_atomic_t peak_net;
+    intptr_t net;               /* allocs - frees of this cache (owner only)             */
+    uintptr_t last_chunk;       /* a chunk base this thread already found in the registry */
     nm__tcache_t *next;
 };
 
@@ -775,10 +777,9 @@ NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, i
     }
     nm__bit_put(c->alloc_bits, idx, 1);
     {
-        intptr_t a = nm_atomic_load_relaxed(&tc->allocs) + 1;
-        nm_atomic_store_relaxed(&tc->allocs, a);
-        if (a - nm_atomic_load_relaxed(&tc->frees) > nm_atomic_load_relaxed(&tc->peak_net))
-            nm_atomic_store_relaxed(&tc->peak_net, a - nm_atomic_load_relaxed(&tc->frees));
+        intptr_t net = ++tc->net;
+        nm__counter_inc(&tc->allocs);
+        if (NM_UNLIKELY(net > nm_atomic_load_relaxed(&tc->peak_net))) nm_atomic_store_relaxed(&tc->peak_net, net);
     }
     NM_ASAN_UNPOISON(slot, pool->object_size);
     NM__VG(pool, NM_VG_MEMPOOL_ALLOC(pool, slot, pool->object_size));
@@ -790,6 +791,7 @@ NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, i
             if (rc) {
                 /* the damaged slot stays out of circulation; the count is undone */
                 nm_atomic_store_relaxed(&tc->allocs, nm_atomic_load_relaxed(&tc->allocs) - 1);
+                tc->net--;
                 nm__bit_put(c->alloc_bits, idx, 0);
                 NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, slot));
                 return NULL;
@@ -848,9 +850,16 @@ static NM_NOINLINE int nm__bad_free(nm_pool_t *pool, nm__chunk_t *c, void *p, si
 
 /* Returns `p` to the pool from thread cache `tc`. */
 NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p) {
-    nm__chunk_t *c = nm__chunk_of(pool, p);
+    nm__chunk_t *c;
     size_t idx;
-    if (NM_UNLIKELY(!c)) return nm__bad_free(pool, NULL, p, 0);
+    /* chunks live until destroy, so a base this thread already verified needs no lookup */
+    if (NM_LIKELY(((uintptr_t)p & pool->chunk_mask) == tc->last_chunk && tc->last_chunk != 0)) {
+        c = (nm__chunk_t *)tc->last_chunk;
+    } else {
+        c = nm__chunk_of(pool, p);
+        if (NM_UNLIKELY(!c)) return nm__bad_free(pool, NULL, p, 0);
+        tc->last_chunk = (uintptr_t)c;
+    }
     if (NM_UNLIKELY(c->magic != ((uintptr_t)c ^ pool->secret)))
         return _nm_set_error(NM_ERR_CORRUPT, "pool chunk header %p is corrupt (freeing %p)", (void *)c, p);
     idx = nm__slot_index(pool, c, p);
@@ -876,6 +885,7 @@ NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p) {
         nm_atomic_store_release(&c->remote_pending, 1);
     }
     nm__counter_inc(&tc->frees);
+    tc->net--;
     return 0;
 }
 
