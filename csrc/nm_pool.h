@@ -1,58 +1,71 @@
-/* nm_pool.h -- fixed-size object pools (pool.c); included by nativemem.h. */
-#ifndef NM_POOL_H
-#define NM_POOL_H
+/* nm_pool.h -- fixed-size object pools (declarations only; read into cffi's cdef).
+ *
+ * A pool carves objects of one size from power-of-two aligned chunks taken from an
+ * nm_allocator_t.  Allocation and same-thread free take no lock (per-thread caches, each
+ * owning chunks; frees from other threads go through a lock-free per-chunk bitmap).  Every
+ * free is checked against a per-chunk allocation bitmap (foreign, misaligned and double frees
+ * are reported), free-list links are encoded with a per-pool secret, and chunks are returned
+ * to the allocator only by nm_pool_destroy.
+ *
+ * Alignment: nm_pool_create uses 64 (a cache line); nm_pool_create_ex takes any power of two
+ * from sizeof(void *) up to 4096.
+ */
 
 typedef struct nm_pool nm_pool_t;
 
 enum nm_pool_flags {
-    NM_POOL_ZERO = 1,     /* objects are zeroed when handed out                               */
-    NM_POOL_CHECKED = 2,  /* allocation sites, 0xDD poison verified on reuse, live iteration   */
-    NM_POOL_BUGHUNT = 4   /* one backend allocation per object, so external checkers see each  */
+    NM_POOL_ZERO = 1,     /* objects are zeroed when handed out                                */
+    NM_POOL_CHECKED = 2,  /* sites per object, 0xDD poison on free verified on reuse, leaks    */
+    NM_POOL_BUGHUNT = 4,  /* one backend allocation per object (external checkers see each)    */
+    NM_POOL_QUIET = 8     /* nm_pool_destroy does not print leaks to stderr (caller reports)   */
 };
 
 typedef struct nm_pool_stats {
-    int64_t allocations;    /* objects handed out, ever                                   */
-    int64_t frees;          /* objects returned, ever                                     */
-    int64_t live;           /* allocations - frees                                        */
-    int64_t peak;           /* highest live count seen                                    */
-    int64_t chunks;         /* chunks reserved from the allocator (objects in bughunt)    */
-    int64_t reserved_bytes; /* bytes reserved from the allocator                          */
-    int64_t object_size;    /* bytes per object as requested                             */
-    int64_t stride;         /* bytes per slot (object size rounded to the alignment)      */
+    int64_t allocations;     /* objects handed out, ever                                   */
+    int64_t frees;           /* objects returned, ever                                     */
+    int64_t live;            /* allocations - frees                                        */
+    int64_t peak;            /* highest live seen (exact single-threaded; see pool.c)      */
+    int64_t chunks;          /* chunks (or, in bughunt mode, objects) held from the backend */
+    int64_t reserved_bytes;  /* bytes held from the backend for objects                    */
 } nm_pool_stats_t;
 
-/* A pool of objects of `object_size` bytes, carved `objects_per_chunk` at a time from chunks of
- * allocator `a` (NULL: libc).  Objects are aligned to 64 bytes (the cache line). */
+/* One live object, as listed by nm_pool_live_objects (file NULL when no site was kept). */
+typedef struct nm_pool_object {
+    void *ptr;
+    const char *file;
+    int line;
+} nm_pool_object_t;
+
+/* `a` NULL means the C library allocator. */
 nm_pool_t *nm_pool_create(nm_allocator_t *a, size_t object_size, size_t objects_per_chunk, unsigned flags);
-/* Same, with an alignment: any power of two from sizeof(void *) up to 4096. */
-nm_pool_t *nm_pool_create_ex(nm_allocator_t *a, size_t object_size, size_t objects_per_chunk, unsigned flags,
-                             size_t alignment);
+nm_pool_t *nm_pool_create_ex(nm_allocator_t *a, size_t object_size, size_t objects_per_chunk,
+                             size_t alignment, unsigned flags);
 void *nm_pool_alloc(nm_pool_t *pool);
-/* Alloc recording `file`/`line` as the site (checked pools; others ignore it). */
+/* Same, recording `file`:`line` as the object's site in checked mode. */
 void *nm_pool_alloc_at(nm_pool_t *pool, const char *file, int line);
-/* NM_OK, or NM_ERR_INVALID_FREE (not from this pool / not an object boundary),
- * NM_ERR_DOUBLE_FREE, NM_ERR_CORRUPT. */
+/* 0 on success; NM_ERR_INVALID_FREE (foreign / not an object start) or NM_ERR_DOUBLE_FREE. */
 int nm_pool_free(nm_pool_t *pool, void *ptr);
-/* Fill out[0..n) with objects; returns how many were allocated (n unless out of memory). */
-size_t nm_pool_alloc_many(nm_pool_t *pool, void **out, size_t n, const char *file, int line);
-/* Free ptrs[0..n); returns NM_OK or the first error (the remaining pointers are still freed;
- * *bad_index receives the index of the first bad pointer when not NULL). */
-int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n, size_t *bad_index);
-/* 1 when ptr is a live object of this pool, 0 otherwise (never faults on foreign pointers). */
+/* Allocates up to n objects into out[]; returns how many (fewer only on error, error set). */
+size_t nm_pool_alloc_many(nm_pool_t *pool, void **out, size_t n);
+/* Frees ptrs[0..n) in order; 0 when all were freed, else the status of the first bad pointer
+ * (the ones before it are freed, the ones after it are not; the message names the index). */
+int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n);
+/* 1 when ptr is the start of a live object of this pool, else 0 (never reads foreign memory). */
 int nm_pool_owns(nm_pool_t *pool, const void *ptr);
-size_t nm_pool_object_size(nm_pool_t *pool);
-void nm_pool_stats(nm_pool_t *pool, nm_pool_stats_t *out);
-/* Live objects: fills up to `cap` entries (sites only in checked pools, else NULL/0) and
- * returns the total number of live objects. */
-size_t nm_pool_live(nm_pool_t *pool, void **objs, const char **files, int *lines, size_t cap);
-/* Destroy the pool and every chunk; returns the number of objects still live (leaks), each
- * reported on stderr with its site in checked pools when `report` is nonzero. */
-size_t nm_pool_destroy_report(nm_pool_t *pool, int report);
 void nm_pool_destroy(nm_pool_t *pool);
+void nm_pool_stats(nm_pool_t *pool, nm_pool_stats_t *out);
+size_t nm_pool_object_size(nm_pool_t *pool);
+size_t nm_pool_alignment(nm_pool_t *pool);
+size_t nm_pool_objects_per_chunk(nm_pool_t *pool);
+unsigned nm_pool_flags(nm_pool_t *pool);
+/* Live objects (pool quiescent): fills out[0..min(n, live)) and returns the live count. */
+size_t nm_pool_live_objects(nm_pool_t *pool, nm_pool_object_t *out, size_t n);
+/* Checked mode: verifies the poison of every free object and every free-list link.
+ * 0 when intact, else NM_ERR_USE_AFTER_FREE / NM_ERR_CORRUPT naming the first damaged object. */
+int nm_pool_check(nm_pool_t *pool);
 
-/* Measurement loops (C, so FFI cost does not hide the pool): ns per alloc+free pair, and ns
- * per object for batches of `batch` allocs then `batch` frees. */
-double nm_pool_bench_pairs(nm_pool_t *pool, size_t iterations);
-double nm_pool_bench_batch(nm_pool_t *pool, size_t batch, size_t rounds);
-
-#endif /* NM_POOL_H */
+/* Measurement loops for benchmarks: ns per alloc+free pair; ns per object for batches of
+ * `batch` allocs then `batch` frees; the same pair loop over nm_malloc/nm_free. */
+double nm_pool_bench_pairs(nm_pool_t *p, size_t iterations);
+double nm_pool_bench_batch(nm_pool_t *p, size_t batch, size_t rounds);
+double nm_malloc_bench_pairs(nm_allocator_t *a, size_t size, size_t iterations);

@@ -271,4 +271,42 @@ int nm_os_protect(void *p, size_t size, int access);
 #  define NM_ASAN_UNPOISON(p, n)  ((void)(p), (void)(n))
 #endif
 
+/* ---- [pool] per-pointer thread-exit keys and a cheap thread id -------------------------------- *
+ * nm_tls_key_t holds one pointer per thread; when a thread exits with a non-NULL value the
+ * destructor runs with it (pthread keys; fiber-local storage on Windows, whose callback also
+ * runs at thread exit).  NM_TLS_DTOR_CALL is the destructor's calling convention. */
+#if defined(NM_OS_WINDOWS)
+typedef DWORD nm_tls_key_t;
+#  define NM_TLS_DTOR_CALL NTAPI
+NM_INLINE int nm_tls_key_create(nm_tls_key_t *k, void (NM_TLS_DTOR_CALL *dtor)(void *)) {
+    *k = FlsAlloc(dtor);
+    return *k == FLS_OUT_OF_INDEXES ? -1 : 0;
+}
+NM_INLINE int nm_tls_key_set(nm_tls_key_t k, void *v) { return FlsSetValue(k, v) ? 0 : -1; }
+NM_INLINE void *nm_tls_key_get(nm_tls_key_t k) { return FlsGetValue(k); }
+#else
+typedef pthread_key_t nm_tls_key_t;
+#  define NM_TLS_DTOR_CALL
+NM_INLINE int nm_tls_key_create(nm_tls_key_t *k, void (*dtor)(void *)) { return pthread_key_create(k, dtor) ? -1 : 0; }
+NM_INLINE int nm_tls_key_set(nm_tls_key_t k, void *v) { return pthread_setspecific(k, v) ? -1 : 0; }
+NM_INLINE void *nm_tls_key_get(nm_tls_key_t k) { return pthread_getspecific(k); }
+#endif
+/* A word unique among live threads that is cheap to read: the thread pointer where the
+ * compiler exposes it (no __tls_get_addr call from a shared library), else nm_thread_id(). */
+#if defined(__GNUC__) && !defined(__clang__) && !defined(_WIN32) && __GNUC__ >= 11 && (defined(__x86_64__) || defined(__aarch64__))
+#  define NM_HAVE_THREAD_POINTER 1
+#endif
+NM_INLINE uintptr_t nm_thread_fast_id(void) {
+#if defined(NM_HAVE_THREAD_POINTER)
+    return (uintptr_t)__builtin_thread_pointer();
+#elif defined(_MSC_VER) && defined(_M_X64)
+    return (uintptr_t)__readgsqword(0x30);
+#elif defined(_MSC_VER) && defined(_M_IX86)
+    return (uintptr_t)__readfsdword(0x18);
+#else
+    return nm_thread_id();
+#endif
+}
+/* ---- [pool] end ---------------------------------------------------------------------- */
+
 #endif /* NM_PLATFORM_H */

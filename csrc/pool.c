@@ -1,793 +1,1092 @@
-/* pool.c -- fixed-size object pools: cache-line aligned objects carved from chunks.
+/* pool.c -- fixed-size object pools: chunks, per-thread caches, checked frees, debug modes.
  *
- * Fast path: a per-thread magazine (an array of free object pointers) per pool, found through a
- * small thread-local table keyed by the pool's unique id; no lock.  Slow path: refill or flush
- * half a magazine from the pool's shared free list under its mutex.  Any thread may free any
- * object (it lands in the freeing thread's magazine), so cross-thread frees need no special
- * case.  Threads that exit hand their magazines back (thread-exit callback).
+ * Layout.  A chunk is one nm_memalign block aligned to its own power-of-two size, so the
+ * chunk header of any object is `ptr & ~(chunk_size - 1)`.  Before dereferencing that header
+ * a free looks the base up in the pool's chunk registry (an open-addressing hash of chunk
+ * bases, read lock-free), so a foreign pointer is never followed.  Header, then the
+ * allocation bitmap, the remote-free bitmap, the per-slot sites (checked mode), then objects.
  *
- * Safety, always on: chunks are aligned to their power-of-two size, so the chunk of any address
- * is a mask away; a lock-free hash of chunk addresses says whether that chunk is ours before its
- * header is read; a per-chunk allocation bitmap (atomic bit per slot) catches double frees and
- * objects handed out twice.  The shared free list is hardened: next pointers are stored XORed
- * with a per-pool secret and the slot address, and checked on pop.
- * Checked mode adds allocation sites, 0xDD poisoning verified on reuse and leak reports;
- * bughunt mode makes one backend allocation per object.  Valgrind and ASan see objects as
- * heap blocks through the NM_VG_* / NM_ASAN_* annotations.
+ * Threads.  Every thread using a pool gets a cache (nm__tcache_t) that OWNS chunks.  The owner
+ * allocates from its chunks' free lists and bump pointers and frees into them without any lock
+ * or atomic read-modify-write (the allocation bitmap is written only by the owner).  A thread
+ * freeing an object of a chunk it does not own sets the object's bit in the chunk's remote
+ * bitmap with an atomic OR (an already set bit is a double free) and flags the chunk; the
+ * owner folds remote frees back on its slow path.  Chunks of exited threads are orphaned (via
+ * a thread-exit callback) and adopted by the next thread that needs a chunk; the shared slow
+ * path (new chunk, adoption, cache creation) takes the pool mutex.
+ *
+ * Counters are per cache (written by its thread, summed by nm_pool_stats), so they are exact
+ * when the pool is quiescent.  Peak live is the highest of: the single-cache peak (exact for a
+ * pool used by one thread), and the summed live count sampled on every slow path and stats call.
+ *
+ * Chunks go back to the allocator only in nm_pool_destroy.
  */
 #include "nm_internal.h"
 
 #include <stdio.h>
 
-#define NM__MAG_CAP    64
-#define NM__MAG_BATCH  32
-#define NM__TLS_SLOTS  8
-#define NM__POISON     0xDD
-#define NM__HUNT_RING  1024
+#define NM__WBITS (sizeof(uintptr_t) * 8)
+#define NM__TC_SLOTS 32
+#define NM__POISON 0xDD
+#define NM__MAX_ALIGN 4096
 
-typedef struct nm__site { const char *file; int line; } nm__site_t;
+typedef struct nm__chunk nm__chunk_t;
+typedef struct nm__tcache nm__tcache_t;
 
-typedef struct nm__chunk {
+struct nm__chunk {
+    uintptr_t magic;            /* (uintptr_t)chunk ^ pool secret                      */
     nm_pool_t *pool;
-    struct nm__chunk *next;
-    char *objs;             /* first object                               */
-    size_t nobj;            /* slots in this chunk                        */
-    size_t carved;          /* slots handed to the free lists so far      */
-    nm_atomic_t *bitmap;    /* 1 bit per slot: allocated                  */
-    nm__site_t *sites;      /* checked mode: last allocation site per slot */
-} nm__chunk_t;
-
-typedef struct nm__mag {
-    void *slots[NM__MAG_CAP];
-    size_t count;
-    nm_atomic_t allocs;     /* single writer (the owning thread), read by stats */
-    nm_atomic_t frees;
-    nm_atomic_t peak;       /* highest allocs - frees seen by this thread       */
-    struct nm__mag *next;   /* pool's list of magazines (pool lock)             */
-} nm__mag_t;
-
-typedef struct nm__registry {  /* open-addressing set of chunk addresses, lock-free reads */
-    size_t mask;
-    size_t used;
-    struct nm__registry *retired;
-    nm_atomic_t keys[1];
-} nm__registry_t;
-
-struct nm_pool {
-    nm_allocator_t *a;
-    uint64_t id;
-    size_t object_size, stride, alignment, per_chunk, chunk_size;
-    unsigned flags;
-    uintptr_t secret;
-    nm_mutex_t lock;
-    void *free_head;                /* hardened shared free list (lock)     */
-    nm__chunk_t *chunks;            /* all chunks (lock)                    */
-    nm__chunk_t *carving;           /* chunk with uncarved slots (lock)     */
-    nm__registry_t *registry;       /* published with release              */
-    nm__mag_t *mags;                /* every magazine of this pool (lock)   */
-    intptr_t peak;                  /* sampled under the lock (see nm__sample_peak) */
-    nm_atomic_t n_chunks, reserved;
-    nm_atomic_t slow_allocs, slow_frees;  /* counted under lock (checked / no magazine) */
-    nm_atomic_t orphan_allocs, orphan_frees; /* from magazines of exited threads */
-    /* bughunt: live set + ring of recently freed addresses */
-    nm__registry_t *hunt_live;
-    uintptr_t hunt_freed[NM__HUNT_RING];
-    size_t hunt_pos;
-    nm_pool_t *next_pool;           /* global list of live pools            */
+    nm_atomic_t owner;          /* nm__tcache_t * of the owner; 0 when orphaned         */
+    nm__chunk_t *next_owned;    /* owner's list, or the pool's orphan list              */
+    nm__chunk_t *next_all;      /* every chunk of the pool                              */
+    char *objects;
+    size_t nobj;
+    size_t bump;                /* slots [bump, nobj) were never handed out             */
+    void *free;                 /* owner's free list (encoded links)                    */
+    nm_atomic_t remote_pending; /* nonzero when remote_bits may hold bits               */
+    nm_atomic_t *alloc_bits;    /* 1 = handed out (owner writes, others read)           */
+    nm_atomic_t *remote_bits;   /* 1 = freed by another thread, not yet folded back     */
+    const char **site_file;     /* checked mode: last allocation site per slot          */
+    int *site_line;
 };
 
-/* ---- global pool list and thread-local magazine table --------------------------------------- */
+struct nm__tcache {
+    nm_pool_t *pool;
+    nm_atomic_t thread;         /* nm_thread_fast_id() of the user; 0 when free for reuse */
+    nm__chunk_t *cur;
+    nm__chunk_t *owned;
+    nm_atomic_t allocs, frees;  /* written by the owning thread only                    */
+    nm_atomic_t peak_net;
+    intptr_t net;               /* allocs - frees of this cache (owner only)             */
+    uintptr_t last_chunk;       /* a chunk base this thread already found in the registry */
+    nm__tcache_t *next;
+};
+
+/* Registry of chunk bases: open addressing, keys are chunk numbers (base >> shift) + 1. */
+typedef struct nm__reg {
+    size_t cap, count;
+    struct nm__reg *older;      /* replaced tables stay alive until destroy            */
+    nm_atomic_t keys[1];
+} nm__reg_t;
+
+/* Bughunt mode: every object is its own backend block, tracked in this map. */
+typedef struct nm__bh_ent {
+    uintptr_t addr;
+    int state;                  /* 0 empty, 1 live, 2 freed                            */
+    int line;
+    const char *file;
+} nm__bh_ent_t;
+
+struct nm_pool {
+    uint64_t id;
+    uintptr_t secret;
+    nm_allocator_t *a;
+    unsigned flags;
+    size_t object_size, stride, alignment, want_per_chunk;
+    size_t chunk_size, nobj, objects_offset, bits_words;
+    uintptr_t chunk_mask;
+    unsigned chunk_shift;
+    int vg;                     /* running under Valgrind: issue client requests */
+    unsigned stride_tz;
+    uintptr_t stride_inv;
+    nm_mutex_t lock;
+    nm__chunk_t *all, *orphans;
+    nm__tcache_t *tcaches;
+    nm_atomic_t reg;            /* nm__reg_t *                                          */
+    nm_atomic_t tcs[NM__TC_SLOTS]; /* thread id hash -> nm__tcache_t * (hint, verified)  */
+    nm_atomic_t nchunks, reserved, peak_sampled;
+    nm__bh_ent_t *bh;
+    size_t bh_cap, bh_count;
+    int64_t bh_allocs, bh_frees, bh_live, bh_peak;
+    nm_pool_t *next_live;
+};
+
+/* ---- global registry of live pools (validates thread-exit work against destroy) ------ */
 static nm_mutex_t nm__pools_lock = NM_MUTEX_INIT;
 static nm_pool_t *nm__pools;
-static nm_atomic_t nm__next_id = 1;
+static uint64_t nm__pool_ids;
+static int nm__key_made;
+static nm_tls_key_t nm__key;
 
-typedef struct nm__tls_slot { uint64_t id; nm__mag_t *mag; } nm__tls_slot_t;
-static NM_THREAD_LOCAL nm__tls_slot_t nm__tls[NM__TLS_SLOTS] NM_TLS_FAST;
+typedef struct nm__tnode {
+    nm_pool_t *pool;
+    uint64_t id;
+    nm__tcache_t *tc;
+    struct nm__tnode *next;
+} nm__tnode_t;
 
-static int nm__push_shared(nm_pool_t *p, void *obj);
-static void nm__sample_peak(nm_pool_t *p);
+static NM_THREAD_LOCAL nm__tnode_t *nm__tnodes;
+static NM_THREAD_LOCAL size_t nm__tnode_count, nm__tnode_prune_at;
 
-/* Give magazine `m` of pool `p` back: its objects go to the shared list (pool lock held). */
-static void nm__mag_retire(nm_pool_t *p, nm__mag_t *m) {
-    nm__mag_t **pp;
-    size_t i;
-    for (i = 0; i < m->count; i++) nm__push_shared(p, m->slots[i]);
-    m->count = 0;
-    nm__sample_peak(p);
-    p->orphan_allocs += m->allocs;
-    p->orphan_frees += m->frees;
-    for (pp = &p->mags; *pp; pp = &(*pp)->next)
-        if (*pp == m) { *pp = m->next; break; }
-    nm_free(p->a, m);
-}
-
-/* Thread exit: hand every magazine of this thread back to its pool if the pool still exists. */
-static void nm__thread_exit(void) {
+/* ---- small helpers ------------------------------------------------------------------- */
+/* Multiplicative inverse of an odd number modulo 2^bits (Newton iteration). */
+static uintptr_t nm__inverse(uintptr_t d) {
+    uintptr_t x = d;
     int i;
-    nm_mutex_lock(&nm__pools_lock);
-    for (i = 0; i < NM__TLS_SLOTS; i++) {
-        nm_pool_t *p;
-        if (nm__tls[i].id == 0) continue;
-        for (p = nm__pools; p; p = p->next_pool)
-            if (p->id == nm__tls[i].id) {
-                nm_mutex_lock(&p->lock);
-                nm__mag_retire(p, nm__tls[i].mag);
-                nm_mutex_unlock(&p->lock);
-                break;
-            }
-        nm__tls[i].id = 0;
-        nm__tls[i].mag = NULL;
-    }
-    nm_mutex_unlock(&nm__pools_lock);
+    for (i = 0; i < 6; i++) x *= 2 - d * x;
+    return x;
 }
 
-/* ---- chunk registry -------------------------------------------------------------------------- */
-NM_INLINE size_t nm__hash(uintptr_t k) { return (size_t)((k >> 6) * (uintptr_t)0x9E3779B97F4A7C15ull); }
-
-static int nm__reg_contains(nm__registry_t *r, uintptr_t key) {
-    size_t i;
-    if (r == NULL || key <= 1) return 0; /* 0 and 1 mark empty and deleted entries */
-    for (i = nm__hash(key) & r->mask;; i = (i + 1) & r->mask) {
-        uintptr_t k = (uintptr_t)nm_atomic_load_relaxed(&r->keys[i]);
-        if (k == key) return 1;
-        if (k == 0) return 0;
-    }
+/* Slot index of `p` in chunk `c`, or (size_t)-1 when p is not an object start. */
+NM_INLINE size_t nm__slot_index(const nm_pool_t *pool, const nm__chunk_t *c, const void *p) {
+    uintptr_t off, q;
+    if ((uintptr_t)p < (uintptr_t)c->objects) return (size_t)-1;
+    off = (uintptr_t)p - (uintptr_t)c->objects;
+    if (off & (((uintptr_t)1 << pool->stride_tz) - 1)) return (size_t)-1;
+    q = (off >> pool->stride_tz) * pool->stride_inv;
+    return q < c->nobj ? (size_t)q : (size_t)-1;
 }
 
-static nm__registry_t *nm__reg_new(nm_allocator_t *a, size_t cap) {
+NM_INLINE int nm__bit_get(nm_atomic_t *words, size_t i) {
+    return (int)(((uintptr_t)nm_atomic_load_relaxed(&words[i / NM__WBITS]) >> (i % NM__WBITS)) & 1u);
+}
+/* Owner-only bitmap writes: a relaxed load and store, no read-modify-write. */
+NM_INLINE void nm__bit_put(nm_atomic_t *words, size_t i, int on) {
+    uintptr_t w = (uintptr_t)nm_atomic_load_relaxed(&words[i / NM__WBITS]);
+    uintptr_t m = (uintptr_t)1 << (i % NM__WBITS);
+    w = on ? (w | m) : (w & ~m);
+    nm_atomic_store_relaxed(&words[i / NM__WBITS], (intptr_t)w);
+}
+/* Atomic OR; returns the previous word. */
+static uintptr_t nm__atomic_or(nm_atomic_t *w, uintptr_t m) {
+    intptr_t old = nm_atomic_load_relaxed(w);
+    while (!nm_atomic_cas(w, &old, (intptr_t)((uintptr_t)old | m))) { }
+    return (uintptr_t)old;
+}
+
+NM_INLINE void nm__counter_inc(nm_atomic_t *c) { nm_atomic_store_relaxed(c, nm_atomic_load_relaxed(c) + 1); }
+
+NM_INLINE void *nm__encode(const nm_pool_t *pool, void *slot, void *next) {
+    return (void *)((uintptr_t)next ^ pool->secret ^ (uintptr_t)slot);
+}
+
+/* Memory-checker hooks: make a slot's link word accessible to the pool, then hide it again. */
+/* Valgrind client requests cost a few ns each even natively, so they run only when the pool
+ * was created under Valgrind. */
+#define NM__VG(pool, request) do { if (NM_UNLIKELY((pool)->vg)) { request; } } while (0)
+
+NM_INLINE void nm__link_open(const nm_pool_t *pool, void *slot) {
+    NM_ASAN_UNPOISON(slot, sizeof(void *));
+    NM__VG(pool, NM_VG_DEFINED(slot, sizeof(void *)));
+}
+NM_INLINE void nm__link_close(const nm_pool_t *pool, void *slot) {
+    NM__VG(pool, NM_VG_NOACCESS(slot, sizeof(void *)));
+    NM_ASAN_POISON(slot, sizeof(void *));
+}
+
+static const char *nm__sitef(const char *f) { return f ? f : "<unknown>"; }
+
+/* ---- chunk registry -------------------------------------------------------------------- */
+static nm__reg_t *nm__reg_new(nm_pool_t *pool, size_t cap) {
     size_t bytes;
-    nm__registry_t *r;
-    if (nm_mul_overflow(cap, sizeof(nm_atomic_t), &bytes) || nm_add_overflow(bytes, sizeof(nm__registry_t), &bytes))
+    nm__reg_t *r;
+    if (nm_mul_overflow(cap, sizeof(nm_atomic_t), &bytes) || nm_add_overflow(bytes, sizeof(nm__reg_t), &bytes))
         return NULL;
-    r = (nm__registry_t *)nm_calloc(a, 1, bytes);
-    if (r) r->mask = cap - 1;
+    r = (nm__reg_t *)nm_calloc(pool->a, 1, bytes);
+    if (r) r->cap = cap;
     return r;
 }
 
-static void nm__reg_put(nm__registry_t *r, uintptr_t key) {
-    size_t i;
-    for (i = nm__hash(key) & r->mask;; i = (i + 1) & r->mask) {
-        uintptr_t k = (uintptr_t)r->keys[i];
-        if (k == key) return;
-        if (k == 0 || k == 1) {
-            if (k == 0) r->used++;
-            nm_atomic_store_release(&r->keys[i], (intptr_t)key);
-            return;
-        }
-    }
+NM_INLINE size_t nm__reg_hash(uintptr_t key, size_t cap) {
+    return (size_t)((key * (uintptr_t)0x9E3779B97F4A7C15ull) >> 7) & (cap - 1);
 }
 
-/* Insert under the pool lock, growing (and retiring the old table) at half load. */
-static int nm__reg_insert(nm_pool_t *p, nm__registry_t **slot, uintptr_t key) {
-    nm__registry_t *r = *slot;
-    if (r == NULL || (r->used + 1) * 2 > r->mask + 1) {
-        size_t cap = r ? (r->mask + 1) * 2 : 64, i;
-        nm__registry_t *n = nm__reg_new(p->a, cap);
-        if (n == NULL) return -1;
-        if (r) {
-            for (i = 0; i <= r->mask; i++)
-                if ((uintptr_t)r->keys[i] > 1) nm__reg_put(n, (uintptr_t)r->keys[i]);
-            n->retired = r; /* readers may still be probing it */
+static void nm__reg_put(nm__reg_t *r, uintptr_t key) {
+    size_t i = nm__reg_hash(key, r->cap);
+    while (nm_atomic_load_relaxed(&r->keys[i]) != 0) i = (i + 1) & (r->cap - 1);
+    nm_atomic_store_release(&r->keys[i], (intptr_t)key);
+    r->count++;
+}
+
+/* Adds a chunk base (pool lock held).  Returns 0, or NM_ERR_NOMEM. */
+static int nm__reg_add(nm_pool_t *pool, uintptr_t base) {
+    nm__reg_t *r = (nm__reg_t *)nm_atomic_load_relaxed(&pool->reg);
+    uintptr_t key = (base >> pool->chunk_shift) + 1;
+    if ((r->count + 1) * 2 > r->cap) {
+        nm__reg_t *n = nm__reg_new(pool, r->cap * 2);
+        size_t i;
+        if (!n) return NM_ERR_NOMEM;
+        for (i = 0; i < r->cap; i++) {
+            uintptr_t k = (uintptr_t)nm_atomic_load_relaxed(&r->keys[i]);
+            if (k) nm__reg_put(n, k);
         }
-        nm_atomic_store_release((nm_atomic_t *)slot, (intptr_t)n);
+        n->older = r;
+        nm_atomic_store_release(&pool->reg, (intptr_t)n);
         r = n;
     }
     nm__reg_put(r, key);
     return 0;
 }
 
-/* Bughunt's live set deletes: a tombstone (1) keeps probe chains intact. */
-static int nm__reg_remove(nm__registry_t *r, uintptr_t key) {
-    size_t i;
-    if (r == NULL || key <= 1) return 0;
-    for (i = nm__hash(key) & r->mask;; i = (i + 1) & r->mask) {
-        uintptr_t k = (uintptr_t)r->keys[i];
-        if (k == key) { r->keys[i] = 1; return 1; }
-        if (k == 0) return 0;
+/* The chunk holding `p` if p lies in one of this pool's chunks, else NULL.  Lock-free. */
+NM_INLINE nm__chunk_t *nm__chunk_of(nm_pool_t *pool, const void *p) {
+    nm__reg_t *r = (nm__reg_t *)nm_atomic_load_ptr_acquire(&pool->reg);
+    uintptr_t base = (uintptr_t)p & pool->chunk_mask;
+    uintptr_t key = (base >> pool->chunk_shift) + 1, k;
+    size_t i = nm__reg_hash(key, r->cap);
+    while ((k = (uintptr_t)nm_atomic_load_acquire(&r->keys[i])) != 0) {
+        if (k == key) return (nm__chunk_t *)base;
+        i = (i + 1) & (r->cap - 1);
+    }
+    return NULL;
+}
+
+/* ---- thread caches ------------------------------------------------------------------- */
+static void NM_TLS_DTOR_CALL nm__thread_exit(void *arg);
+
+/* Returns chunks of `tc` to the pool's orphan list and frees the cache for reuse (lock held). */
+static void nm__tcache_release(nm_pool_t *pool, nm__tcache_t *tc) {
+    nm__chunk_t *c = tc->owned, *next;
+    for (; c; c = next) {
+        next = c->next_owned;
+        nm_atomic_store_relaxed(&c->owner, 0);
+        c->next_owned = pool->orphans;
+        pool->orphans = c;
+    }
+    tc->owned = tc->cur = NULL;
+    nm_atomic_store_relaxed(&tc->thread, 0);
+}
+
+/* Drops this thread's records of pools that no longer exist (global lock held). */
+static void nm__tnodes_prune(void) {
+    nm__tnode_t **pp = &nm__tnodes;
+    while (*pp) {
+        nm__tnode_t *n = *pp;
+        nm_pool_t *q = nm__pools;
+        while (q && !(q == n->pool && q->id == n->id)) q = q->next_live;
+        if (!q) {
+            *pp = n->next;
+            nm_free(nm_allocator_libc(), n);
+            nm__tnode_count--;
+        } else {
+            pp = &n->next;
+        }
     }
 }
 
-static void nm__reg_free(nm_allocator_t *a, nm__registry_t *r) {
-    while (r) {
-        nm__registry_t *old = r->retired;
-        nm_free(a, r);
-        r = old;
+/* Finds or makes the calling thread's cache for `pool` (slow path of nm__tc). */
+NM_INLINE size_t nm__tc_hash(uintptr_t me) {
+    return (size_t)(((uint64_t)me * 0x9E3779B97F4A7C15ull) >> 59) & (NM__TC_SLOTS - 1);
+}
+
+static NM_NOINLINE nm__tcache_t *nm__tc_slow(nm_pool_t *pool, uintptr_t me) {
+    nm__tcache_t *tc, *spare = NULL;
+    nm__tnode_t *node;
+    int fresh = 0;
+    nm_mutex_lock(&pool->lock);
+    for (tc = pool->tcaches; tc; tc = tc->next) {
+        uintptr_t t = (uintptr_t)nm_atomic_load_relaxed(&tc->thread);
+        if (t == me) break;
+        if (t == 0 && !spare) spare = tc;
     }
+    if (!tc) {
+        fresh = 1;
+        if (spare) {
+            tc = spare;
+        } else {
+            tc = (nm__tcache_t *)nm_calloc(pool->a, 1, sizeof *tc);
+            if (!tc) {
+                nm_mutex_unlock(&pool->lock);
+                return NULL;
+            }
+            tc->pool = pool;
+            tc->next = pool->tcaches;
+            pool->tcaches = tc;
+        }
+        nm_atomic_store_relaxed(&tc->thread, (intptr_t)me);
+    }
+    nm_atomic_store_release(&pool->tcs[nm__tc_hash(me)], (intptr_t)tc);
+    nm_mutex_unlock(&pool->lock);
+    if (fresh) {
+        /* remember it for the thread-exit callback */
+        nm_mutex_lock(&nm__pools_lock);
+        if (!nm__key_made) {
+            if (nm_tls_key_create(&nm__key, nm__thread_exit) == 0) nm__key_made = 1;
+        }
+        if (nm__tnode_count >= nm__tnode_prune_at) {
+            nm__tnodes_prune();
+            nm__tnode_prune_at = nm__tnode_count * 2 + 16;
+        }
+        node = (nm__tnode_t *)nm_malloc(nm_allocator_libc(), sizeof *node);
+        if (node) {
+            node->pool = pool;
+            node->id = pool->id;
+            node->tc = tc;
+            node->next = nm__tnodes;
+            nm__tnodes = node;
+            nm__tnode_count++;
+            if (nm__key_made) nm_tls_key_set(nm__key, nm__tnodes);
+        }
+        nm_mutex_unlock(&nm__pools_lock);
+    }
+    return tc;
 }
 
-/* ---- slots ------------------------------------------------------------------------------------ */
-NM_INLINE nm__chunk_t *nm__chunk_of(const nm_pool_t *p, const void *obj) {
-    return (nm__chunk_t *)((uintptr_t)obj & ~(uintptr_t)(p->chunk_size - 1));
+/* The calling thread's cache for `pool`: a hint slot checked against the cache's thread. */
+NM_INLINE nm__tcache_t *nm__tc(nm_pool_t *pool) {
+    uintptr_t me = nm_thread_fast_id();
+    nm__tcache_t *tc = (nm__tcache_t *)nm_atomic_load_ptr_acquire(&pool->tcs[nm__tc_hash(me)]);
+    if (NM_LIKELY(tc != NULL && (uintptr_t)nm_atomic_load_relaxed(&tc->thread) == me)) return tc;
+    return nm__tc_slow(pool, me);
 }
 
-/* The chunk holding `obj` and its slot index, or NULL for a foreign pointer (error set naming
- * `what` unless it is NULL).  Never reads memory the pool does not own. */
-static nm__chunk_t *nm__locate(nm_pool_t *p, const void *obj, size_t *index, const char *what) {
-    nm__chunk_t *c = nm__chunk_of(p, obj);
-    size_t off;
-    if (!nm__reg_contains((nm__registry_t *)nm_atomic_load_ptr_acquire(&p->registry), (uintptr_t)c)) {
-        if (what == NULL) return NULL;
-        _nm_set_error(NM_ERR_INVALID_FREE, "%s of %p: not an object of this pool (%zu-byte objects)", what, obj,
-                      p->object_size);
+/* Thread exit: orphan the exiting thread's chunks in every pool still alive. */
+static void NM_TLS_DTOR_CALL nm__thread_exit(void *arg) {
+    nm__tnode_t *n = (nm__tnode_t *)arg, *next;
+    nm_mutex_lock(&nm__pools_lock);
+    for (; n; n = next) {
+        nm_pool_t *q = nm__pools;
+        next = n->next;
+        while (q && !(q == n->pool && q->id == n->id)) q = q->next_live;
+        if (q) {
+            nm_mutex_lock(&q->lock);
+            nm__tcache_release(q, n->tc);
+            nm_mutex_unlock(&q->lock);
+        }
+        nm_free(nm_allocator_libc(), n);
+    }
+    nm__tnodes = NULL;
+    nm__tnode_count = 0;
+    nm_mutex_unlock(&nm__pools_lock);
+}
+
+/* ---- statistics ---------------------------------------------------------------------- */
+static int64_t nm__live_sum(nm_pool_t *pool, int64_t *allocs, int64_t *frees, int64_t *tc_peak) {
+    nm__tcache_t *tc;
+    int64_t a = 0, f = 0, pk = 0, n = 0;
+    for (tc = pool->tcaches; tc; tc = tc->next) {
+        a += nm_atomic_load_relaxed(&tc->allocs);
+        f += nm_atomic_load_relaxed(&tc->frees);
+        if (nm_atomic_load_relaxed(&tc->peak_net) > pk) pk = nm_atomic_load_relaxed(&tc->peak_net);
+        n++;
+    }
+    if (allocs) *allocs = a;
+    if (frees) *frees = f;
+    if (tc_peak) *tc_peak = n == 1 ? pk : 0;
+    return a - f;
+}
+
+/* Records the summed live count as a peak candidate (pool lock held). */
+static void nm__sample_peak(nm_pool_t *pool) {
+    int64_t live = nm__live_sum(pool, NULL, NULL, NULL);
+    if (live > nm_atomic_load_relaxed(&pool->peak_sampled)) nm_atomic_store_relaxed(&pool->peak_sampled, (intptr_t)live);
+}
+
+/* ---- chunks -------------------------------------------------------------------------- */
+/* A fresh chunk owned by `tc` (pool lock held). */
+static nm__chunk_t *nm__chunk_new(nm_pool_t *pool, nm__tcache_t *tc) {
+    char *mem = (char *)nm_memalign(pool->a, pool->chunk_size, pool->chunk_size);
+    nm__chunk_t *c;
+    char *p;
+    if (!mem) return NULL;
+    memset(mem, 0, pool->objects_offset);
+    c = (nm__chunk_t *)mem;
+    c->magic = (uintptr_t)c ^ pool->secret;
+    c->pool = pool;
+    p = mem + sizeof(nm__chunk_t);
+    p = (char *)_nm_align_up((uintptr_t)p, sizeof(nm_atomic_t));
+    c->alloc_bits = (nm_atomic_t *)p;
+    p += pool->bits_words * sizeof(nm_atomic_t);
+    c->remote_bits = (nm_atomic_t *)p;
+    p += pool->bits_words * sizeof(nm_atomic_t);
+    if (pool->flags & NM_POOL_CHECKED) {
+        c->site_file = (const char **)p;
+        p += pool->nobj * sizeof(char *);
+        c->site_line = (int *)p;
+    }
+    c->objects = mem + pool->objects_offset;
+    c->nobj = pool->nobj;
+    if (nm__reg_add(pool, (uintptr_t)mem) != 0) {
+        nm_free(pool->a, mem);
         return NULL;
     }
-    if ((const char *)obj < c->objs || (off = (size_t)((const char *)obj - c->objs)) % p->stride != 0 ||
-        off / p->stride >= c->nobj) {
-        if (what == NULL) return NULL;
-        _nm_set_error(NM_ERR_INVALID_FREE, "%s of %p: inside chunk %p but not at an object boundary (stride %zu)",
-                      what, obj, (void *)c, p->stride);
-        return NULL;
-    }
-    *index = off / p->stride;
+    NM__VG(pool, NM_VG_NOACCESS(c->objects, pool->nobj * pool->stride));
+    NM_ASAN_POISON(c->objects, pool->nobj * pool->stride);
+    c->next_all = pool->all;
+    pool->all = c;
+    nm_atomic_store_relaxed(&c->owner, (intptr_t)tc);
+    c->next_owned = tc->owned;
+    tc->owned = c;
+    nm_atomic_add_relaxed(&pool->nchunks, 1);
+    nm_atomic_add_relaxed(&pool->reserved, (intptr_t)pool->chunk_size);
     return c;
 }
 
-NM_INLINE intptr_t nm__bit(size_t i) { return (intptr_t)((uintptr_t)1 << (i % (sizeof(nm_atomic_t) * 8))); }
-NM_INLINE nm_atomic_t *nm__word(nm__chunk_t *c, size_t i) { return &c->bitmap[i / (sizeof(nm_atomic_t) * 8)]; }
-
-/* Push onto the hardened shared list (pool lock held). */
-static int nm__push_shared(nm_pool_t *p, void *obj) {
-    void **slot = (void **)obj;
-    NM_ASAN_UNPOISON(obj, sizeof(void *));
-    NM_VG_UNDEFINED(obj, sizeof(void *));
-    *slot = (void *)((uintptr_t)p->free_head ^ p->secret ^ (uintptr_t)obj);
-    NM_VG_NOACCESS(obj, sizeof(void *));
-    NM_ASAN_POISON(obj, sizeof(void *));
-    p->free_head = obj;
-    return 0;
-}
-
-/* Pop from the shared list, verifying the decoded next pointer (pool lock held). */
-static void *nm__pop_shared(nm_pool_t *p) {
-    void *obj = p->free_head, *next;
-    size_t idx;
-    if (obj == NULL) return NULL;
-    NM_ASAN_UNPOISON(obj, sizeof(void *));
-    NM_VG_DEFINED(obj, sizeof(void *));
-    next = (void *)((uintptr_t)(*(void **)obj) ^ p->secret ^ (uintptr_t)obj);
-    NM_VG_NOACCESS(obj, sizeof(void *));
-    NM_ASAN_POISON(obj, sizeof(void *));
-    if (next != NULL && nm__locate(p, next, &idx, "free-list pop") == NULL) {
-        _nm_set_error(NM_ERR_CORRUPT,
-                      "pool free list corrupt at %p (a write after free?): next pointer decodes to %p, not an object "
-                      "of this pool; the rest of the list is dropped",
-                      obj, next);
-        p->free_head = NULL;
-        return NULL;
-    }
-    p->free_head = next;
-    return obj;
-}
-
-/* Carve fresh slots from the current chunk, or reserve a new chunk (pool lock held). */
-static void *nm__carve(nm_pool_t *p) {
-    nm__chunk_t *c = p->carving;
-    if (c == NULL || c->carved == c->nobj) {
-        size_t bm_words = (p->per_chunk + sizeof(nm_atomic_t) * 8 - 1) / (sizeof(nm_atomic_t) * 8);
-        char *mem = (char *)nm_memalign(p->a, p->chunk_size, p->chunk_size);
-        if (mem == NULL) return NULL;
-        c = (nm__chunk_t *)mem;
-        memset(c, 0, sizeof *c);
-        c->pool = p;
-        c->bitmap = (nm_atomic_t *)(mem + _nm_align_up(sizeof *c, sizeof(nm_atomic_t)));
-        memset(c->bitmap, 0, bm_words * sizeof(nm_atomic_t));
-        c->objs = (char *)_nm_align_up((uintptr_t)(c->bitmap + bm_words), p->alignment);
-        c->nobj = p->per_chunk;
-        if (p->flags & NM_POOL_CHECKED) {
-            c->sites = (nm__site_t *)nm_calloc(p->a, c->nobj, sizeof(nm__site_t));
-            if (c->sites == NULL) {
-                nm_free(p->a, mem);
-                return NULL;
-            }
+/* Folds other threads' frees of chunk `c` back into its free list (owner only). */
+static void nm__collect(nm_pool_t *pool, nm__chunk_t *c) {
+    size_t w;
+    if (nm_atomic_load_relaxed(&c->remote_pending) == 0) return;
+    nm_atomic_exchange(&c->remote_pending, 0);
+    for (w = 0; w < pool->bits_words; w++) {
+        uintptr_t bits;
+        if (nm_atomic_load_relaxed(&c->remote_bits[w]) == 0) continue;
+        bits = (uintptr_t)nm_atomic_exchange(&c->remote_bits[w], 0);
+        if (!bits) continue;
+        nm_atomic_store_relaxed(&c->alloc_bits[w], (intptr_t)((uintptr_t)nm_atomic_load_relaxed(&c->alloc_bits[w]) & ~bits));
+        while (bits) {
+            unsigned b = 0;
+            uintptr_t t = bits;
+            void *slot;
+            while (!(t & 1u)) { t >>= 1; b++; }
+            bits &= bits - 1;
+            slot = c->objects + (w * NM__WBITS + b) * pool->stride;
+            nm__link_open(pool, slot);
+            *(void **)slot = nm__encode(pool, slot, c->free);
+            nm__link_close(pool, slot);
+            c->free = slot;
         }
-        if (nm__reg_insert(p, &p->registry, (uintptr_t)c) != 0) {
-            if (c->sites) nm_free(p->a, c->sites);
-            nm_free(p->a, mem);
-            return NULL;
-        }
-        if (p->flags & NM_POOL_CHECKED) memset(c->objs, NM__POISON, c->nobj * p->stride);
-        NM_VG_NOACCESS(c->objs, c->nobj * p->stride);
-        NM_ASAN_POISON(c->objs, c->nobj * p->stride);
-        c->next = p->chunks;
-        p->chunks = c;
-        p->carving = c;
-        nm_atomic_add_relaxed(&p->n_chunks, 1);
-        nm_atomic_add_relaxed(&p->reserved, (intptr_t)p->chunk_size);
     }
-    return c->objs + p->stride * c->carved++;
 }
 
-/* Verify a checked slot's 0xDD poison before reuse; NULL (error set) if it was written. */
-static int nm__poison_intact(nm_pool_t *p, void *obj, nm__chunk_t *c, size_t idx) {
-    const unsigned char *b = (const unsigned char *)obj;
-    size_t i;
-    for (i = sizeof(void *); i < p->object_size; i++) /* the first word held the free-list link */
-        if (b[i] != NM__POISON) {
-            _nm_set_error(NM_ERR_USE_AFTER_FREE,
-                          "write after free in pool object %p (%zu bytes): byte %zu is 0x%02x, not 0x%02x; last "
-                          "allocated at %s:%d",
-                          obj, p->object_size, i, b[i], NM__POISON,
-                          c->sites[idx].file ? c->sites[idx].file : "?", c->sites[idx].line);
-            return 0;
-        }
-    return 1;
-}
+/* 1 when `c` can hand out an object. */
+NM_INLINE int nm__has_room(nm__chunk_t *c) { return c->free != NULL || c->bump < c->nobj; }
 
-/* Hand out `obj`: mark its bit, verify/zero/record (no lock needed). NULL if it was corrupt. */
-static void *nm__hand_out(nm_pool_t *p, void *obj, const char *file, int line) {
-    size_t idx = 0;
-    nm__chunk_t *c = nm__chunk_of(p, obj);
-    intptr_t bit;
-    idx = (size_t)((char *)obj - c->objs) / p->stride;
-    bit = nm__bit(idx);
-    if (NM_UNLIKELY(nm_atomic_or(nm__word(c, idx), bit) & bit)) {
-        _nm_set_error(NM_ERR_CORRUPT, "pool object %p is already allocated: free list corrupt", obj);
-        return NULL;
+/* Makes tc->cur a chunk with room: own chunks, then orphans, then a new chunk. */
+static NM_NOINLINE nm__chunk_t *nm__refill(nm_pool_t *pool, nm__tcache_t *tc) {
+    nm__chunk_t *c;
+    for (c = tc->owned; c; c = c->next_owned) {
+        nm__collect(pool, c);
+        if (nm__has_room(c)) return tc->cur = c;
     }
-    NM_VG_MEMPOOL_ALLOC(p, obj, p->object_size);
-    NM_ASAN_UNPOISON(obj, p->object_size);
-    if (p->flags & NM_POOL_CHECKED) {
-        NM_VG_DEFINED(obj, p->object_size); /* the poison bytes are defined */
-        if (!nm__poison_intact(p, obj, c, idx)) {
-            /* the damaged slot stays out of circulation: in no list, bit clear */
-            nm_atomic_and(nm__word(c, idx), ~bit);
-            NM_VG_MEMPOOL_FREE(p, obj);
-            return NULL;
-        }
-        c->sites[idx].file = file;
-        c->sites[idx].line = line;
-    }
-    if (p->flags & NM_POOL_ZERO) memset(obj, 0, p->object_size);
-    return obj;
-}
-
-/* Count one allocation on magazine `m` (owning thread only: relaxed stores, no lock prefix). */
-NM_INLINE void nm__mag_count_alloc(nm__mag_t *m) {
-    intptr_t a = m->allocs + 1, live = a - m->frees;
-    nm_atomic_store_relaxed(&m->allocs, a);
-    if (live > m->peak) nm_atomic_store_relaxed(&m->peak, live);
-}
-
-/* Live objects now: every counter summed (pool lock held). */
-static intptr_t nm__live_locked(nm_pool_t *p) {
-    nm__mag_t *m;
-    intptr_t live = nm_atomic_load_relaxed(&p->slow_allocs) + p->orphan_allocs - nm_atomic_load_relaxed(&p->slow_frees) -
-                    p->orphan_frees;
-    for (m = p->mags; m; m = m->next) live += nm_atomic_load_relaxed(&m->allocs) - nm_atomic_load_relaxed(&m->frees);
-    return live;
-}
-
-/* Sample the peak (pool lock held): exact for slow-path pools; with magazines, sampled at each
- * refill/flush and made exact for single-threaded use in nm_pool_stats. */
-static void nm__sample_peak(nm_pool_t *p) {
-    intptr_t live = nm__live_locked(p);
-    if (live > p->peak) p->peak = live;
-}
-
-/* ---- magazines --------------------------------------------------------------------------------- */
-static NM_NOINLINE nm__mag_t *nm__mag_new(nm_pool_t *p) {
-    nm__tls_slot_t *s = &nm__tls[p->id % NM__TLS_SLOTS];
-    nm__mag_t *m;
-    if (s->id != 0) { /* evict another pool's magazine from this slot */
-        nm_pool_t *q;
-        nm_mutex_lock(&nm__pools_lock);
-        for (q = nm__pools; q; q = q->next_pool)
-            if (q->id == s->id) {
-                nm_mutex_lock(&q->lock);
-                nm__mag_retire(q, s->mag);
-                nm_mutex_unlock(&q->lock);
+    nm_mutex_lock(&pool->lock);
+    nm__sample_peak(pool);
+    {
+        /* adopt an orphan with room (orphans have no owner: under the lock we may fold their
+         * remote frees); full orphans stay listed for later */
+        nm__chunk_t **pp = &pool->orphans;
+        while ((c = *pp) != NULL) {
+            nm__collect(pool, c);
+            if (nm__has_room(c)) {
+                *pp = c->next_owned;
+                nm_atomic_store_relaxed(&c->owner, (intptr_t)tc);
+                c->next_owned = tc->owned;
+                tc->owned = c;
                 break;
             }
-        nm_mutex_unlock(&nm__pools_lock);
-        s->id = 0;
-        s->mag = NULL;
-    }
-    m = (nm__mag_t *)nm_calloc(p->a, 1, sizeof(nm__mag_t));
-    if (m == NULL) return NULL;
-    nm_mutex_lock(&p->lock);
-    m->next = p->mags;
-    p->mags = m;
-    nm_mutex_unlock(&p->lock);
-    s->id = p->id;
-    s->mag = m;
-    nm_thread_exit_arm();
-    return m;
-}
-
-NM_INLINE nm__mag_t *nm__mag_get(nm_pool_t *p) {
-    nm__tls_slot_t *s = &nm__tls[p->id % NM__TLS_SLOTS];
-    if (NM_LIKELY(s->id == p->id)) return s->mag;
-    return nm__mag_new(p);
-}
-
-static NM_NOINLINE void *nm__alloc_slow(nm_pool_t *p, nm__mag_t *m, const char *file, int line) {
-    void *obj = NULL;
-    unsigned seq = _nm_error_seq();
-    nm_mutex_lock(&p->lock);
-    if (m) {
-        while (m->count < NM__MAG_BATCH) {
-            void *o = nm__pop_shared(p);
-            if (o == NULL && _nm_error_seq() != seq) break; /* corrupt list: report it */
-            if (o == NULL) o = nm__carve(p);
-            if (o == NULL) break;
-            m->slots[m->count++] = o;
+            pp = &c->next_owned;
         }
-        if (m->count && _nm_error_seq() == seq) obj = m->slots[--m->count];
-    } else {
-        obj = nm__pop_shared(p);
-        if (obj == NULL && _nm_error_seq() == seq) obj = nm__carve(p);
     }
-    if (obj && !m) {
-        nm_atomic_add_relaxed(&p->slow_allocs, 1);
-        obj = nm__hand_out(p, obj, file, line);
-        if (obj == NULL) nm_atomic_add_relaxed(&p->slow_allocs, -1);
-    } else if (obj) {
-        nm__mag_count_alloc(m);
+    if (!c) c = nm__chunk_new(pool, tc);
+    nm_mutex_unlock(&pool->lock);
+    if (!c) {
+        _nm_set_error(NM_ERR_NOMEM, "pool of %zu-byte objects: cannot get a %zu-byte chunk from allocator %s",
+                      pool->object_size, pool->chunk_size, pool->a->name ? pool->a->name : "?");
+        return NULL;
     }
-    nm__sample_peak(p);
-    nm_mutex_unlock(&p->lock);
-    if (obj == NULL) {
-        if (_nm_error_seq() != seq) return NULL; /* corrupt free list, or the allocator's own error */
-        return _nm_oom("pool", p->chunk_size);
-    }
-    return m ? nm__hand_out(p, obj, file, line) : obj;
+    return tc->cur = c;
 }
 
-/* ---- bughunt: one backend block per object ------------------------------------------------------ */
-static void *nm__hunt_alloc(nm_pool_t *p) {
-    void *obj = nm_memalign(p->a, p->alignment, p->object_size);
-    if (obj == NULL) return NULL;
-    nm_mutex_lock(&p->lock);
-    if (nm__reg_insert(p, &p->hunt_live, (uintptr_t)obj) != 0) {
-        nm_mutex_unlock(&p->lock);
-        nm_free(p->a, obj);
-        return _nm_oom("pool", p->object_size);
-    }
-    nm_atomic_add_relaxed(&p->slow_allocs, 1);
-    nm_atomic_add_relaxed(&p->n_chunks, 1);
-    nm_atomic_add_relaxed(&p->reserved, (intptr_t)p->object_size);
-    nm__sample_peak(p);
-    nm_mutex_unlock(&p->lock);
-    if (p->flags & NM_POOL_ZERO) memset(obj, 0, p->object_size);
-    return obj;
+/* ---- creation and destruction ---------------------------------------------------------- */
+nm_pool_t *nm_pool_create(nm_allocator_t *a, size_t object_size, size_t objects_per_chunk, unsigned flags) {
+    return nm_pool_create_ex(a, object_size, objects_per_chunk, 64, flags);
 }
 
-static int nm__hunt_free(nm_pool_t *p, void *obj) {
-    size_t i;
-    int found;
-    nm_mutex_lock(&p->lock);
-    found = nm__reg_remove(p->hunt_live, (uintptr_t)obj);
-    if (!found) {
-        int recent = 0;
-        for (i = 0; i < NM__HUNT_RING; i++)
-            if (p->hunt_freed[i] == (uintptr_t)obj) recent = 1;
-        nm_mutex_unlock(&p->lock);
-        return recent ? _nm_set_error(NM_ERR_DOUBLE_FREE, "double free of pool object %p", obj)
-                      : _nm_set_error(NM_ERR_INVALID_FREE, "free of %p: not an object of this pool", obj);
+/* Chunk layout for n objects: returns the objects' offset from the chunk start, or 0 on overflow. */
+static size_t nm__layout(nm_pool_t *pool, size_t n, size_t *words) {
+    size_t off = _nm_align_up(sizeof(nm__chunk_t), sizeof(nm_atomic_t)), t;
+    *words = (n + NM__WBITS - 1) / NM__WBITS;
+    if (nm_mul_overflow(*words, 2 * sizeof(nm_atomic_t), &t) || nm_add_overflow(off, t, &off)) return 0;
+    if (pool->flags & NM_POOL_CHECKED) {
+        if (nm_mul_overflow(n, sizeof(char *) + sizeof(int), &t) || nm_add_overflow(off, t, &off)) return 0;
     }
-    p->hunt_freed[p->hunt_pos++ % NM__HUNT_RING] = (uintptr_t)obj;
-    nm_atomic_add_relaxed(&p->slow_frees, 1);
-    nm_atomic_add_relaxed(&p->n_chunks, -1);
-    nm_atomic_add_relaxed(&p->reserved, -(intptr_t)p->object_size);
-    nm_mutex_unlock(&p->lock);
-    nm_free(p->a, obj);
-    return NM_OK;
+    if (nm_add_overflow(off, pool->alignment, &t)) return 0;
+    return _nm_align_up(off, pool->alignment);
 }
 
-/* ---- public API ------------------------------------------------------------------------------------ */
-nm_pool_t *nm_pool_create_ex(nm_allocator_t *a, size_t object_size, size_t per_chunk, unsigned flags,
-                             size_t alignment) {
-    nm_pool_t *p;
-    size_t stride, header, total, chunk;
-    if (a == NULL) a = nm_allocator_libc();
-    if (object_size == 0 || per_chunk == 0) {
-        _nm_set_error(NM_ERR_INVALID, "pool object size and objects per chunk must be positive");
+nm_pool_t *nm_pool_create_ex(nm_allocator_t *a, size_t object_size, size_t objects_per_chunk,
+                             size_t alignment, unsigned flags) {
+    nm_pool_t *pool;
+    size_t stride, total, off, words, cs, n;
+    uintptr_t odd;
+    if (!a) a = nm_allocator_libc(); /* NULL: the C library */
+    if (object_size == 0) { _nm_set_error(NM_ERR_INVALID, "nm_pool_create: object size is 0"); return NULL; }
+    if (objects_per_chunk == 0) { _nm_set_error(NM_ERR_INVALID, "nm_pool_create: objects_per_chunk is 0"); return NULL; }
+    if (!_nm_is_pow2(alignment) || alignment < sizeof(void *) || alignment > NM__MAX_ALIGN) {
+        _nm_set_error(NM_ERR_INVALID, "nm_pool_create: alignment %zu is not a power of two in [%zu, %d]",
+                      alignment, sizeof(void *), NM__MAX_ALIGN);
         return NULL;
     }
-    if (flags & ~(unsigned)(NM_POOL_ZERO | NM_POOL_CHECKED | NM_POOL_BUGHUNT)) {
-        _nm_set_error(NM_ERR_INVALID, "unknown pool flags 0x%x", flags);
+    if (flags & ~(unsigned)(NM_POOL_ZERO | NM_POOL_CHECKED | NM_POOL_BUGHUNT | NM_POOL_QUIET)) {
+        _nm_set_error(NM_ERR_INVALID, "nm_pool_create: unknown flags %#x", flags);
         return NULL;
     }
-    if (!_nm_is_pow2(alignment) || alignment < sizeof(void *) || alignment > 4096) {
-        _nm_set_error(NM_ERR_INVALID, "pool alignment %zu must be a power of two between %zu and 4096", alignment,
-                      sizeof(void *));
+    if (object_size > NM_MAX_ALLOC / 4 || objects_per_chunk > NM_MAX_ALLOC / 4) {
+        _nm_set_error(NM_ERR_OVERFLOW, "nm_pool_create: object size %zu x %zu objects per chunk is too large",
+                      object_size, objects_per_chunk);
         return NULL;
     }
-    if (object_size > NM_MAX_ALLOC / 4) {
-        _nm_set_error(NM_ERR_OVERFLOW, "pool object size %zu is too large", object_size);
+    stride = _nm_align_up(object_size < sizeof(void *) ? sizeof(void *) : object_size, alignment);
+    pool = (nm_pool_t *)nm_calloc(a, 1, sizeof *pool);
+    if (!pool) return NULL;
+    pool->a = a;
+    pool->flags = flags;
+    pool->object_size = object_size;
+    pool->stride = stride;
+    pool->alignment = alignment;
+    pool->want_per_chunk = objects_per_chunk;
+    /* chunk size: smallest power of two holding the header and objects_per_chunk objects */
+    off = nm__layout(pool, objects_per_chunk, &words);
+    if (!off || nm_mul_overflow(stride, objects_per_chunk, &total) || nm_add_overflow(total, off, &total)
+        || total > ((size_t)1 << (sizeof(size_t) * 8 - 2))) {
+        nm_free(a, pool);
+        _nm_set_error(NM_ERR_OVERFLOW, "nm_pool_create: %zu objects of %zu bytes do not fit a chunk",
+                      objects_per_chunk, object_size);
         return NULL;
     }
-    stride = (size_t)_nm_align_up(object_size < sizeof(void *) ? sizeof(void *) : object_size, alignment);
-    header = _nm_align_up(sizeof(nm__chunk_t), sizeof(nm_atomic_t)) +
-             (per_chunk + sizeof(nm_atomic_t) * 8 - 1) / (sizeof(nm_atomic_t) * 8) * sizeof(nm_atomic_t);
-    if (stride < object_size || nm_mul_overflow(stride, per_chunk, &total) ||
-        nm_add_overflow(total, header + alignment, &total) || total > ((size_t)1 << (sizeof(size_t) * 8 - 2))) {
-        _nm_set_error(NM_ERR_OVERFLOW, "pool chunk of %zu objects of %zu bytes overflows", per_chunk, object_size);
-        return NULL;
+    cs = 4096;
+    while (cs < total) cs <<= 1;
+    /* fill the power of two: as many objects as fit */
+    n = (cs - off) / stride + 1;
+    do {
+        n--;
+        off = nm__layout(pool, n, &words);
+    } while (n > objects_per_chunk && off + n * stride > cs);
+    pool->chunk_size = cs;
+    pool->nobj = n;
+    pool->objects_offset = off;
+    pool->bits_words = words;
+    pool->chunk_mask = ~(uintptr_t)(cs - 1);
+    for (pool->chunk_shift = 0; ((size_t)1 << pool->chunk_shift) < cs; pool->chunk_shift++) { }
+    pool->vg = NM_VG_RUNNING() ? 1 : 0;
+    for (odd = stride, pool->stride_tz = 0; !(odd & 1u); odd >>= 1) pool->stride_tz++;
+    pool->stride_inv = nm__inverse(odd);
+    nm_mutex_init(&pool->lock);
+    {
+        nm__reg_t *r = nm__reg_new(pool, 16);
+        if (!r) { nm_free(a, pool); return NULL; }
+        nm_atomic_store_relaxed(&pool->reg, (intptr_t)r);
     }
-    chunk = 4096;
-    while (chunk < total) chunk <<= 1;
-    p = (nm_pool_t *)nm_calloc(a, 1, sizeof(nm_pool_t));
-    if (p == NULL) return NULL;
-    p->a = a;
-    p->object_size = object_size;
-    p->stride = stride;
-    p->alignment = alignment;
-    p->flags = flags;
-    p->chunk_size = chunk;
-    /* fill the chunk: slots that fit after the header are free to use */
-    p->per_chunk = (chunk - _nm_align_up(header, alignment)) / stride;
-    if (p->per_chunk > per_chunk * 2 + 64) p->per_chunk = per_chunk * 2 + 64;
-    /* the bitmap was sized for per_chunk; never exceed what it can hold */
-    if (p->per_chunk > (header - _nm_align_up(sizeof(nm__chunk_t), sizeof(nm_atomic_t))) * 8)
-        p->per_chunk = (header - _nm_align_up(sizeof(nm__chunk_t), sizeof(nm_atomic_t))) * 8;
-    p->id = (uint64_t)nm_atomic_add_relaxed(&nm__next_id, 1);
-    p->secret = (uintptr_t)p ^ ((uintptr_t)nm_now_ns() * (uintptr_t)0x9E3779B97F4A7C15ull) ^ (uintptr_t)&p;
-    nm_mutex_init(&p->lock);
-    NM_VG_MEMPOOL_CREATE(p, 0, (flags & NM_POOL_ZERO) ? 1 : 0);
-    nm_thread_exit_init(nm__thread_exit);
     nm_mutex_lock(&nm__pools_lock);
-    p->next_pool = nm__pools;
-    nm__pools = p;
+    pool->id = ++nm__pool_ids;
+    pool->next_live = nm__pools;
+    nm__pools = pool;
     nm_mutex_unlock(&nm__pools_lock);
+    /* secret: address entropy mixed with the clock (not cryptographic; detects corruption) */
+    {
+        uint64_t s = nm_now_ns() ^ ((uint64_t)(uintptr_t)pool << 17) ^ (pool->id * 0x9E3779B97F4A7C15ull);
+        s ^= s >> 33; s *= 0xff51afd7ed558ccdull; s ^= s >> 33; s *= 0xc4ceb9fe1a85ec53ull; s ^= s >> 33;
+        pool->secret = (uintptr_t)s | 1u;
+    }
+    NM_VG_MEMPOOL_CREATE(pool, 0, (flags & NM_POOL_ZERO) != 0);
+    return pool;
+}
+
+/* Prints one leaked object. */
+static void nm__print_leak(nm_pool_t *pool, void *p, const char *file, int line) {
+    if (file && line) fprintf(stderr, "nativemem: pool leak: %p (%zu bytes) allocated at %s:%d\n", p, pool->object_size, file, line);
+    else fprintf(stderr, "nativemem: pool leak: %p (%zu bytes) allocated at %s\n", p, pool->object_size, nm__sitef(file));
+}
+
+void nm_pool_destroy(nm_pool_t *pool) {
+    nm_pool_t **pp;
+    nm__chunk_t *c, *next;
+    nm__tcache_t *tc, *tn;
+    nm__reg_t *r, *ro;
+    if (!pool) return;
+    nm_mutex_lock(&nm__pools_lock);
+    for (pp = &nm__pools; *pp && *pp != pool; pp = &(*pp)->next_live) { }
+    if (*pp) *pp = pool->next_live;
+    nm_mutex_unlock(&nm__pools_lock);
+    if ((pool->flags & NM_POOL_CHECKED) && !(pool->flags & NM_POOL_QUIET)) {
+        size_t n = nm_pool_live_objects(pool, NULL, 0);
+        if (n) {
+            nm_pool_object_t *objs = (nm_pool_object_t *)nm_calloc(pool->a, n, sizeof *objs);
+            size_t i;
+            fprintf(stderr, "nativemem: pool of %zu-byte objects destroyed with %zu live object(s)\n", pool->object_size, n);
+            if (objs) {
+                size_t got = nm_pool_live_objects(pool, objs, n);
+                if (got < n) n = got;
+                for (i = 0; i < n; i++) nm__print_leak(pool, objs[i].ptr, objs[i].file, objs[i].line);
+                nm_free(pool->a, objs);
+            }
+        }
+    }
+    if (pool->flags & NM_POOL_BUGHUNT) {
+        size_t i;
+        for (i = 0; i < pool->bh_cap; i++)
+            if (pool->bh[i].state == 1) nm_free(pool->a, (void *)pool->bh[i].addr);
+        nm_free(pool->a, pool->bh);
+    }
+    for (c = pool->all; c; c = next) {
+        next = c->next_all;
+        NM__VG(pool, NM_VG_DEFINED(c->objects, c->nobj * pool->stride));
+        NM_ASAN_UNPOISON(c->objects, c->nobj * pool->stride);
+        nm_free(pool->a, c);
+    }
+    for (tc = pool->tcaches; tc; tc = tn) {
+        tn = tc->next;
+        nm_free(pool->a, tc);
+    }
+    for (r = (nm__reg_t *)nm_atomic_load_relaxed(&pool->reg); r; r = ro) {
+        ro = r->older;
+        nm_free(pool->a, r);
+    }
+    NM_VG_MEMPOOL_DESTROY(pool);
+    nm_mutex_destroy(&pool->lock);
+    pool->id = 0;
+    nm_free(pool->a, pool);
+}
+
+/* ---- bughunt mode: one backend block per object -------------------------------------- */
+static nm__bh_ent_t *nm__bh_find(nm_pool_t *pool, uintptr_t addr) {
+    size_t i;
+    if (!pool->bh_cap) return NULL;
+    i = nm__reg_hash(addr >> 4, pool->bh_cap);
+    while (pool->bh[i].state != 0) {
+        if (pool->bh[i].addr == addr) return &pool->bh[i];
+        i = (i + 1) & (pool->bh_cap - 1);
+    }
+    return NULL;
+}
+
+static nm__bh_ent_t *nm__bh_insert(nm_pool_t *pool, uintptr_t addr) {
+    nm__bh_ent_t *e = nm__bh_find(pool, addr);
+    size_t i;
+    if (e) return e;
+    if ((pool->bh_count + 1) * 2 > pool->bh_cap) {
+        size_t ncap = pool->bh_cap ? pool->bh_cap * 2 : 64, j;
+        nm__bh_ent_t *old = pool->bh, *nt = (nm__bh_ent_t *)nm_calloc(pool->a, ncap, sizeof *nt);
+        if (!nt) return NULL;
+        for (j = 0; j < pool->bh_cap; j++) {
+            if (!old[j].state) continue;
+            i = nm__reg_hash(old[j].addr >> 4, ncap);
+            while (nt[i].state) i = (i + 1) & (ncap - 1);
+            nt[i] = old[j];
+        }
+        nm_free(pool->a, old);
+        pool->bh = nt;
+        pool->bh_cap = ncap;
+    }
+    i = nm__reg_hash(addr >> 4, pool->bh_cap);
+    while (pool->bh[i].state) i = (i + 1) & (pool->bh_cap - 1);
+    pool->bh[i].addr = addr;
+    pool->bh_count++;
+    return &pool->bh[i];
+}
+
+static void *nm__bh_alloc(nm_pool_t *pool, const char *file, int line) {
+    void *p = nm_memalign_at(pool->a, pool->alignment, pool->object_size, file, line);
+    nm__bh_ent_t *e;
+    if (!p) return NULL;
+    nm_mutex_lock(&pool->lock);
+    e = nm__bh_insert(pool, (uintptr_t)p);
+    if (!e) {
+        nm_mutex_unlock(&pool->lock);
+        nm_free(pool->a, p);
+        return NULL;
+    }
+    e->state = 1;
+    e->file = file;
+    e->line = line;
+    pool->bh_allocs++;
+    if (++pool->bh_live > pool->bh_peak) pool->bh_peak = pool->bh_live;
+    nm_mutex_unlock(&pool->lock);
+    if (pool->flags & NM_POOL_ZERO) memset(p, 0, pool->object_size);
     return p;
 }
 
-nm_pool_t *nm_pool_create(nm_allocator_t *a, size_t object_size, size_t objects_per_chunk, unsigned flags) {
-    return nm_pool_create_ex(a, object_size, objects_per_chunk, flags, 64);
-}
-
-void *nm_pool_alloc_at(nm_pool_t *p, const char *file, int line) {
-    nm__mag_t *m;
-    if (NM_UNLIKELY(p->flags & (NM_POOL_CHECKED | NM_POOL_BUGHUNT))) {
-        if (p->flags & NM_POOL_BUGHUNT) return nm__hunt_alloc(p);
-        return nm__alloc_slow(p, NULL, file, line);
-    }
-    m = nm__mag_get(p);
-    if (NM_LIKELY(m && m->count)) {
-        void *obj = m->slots[--m->count];
-        nm__mag_count_alloc(m);
-        return nm__hand_out(p, obj, file, line);
-    }
-    return nm__alloc_slow(p, m, file, line);
-}
-
-void *nm_pool_alloc(nm_pool_t *p) {
-    if (NM_UNLIKELY(p->flags & NM_POOL_CHECKED)) return nm_pool_alloc_at(p, _nm_site_file, _nm_site_line);
-    return nm_pool_alloc_at(p, NULL, 0);
-}
-
-int nm_pool_free(nm_pool_t *p, void *obj) {
-    nm__chunk_t *c;
-    size_t idx;
-    intptr_t bit;
-    nm__mag_t *m;
-    if (obj == NULL) return _nm_set_error(NM_ERR_INVALID_FREE, "free of NULL in a pool");
-    if (NM_UNLIKELY(p->flags & NM_POOL_BUGHUNT)) return nm__hunt_free(p, obj);
-    c = nm__locate(p, obj, &idx, "free");
-    if (c == NULL) return NM_ERR_INVALID_FREE;
-    bit = nm__bit(idx);
-    if (NM_UNLIKELY(!(nm_atomic_and(nm__word(c, idx), ~bit) & bit))) {
-        if (c->sites)
-            return _nm_set_error(NM_ERR_DOUBLE_FREE, "double free of pool object %p (%zu bytes), last allocated at %s:%d",
-                                 obj, p->object_size, c->sites[idx].file ? c->sites[idx].file : "?", c->sites[idx].line);
-        return _nm_set_error(NM_ERR_DOUBLE_FREE, "double free of pool object %p (%zu bytes)", obj, p->object_size);
-    }
-    if (p->flags & NM_POOL_CHECKED) memset(obj, NM__POISON, p->object_size);
-    NM_VG_MEMPOOL_FREE(p, obj);
-    NM_ASAN_POISON(obj, p->object_size);
-    if (NM_UNLIKELY(p->flags & NM_POOL_CHECKED)) {
-        nm_mutex_lock(&p->lock);
-        nm__push_shared(p, obj);
-        nm_atomic_add_relaxed(&p->slow_frees, 1);
-        nm_mutex_unlock(&p->lock);
-        return NM_OK;
-    }
-    m = nm__mag_get(p);
-    if (NM_UNLIKELY(m == NULL || m->count == NM__MAG_CAP)) {
-        nm_mutex_lock(&p->lock);
-        if (m) {
-            while (m->count > NM__MAG_CAP - NM__MAG_BATCH) nm__push_shared(p, m->slots[--m->count]);
-            nm__sample_peak(p);
-        } else {
-            nm__push_shared(p, obj);
-            nm_atomic_add_relaxed(&p->slow_frees, 1);
-        }
-        nm_mutex_unlock(&p->lock);
-        if (m == NULL) return NM_OK;
-    }
-    m->slots[m->count++] = obj;
-    nm_atomic_store_relaxed(&m->frees, m->frees + 1);
-    return NM_OK;
-}
-
-size_t nm_pool_alloc_many(nm_pool_t *p, void **out, size_t n, const char *file, int line) {
-    size_t i;
-    for (i = 0; i < n; i++) {
-        out[i] = nm_pool_alloc_at(p, file, line);
-        if (out[i] == NULL) break;
-    }
-    return i;
-}
-
-int nm_pool_free_many(nm_pool_t *p, void **ptrs, size_t n, size_t *bad_index) {
-    size_t i;
-    int first = NM_OK;
-    char msg[384];
-    for (i = 0; i < n; i++) {
-        int rc = nm_pool_free(p, ptrs[i]);
-        if (rc != NM_OK && first == NM_OK) {
-            first = rc;
-            if (bad_index) *bad_index = i;
-            snprintf(msg, sizeof msg, "%s", nm_last_error_message());
-        }
-    }
-    if (first != NM_OK) _nm_set_error(first, "%s", msg); /* report the first failure, not the last */
-    return first;
-}
-
-int nm_pool_owns(nm_pool_t *p, const void *obj) {
-    nm__chunk_t *c;
-    size_t idx;
-    int r;
-    if (obj == NULL) return 0;
-    if (p->flags & NM_POOL_BUGHUNT) {
-        nm_mutex_lock(&p->lock);
-        r = nm__reg_contains(p->hunt_live, (uintptr_t)obj);
-        nm_mutex_unlock(&p->lock);
-        return r;
-    }
-    c = nm__locate(p, obj, &idx, NULL);
-    if (c == NULL) return 0;
-    return (nm_atomic_load_relaxed(nm__word(c, idx)) & nm__bit(idx)) != 0;
-}
-
-size_t nm_pool_object_size(nm_pool_t *p) { return p->object_size; }
-
-void nm_pool_stats(nm_pool_t *p, nm_pool_stats_t *out) {
-    nm__mag_t *m;
-    int64_t allocs, frees;
-    nm_mutex_lock(&p->lock);
-    allocs = nm_atomic_load_relaxed(&p->slow_allocs) + p->orphan_allocs;
-    frees = nm_atomic_load_relaxed(&p->slow_frees) + p->orphan_frees;
-    for (m = p->mags; m; m = m->next) {
-        allocs += nm_atomic_load_relaxed(&m->allocs);
-        frees += nm_atomic_load_relaxed(&m->frees);
-    }
-    {
-        /* one thread has used the pool: its own peak is the pool's, exactly */
-        intptr_t peak = p->peak;
-        if (p->mags && !p->mags->next && p->slow_allocs == 0 && p->orphan_allocs == 0 && p->mags->peak > peak)
-            peak = p->mags->peak;
-        if (allocs - frees > peak) peak = allocs - frees;
-        p->peak = peak;
-        out->peak = peak;
-    }
-    nm_mutex_unlock(&p->lock);
-    out->allocations = allocs;
-    out->frees = frees;
-    out->live = allocs - frees;
-    out->chunks = nm_atomic_load_relaxed(&p->n_chunks);
-    out->reserved_bytes = nm_atomic_load_relaxed(&p->reserved);
-    out->object_size = (int64_t)p->object_size;
-    out->stride = (int64_t)p->stride;
-}
-
-size_t nm_pool_live(nm_pool_t *p, void **objs, const char **files, int *lines, size_t cap) {
-    size_t n = 0, i;
-    nm__chunk_t *c;
-    nm_mutex_lock(&p->lock);
-    if (p->flags & NM_POOL_BUGHUNT) {
-        nm__registry_t *r = p->hunt_live;
-        for (i = 0; r && i <= r->mask; i++)
-            if ((uintptr_t)r->keys[i] > 1) {
-                if (n < cap) {
-                    if (objs) objs[n] = (void *)(uintptr_t)r->keys[i];
-                    if (files) files[n] = NULL;
-                    if (lines) lines[n] = 0;
-                }
-                n++;
-            }
+static int nm__bh_free(nm_pool_t *pool, void *p) {
+    nm__bh_ent_t *e;
+    int rc = 0;
+    nm_mutex_lock(&pool->lock);
+    e = nm__bh_find(pool, (uintptr_t)p);
+    if (!e) {
+        rc = _nm_set_error(NM_ERR_INVALID_FREE, "invalid free of %p: not an object of this pool (%zu-byte objects)",
+                           p, pool->object_size);
+    } else if (e->state == 2) {
+        rc = _nm_set_error(NM_ERR_DOUBLE_FREE, "double free of %p (%zu bytes), last allocated at %s%s%.0d",
+                           p, pool->object_size, nm__sitef(e->file), e->line ? ":" : "", e->line);
     } else {
-        for (c = p->chunks; c; c = c->next)
-            for (i = 0; i < c->nobj; i++)
-                if (nm_atomic_load_relaxed(nm__word(c, i)) & nm__bit(i)) {
-                    if (n < cap) {
-                        if (objs) objs[n] = c->objs + i * p->stride;
-                        if (files) files[n] = c->sites ? c->sites[i].file : NULL;
-                        if (lines) lines[n] = c->sites ? c->sites[i].line : 0;
-                    }
-                    n++;
-                }
+        e->state = 2;
+        pool->bh_frees++;
+        pool->bh_live--;
     }
-    nm_mutex_unlock(&p->lock);
+    nm_mutex_unlock(&pool->lock);
+    if (rc == 0) nm_free(pool->a, p);
+    return rc;
+}
+
+/* ---- allocation ---------------------------------------------------------------------- */
+/* Checked mode: verifies the poison of a slot being handed out again. */
+static int nm__verify_poison(nm_pool_t *pool, nm__chunk_t *c, size_t idx, unsigned char *p) {
+    size_t i;
+    for (i = sizeof(void *); i < pool->object_size; i++) {
+        if (p[i] != NM__POISON) {
+            return _nm_set_error(NM_ERR_USE_AFTER_FREE,
+                                 "write after free in pool object %p (%zu bytes): byte %zu is 0x%02x; "
+                                 "the object was last allocated at %s%s%.0d",
+                                 (void *)p, pool->object_size, i, p[i], nm__sitef(c->site_file[idx]),
+                                 c->site_line[idx] ? ":" : "", c->site_line[idx]);
+        }
+    }
+    return 0;
+}
+
+/* Pops one object for thread cache `tc`, site `file`:`line` (checked mode). */
+NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, int line) {
+    nm__chunk_t *c = tc->cur;
+    void *slot;
+    size_t idx;
+    int reused = 0;
+    for (;;) {
+        if (NM_UNLIKELY(!c || !nm__has_room(c))) {
+            if (c) nm__collect(pool, c);
+            if (!c || !nm__has_room(c)) {
+                c = nm__refill(pool, tc);
+                if (!c) return NULL;
+            }
+        }
+        if (c->free) {
+            void *next;
+            slot = c->free;
+            nm__link_open(pool, slot);
+            next = nm__encode(pool, slot, *(void **)slot);
+            nm__link_close(pool, slot);
+            idx = nm__slot_index(pool, c, slot);
+            if (NM_UNLIKELY(idx == (size_t)-1
+                            || (next != NULL && (((uintptr_t)next ^ (uintptr_t)slot) & pool->chunk_mask) != 0))) {
+                if (idx == (size_t)-1) { /* a link that passed the chunk check but is no object start */
+                    c->free = NULL;
+                    _nm_set_error(NM_ERR_CORRUPT, "pool free list corrupt: link to %p is not an object start", slot);
+                    return NULL;
+                }
+                c->free = NULL; /* drop the damaged list rather than follow it */
+                if (pool->flags & NM_POOL_CHECKED)
+                    _nm_set_error(NM_ERR_CORRUPT,
+                                  "pool free list corrupt at %p (%zu-byte objects): its link decodes to %p "
+                                  "(a write after free?); the object was last allocated at %s%s%.0d",
+                                  slot, pool->object_size, next, nm__sitef(c->site_file[idx]),
+                                  c->site_line[idx] ? ":" : "", c->site_line[idx]);
+                else
+                    _nm_set_error(NM_ERR_CORRUPT,
+                                  "pool free list corrupt at %p (%zu-byte objects): its link decodes to %p "
+                                  "(a write after free?)", slot, pool->object_size, next);
+                return NULL;
+            }
+            c->free = next;
+            if (NM_UNLIKELY(nm__bit_get(c->alloc_bits, idx))) {
+                _nm_set_error(NM_ERR_CORRUPT, "pool free list corrupt: %p is on the free list but allocated", slot);
+                return NULL;
+            }
+            reused = 1;
+        } else {
+            idx = c->bump++;
+            slot = c->objects + idx * pool->stride;
+        }
+        break;
+    }
+    nm__bit_put(c->alloc_bits, idx, 1);
+    {
+        intptr_t net = ++tc->net;
+        nm__counter_inc(&tc->allocs);
+        if (NM_UNLIKELY(net > nm_atomic_load_relaxed(&tc->peak_net))) nm_atomic_store_relaxed(&tc->peak_net, net);
+    }
+    NM_ASAN_UNPOISON(slot, pool->object_size);
+    NM__VG(pool, NM_VG_MEMPOOL_ALLOC(pool, slot, pool->object_size));
+    if (pool->flags & NM_POOL_CHECKED) {
+        if (reused) {
+            int rc;
+            NM__VG(pool, NM_VG_DEFINED(slot, pool->object_size));
+            rc = nm__verify_poison(pool, c, idx, (unsigned char *)slot);
+            if (rc) {
+                /* the damaged slot stays out of circulation; the count is undone */
+                nm_atomic_store_relaxed(&tc->allocs, nm_atomic_load_relaxed(&tc->allocs) - 1);
+                tc->net--;
+                nm__bit_put(c->alloc_bits, idx, 0);
+                NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, slot));
+                return NULL;
+            }
+            if (!(pool->flags & NM_POOL_ZERO)) NM__VG(pool, NM_VG_UNDEFINED(slot, pool->object_size));
+        }
+        c->site_file[idx] = file ? file : _nm_site_file;
+        c->site_line[idx] = file ? line : _nm_site_line;
+    }
+    if (pool->flags & NM_POOL_ZERO) memset(slot, 0, pool->object_size);
+    return slot;
+}
+
+void *nm_pool_alloc(nm_pool_t *pool) {
+    nm__tcache_t *tc;
+    if (NM_UNLIKELY(pool->flags & NM_POOL_BUGHUNT)) return nm__bh_alloc(pool, _nm_site_file, _nm_site_line);
+    tc = nm__tc(pool);
+    return NM_LIKELY(tc != NULL) ? nm__alloc(pool, tc, NULL, 0) : NULL;
+}
+
+void *nm_pool_alloc_at(nm_pool_t *pool, const char *file, int line) {
+    nm__tcache_t *tc;
+    if (pool->flags & NM_POOL_BUGHUNT) return nm__bh_alloc(pool, file, line);
+    tc = nm__tc(pool);
+    return tc ? nm__alloc(pool, tc, file ? file : "<unknown>", line) : NULL;
+}
+
+size_t nm_pool_alloc_many(nm_pool_t *pool, void **out, size_t n) {
+    size_t i;
+    nm__tcache_t *tc;
+    if (pool->flags & NM_POOL_BUGHUNT) {
+        for (i = 0; i < n; i++)
+            if (!(out[i] = nm__bh_alloc(pool, _nm_site_file, _nm_site_line))) return i;
+        return n;
+    }
+    tc = nm__tc(pool);
+    if (!tc) return 0;
+    for (i = 0; i < n; i++)
+        if (!(out[i] = nm__alloc(pool, tc, NULL, 0))) return i;
     return n;
 }
 
-size_t nm_pool_destroy_report(nm_pool_t *p, int report) {
-    nm_pool_t **pp;
-    nm__chunk_t *c, *next;
-    size_t leaks, i;
-    if (p == NULL) return 0;
-    leaks = nm_pool_live(p, NULL, NULL, NULL, 0);
-    if (report && leaks) {
-        fprintf(stderr, "nativemem: destroying pool of %zu-byte objects with %zu live object(s)\n", p->object_size,
-                leaks);
-        for (c = p->chunks; c; c = c->next)
-            for (i = 0; i < c->nobj; i++)
-                if (nm_atomic_load_relaxed(nm__word(c, i)) & nm__bit(i))
-                    fprintf(stderr, "  leak at %p (%s:%d)\n", (void *)(c->objs + i * p->stride),
-                            c->sites && c->sites[i].file ? c->sites[i].file : "?", c->sites ? c->sites[i].line : 0);
-    }
-    nm_mutex_lock(&nm__pools_lock);
-    for (pp = &nm__pools; *pp; pp = &(*pp)->next_pool)
-        if (*pp == p) { *pp = p->next_pool; break; }
-    nm_mutex_unlock(&nm__pools_lock);
-    /* other threads' thread-local slots still name this id; ids are never reused, so the stale
-     * slots are never matched again, and the exit callback only follows ids of live pools */
-    for (i = 0; i < NM__TLS_SLOTS; i++)
-        if (nm__tls[i].id == p->id) { nm__tls[i].id = 0; nm__tls[i].mag = NULL; }
-    while (p->mags) {
-        nm__mag_t *m = p->mags;
-        p->mags = m->next;
-        nm_free(p->a, m);
-    }
-    if (p->flags & NM_POOL_BUGHUNT && p->hunt_live) {
-        nm__registry_t *r = p->hunt_live;
-        for (i = 0; i <= r->mask; i++)
-            if ((uintptr_t)r->keys[i] > 1) nm_free(p->a, (void *)(uintptr_t)r->keys[i]);
-    }
-    for (c = p->chunks; c; c = next) {
-        next = c->next;
-        if (c->sites) nm_free(p->a, c->sites);
-        NM_ASAN_UNPOISON(c, p->chunk_size);
-        NM_VG_UNDEFINED(c, p->chunk_size);
-        nm_free(p->a, c);
-    }
-    NM_VG_MEMPOOL_DESTROY(p);
-    nm__reg_free(p->a, p->registry);
-    nm__reg_free(p->a, p->hunt_live);
-    nm_mutex_destroy(&p->lock);
-    nm_free(p->a, p);
-    return leaks;
+/* ---- free ---------------------------------------------------------------------------- */
+static NM_NOINLINE int nm__bad_free(nm_pool_t *pool, nm__chunk_t *c, void *p, size_t idx) {
+    if (!c) return _nm_set_error(NM_ERR_INVALID_FREE, "invalid free of %p: not from this pool (%zu-byte objects)",
+                                 p, pool->object_size);
+    if (idx == (size_t)-1)
+        return _nm_set_error(NM_ERR_INVALID_FREE, "invalid free of %p: inside this pool's chunk %p but not at the "
+                             "start of a %zu-byte object", p, (void *)c, pool->object_size);
+    if (pool->flags & NM_POOL_CHECKED)
+        return _nm_set_error(NM_ERR_DOUBLE_FREE, "double free of pool object %p (%zu bytes), last allocated at %s%s%.0d",
+                             p, pool->object_size, nm__sitef(c->site_file[idx]), c->site_line[idx] ? ":" : "",
+                             c->site_line[idx]);
+    return _nm_set_error(NM_ERR_DOUBLE_FREE, "double free of pool object %p (%zu bytes)", p, pool->object_size);
 }
 
-void nm_pool_destroy(nm_pool_t *p) { (void)nm_pool_destroy_report(p, 1); }
+/* Returns `p` to the pool from thread cache `tc`. */
+NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p) {
+    nm__chunk_t *c;
+    size_t idx;
+    /* chunks live until destroy, so a base this thread already verified needs no lookup */
+    if (NM_LIKELY(((uintptr_t)p & pool->chunk_mask) == tc->last_chunk && tc->last_chunk != 0)) {
+        c = (nm__chunk_t *)tc->last_chunk;
+    } else {
+        c = nm__chunk_of(pool, p);
+        if (NM_UNLIKELY(!c)) return nm__bad_free(pool, NULL, p, 0);
+        tc->last_chunk = (uintptr_t)c;
+    }
+    if (NM_UNLIKELY(c->magic != ((uintptr_t)c ^ pool->secret)))
+        return _nm_set_error(NM_ERR_CORRUPT, "pool chunk header %p is corrupt (freeing %p)", (void *)c, p);
+    idx = nm__slot_index(pool, c, p);
+    if (NM_UNLIKELY(idx == (size_t)-1)) return nm__bad_free(pool, c, p, idx);
+    if (NM_UNLIKELY(!nm__bit_get(c->alloc_bits, idx) || nm__bit_get(c->remote_bits, idx)))
+        return nm__bad_free(pool, c, p, idx);
+    NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));
+    if (pool->flags & NM_POOL_CHECKED) {
+        NM__VG(pool, NM_VG_UNDEFINED(p, pool->object_size));
+        memset(p, NM__POISON, pool->object_size);
+        NM__VG(pool, NM_VG_NOACCESS(p, pool->object_size));
+    }
+    NM_ASAN_POISON(p, pool->object_size);
+    if (NM_LIKELY((nm__tcache_t *)nm_atomic_load_relaxed(&c->owner) == tc)) {
+        nm__bit_put(c->alloc_bits, idx, 0);
+        nm__link_open(pool, p);
+        *(void **)p = nm__encode(pool, p, c->free);
+        nm__link_close(pool, p);
+        c->free = p;
+    } else {
+        uintptr_t m = (uintptr_t)1 << (idx % NM__WBITS);
+        if (nm__atomic_or(&c->remote_bits[idx / NM__WBITS], m) & m) return nm__bad_free(pool, c, p, idx);
+        nm_atomic_store_release(&c->remote_pending, 1);
+    }
+    nm__counter_inc(&tc->frees);
+    tc->net--;
+    return 0;
+}
 
-/* ---- measurement loops ------------------------------------------------------------------------------ */
-double nm_pool_bench_pairs(nm_pool_t *p, size_t iterations) {
-    uint64_t t0;
+int nm_pool_free(nm_pool_t *pool, void *ptr) {
+    nm__tcache_t *tc;
+    if (NM_UNLIKELY(pool->flags & NM_POOL_BUGHUNT)) return nm__bh_free(pool, ptr);
+    tc = nm__tc(pool);
+    if (!tc) return NM_ERR_NOMEM;
+    return nm__free(pool, tc, ptr);
+}
+
+int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
     size_t i;
-    void *sink = NULL;
+    nm__tcache_t *tc = NULL;
+    int rc, first = 0;
+    size_t bad = 0;
+    char msg[400];
+    if (!(pool->flags & NM_POOL_BUGHUNT)) {
+        tc = nm__tc(pool);
+        if (!tc) return NM_ERR_NOMEM;
+    }
+    for (i = 0; i < n; i++) {
+        rc = tc ? nm__free(pool, tc, ptrs[i]) : nm__bh_free(pool, ptrs[i]);
+        if (rc && !first) {
+            first = rc;
+            snprintf(msg, sizeof msg, "%s", nm_last_error_message());
+            bad = i;
+        }
+    }
+    if (first) return _nm_set_error(first, "free_many: pointer %zu of %zu: %s", bad, n, msg);
+    return 0;
+}
+
+int nm_pool_owns(nm_pool_t *pool, const void *ptr) {
+    nm__chunk_t *c;
+    size_t idx;
+    if (pool->flags & NM_POOL_BUGHUNT) {
+        nm__bh_ent_t *e;
+        int r;
+        nm_mutex_lock(&pool->lock);
+        e = nm__bh_find(pool, (uintptr_t)ptr);
+        r = e && e->state == 1;
+        nm_mutex_unlock(&pool->lock);
+        return r;
+    }
+    c = nm__chunk_of(pool, ptr);
+    if (!c) return 0;
+    idx = nm__slot_index(pool, c, ptr);
+    return idx != (size_t)-1 && nm__bit_get(c->alloc_bits, idx) && !nm__bit_get(c->remote_bits, idx);
+}
+
+/* ---- introspection ------------------------------------------------------------------- */
+void nm_pool_stats(nm_pool_t *pool, nm_pool_stats_t *out) {
+    int64_t a, f, tcpk, live, pk;
+    memset(out, 0, sizeof *out);
+    nm_mutex_lock(&pool->lock);
+    if (pool->flags & NM_POOL_BUGHUNT) {
+        out->allocations = pool->bh_allocs;
+        out->frees = pool->bh_frees;
+        out->live = pool->bh_live;
+        out->peak = pool->bh_peak;
+        out->chunks = pool->bh_live;
+        out->reserved_bytes = pool->bh_live * (int64_t)pool->object_size;
+        nm_mutex_unlock(&pool->lock);
+        return;
+    }
+    live = nm__live_sum(pool, &a, &f, &tcpk);
+    pk = nm_atomic_load_relaxed(&pool->peak_sampled);
+    if (tcpk > pk) pk = tcpk;
+    if (live > pk) pk = live;
+    nm_atomic_store_relaxed(&pool->peak_sampled, (intptr_t)pk);
+    out->allocations = a;
+    out->frees = f;
+    out->live = live;
+    out->peak = pk;
+    out->chunks = nm_atomic_load_relaxed(&pool->nchunks);
+    out->reserved_bytes = nm_atomic_load_relaxed(&pool->reserved);
+    nm_mutex_unlock(&pool->lock);
+}
+
+size_t nm_pool_object_size(nm_pool_t *pool) { return pool->object_size; }
+size_t nm_pool_alignment(nm_pool_t *pool) { return pool->alignment; }
+size_t nm_pool_objects_per_chunk(nm_pool_t *pool) { return pool->nobj; }
+unsigned nm_pool_flags(nm_pool_t *pool) { return pool->flags; }
+
+size_t nm_pool_live_objects(nm_pool_t *pool, nm_pool_object_t *out, size_t n) {
+    size_t count = 0, i;
+    nm__chunk_t *c;
+    nm_mutex_lock(&pool->lock);
+    if (pool->flags & NM_POOL_BUGHUNT) {
+        for (i = 0; i < pool->bh_cap; i++) {
+            if (pool->bh[i].state != 1) continue;
+            if (out && count < n) {
+                out[count].ptr = (void *)pool->bh[i].addr;
+                out[count].file = pool->bh[i].file;
+                out[count].line = pool->bh[i].line;
+            }
+            count++;
+        }
+        nm_mutex_unlock(&pool->lock);
+        return count;
+    }
+    for (c = pool->all; c; c = c->next_all) {
+        for (i = 0; i < c->bump; i++) {
+            if (!nm__bit_get(c->alloc_bits, i) || nm__bit_get(c->remote_bits, i)) continue;
+            if (out && count < n) {
+                out[count].ptr = c->objects + i * pool->stride;
+                out[count].file = c->site_file ? c->site_file[i] : NULL;
+                out[count].line = c->site_line ? c->site_line[i] : 0;
+            }
+            count++;
+        }
+    }
+    nm_mutex_unlock(&pool->lock);
+    return count;
+}
+
+int nm_pool_check(nm_pool_t *pool) {
+    nm__chunk_t *c;
+    int rc = 0;
+    if (pool->flags & NM_POOL_BUGHUNT) return 0;
+    nm_mutex_lock(&pool->lock);
+    for (c = pool->all; c && !rc; c = c->next_all) {
+        size_t i;
+        void *s = c->free;
+        size_t steps = 0;
+        while (s && !rc) {
+            void *next;
+            nm__link_open(pool, s);
+            next = nm__encode(pool, s, *(void **)s);
+            nm__link_close(pool, s);
+            if (next && (((uintptr_t)next & pool->chunk_mask) != (uintptr_t)c || nm__slot_index(pool, c, next) == (size_t)-1
+                         || ++steps > c->nobj))
+                rc = _nm_set_error(NM_ERR_CORRUPT, "pool free list corrupt at %p: link decodes to %p", s, next);
+            s = next;
+        }
+        if (!(pool->flags & NM_POOL_CHECKED)) continue;
+        for (i = 0; i < c->bump && !rc; i++) {
+            unsigned char *p = (unsigned char *)(c->objects + i * pool->stride);
+            int is_free = !nm__bit_get(c->alloc_bits, i) || nm__bit_get(c->remote_bits, i);
+            if (!is_free || !c->site_file[i]) continue;
+            NM_ASAN_UNPOISON(p, pool->object_size);
+            NM__VG(pool, NM_VG_DEFINED(p, pool->object_size));
+            rc = nm__verify_poison(pool, c, i, p);
+            NM__VG(pool, NM_VG_NOACCESS(p, pool->object_size));
+            NM_ASAN_POISON(p, pool->object_size);
+        }
+    }
+    nm_mutex_unlock(&pool->lock);
+    return rc;
+}
+
+/* ---- measurement loops (for benchmarks/) --------------------------------------------- */
+/* Keeps the compiler from discarding the loop. */
+static volatile uintptr_t nm__bench_sink;
+
+double nm_pool_bench_pairs(nm_pool_t *p, size_t iterations) {
+    uint64_t t0, t1;
+    size_t i;
+    uintptr_t acc = 0;
     if (iterations == 0) return 0.0;
     t0 = nm_now_ns();
     for (i = 0; i < iterations; i++) {
         void *o = nm_pool_alloc(p);
-        if (o == NULL) return -1.0;
-        *(volatile char *)o = (char)i;
-        sink = o;
+        acc += (uintptr_t)o;
         nm_pool_free(p, o);
     }
-    (void)sink;
-    return (double)(nm_now_ns() - t0) / (double)iterations;
+    t1 = nm_now_ns();
+    nm__bench_sink = acc;
+    return (double)(t1 - t0) / (double)iterations;
 }
 
 double nm_pool_bench_batch(nm_pool_t *p, size_t batch, size_t rounds) {
-    void **objs;
-    uint64_t t0;
-    size_t r, i, bytes;
-    if (batch == 0 || rounds == 0 || nm_mul_overflow(batch, sizeof(void *), &bytes)) return 0.0;
-    objs = (void **)nm_malloc(nm_allocator_libc(), bytes);
-    if (objs == NULL) return -1.0;
+    void **v;
+    uint64_t t0, t1;
+    size_t r, total;
+    if (batch == 0 || rounds == 0 || nm_mul_overflow(batch, rounds, &total)) return 0.0;
+    v = (void **)nm_calloc(p->a, batch, sizeof(void *));
+    if (!v) return -1.0;
     t0 = nm_now_ns();
     for (r = 0; r < rounds; r++) {
-        for (i = 0; i < batch; i++) {
-            objs[i] = nm_pool_alloc(p);
-            if (objs[i] == NULL) { batch = i; break; }
-        }
-        for (i = 0; i < batch; i++) nm_pool_free(p, objs[i]);
+        nm_pool_alloc_many(p, v, batch);
+        nm_pool_free_many(p, v, batch);
     }
-    t0 = nm_now_ns() - t0;
-    nm_free(nm_allocator_libc(), objs);
-    return (double)t0 / (double)(batch * rounds);
+    t1 = nm_now_ns();
+    nm_free(p->a, v);
+    return (double)(t1 - t0) / (double)total;
+}
+
+double nm_malloc_bench_pairs(nm_allocator_t *a, size_t size, size_t iterations) {
+    uint64_t t0, t1;
+    size_t i;
+    uintptr_t acc = 0;
+    if (iterations == 0) return 0.0;
+    t0 = nm_now_ns();
+    for (i = 0; i < iterations; i++) {
+        void *o = nm_malloc(a, size);
+        acc += (uintptr_t)o;
+        nm_free(a, o);
+    }
+    t1 = nm_now_ns();
+    nm__bench_sink = acc;
+    return (double)(t1 - t0) / (double)iterations;
 }

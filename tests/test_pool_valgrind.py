@@ -1,0 +1,63 @@
+"""Valgrind memcheck sees inside pools: a seeded use-after-free is reported with a stack through
+nativemem's pool code, and correct use reports no error in nativemem frames."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import nativemem
+
+from conftest import SRC_DIR
+
+PROG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pool_valgrind_prog.py")
+VALGRIND = shutil.which("valgrind")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(VALGRIND is None, reason="valgrind is not installed"),
+    pytest.mark.skipif(not nativemem.build_info()["valgrind"],
+                       reason="nativemem was built without valgrind/memcheck.h (no client requests)"),
+]
+
+NATIVE_FRAME = re.compile(r"pool\.c|alloc\.c|backends\.c|nativemem\._native|nm_pool_")
+
+
+def memcheck(mode: str) -> tuple[str, list[str]]:
+    env = dict(os.environ, PYTHONMALLOC="malloc", PYTHONPATH=SRC_DIR)
+    r = subprocess.run([VALGRIND, "--tool=memcheck", "--num-callers=40", sys.executable, PROG, mode],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # split the log into error reports: each starts with "==pid== <Headline>" after a blank marker line
+    blocks, cur = [], []
+    for line in r.stderr.splitlines():
+        body = re.sub(r"^==\d+== ?", "", line)
+        if not body.strip():
+            if cur:
+                blocks.append("\n".join(cur))
+            cur = []
+        else:
+            cur.append(body)
+    if cur:
+        blocks.append("\n".join(cur))
+    errors = [b for b in blocks if re.match(r"(Invalid|Conditional|Use of uninitialised|Mismatched|Source and destination)", b)]
+    return r.stdout, errors
+
+
+def test_correct_use_reports_nothing_in_nativemem():
+    out, errors = memcheck("ok")
+    assert "done" in out
+    ours = [e for e in errors if NATIVE_FRAME.search(e)]
+    assert ours == [], "\n\n".join(ours)
+
+
+def test_seeded_use_after_free_is_reported():
+    out, errors = memcheck("uaf")
+    assert "read 7" in out
+    uaf = [e for e in errors if e.startswith("Invalid read") and NATIVE_FRAME.search(e)]
+    assert uaf, "memcheck did not report the use-after-free:\n\n" + "\n\n".join(errors)
+    assert "nm_pool" in uaf[0] or "pool.c" in uaf[0]
