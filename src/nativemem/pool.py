@@ -265,11 +265,6 @@ class Pool:
         check_status(lib.nm_pool_check(self._live()))
 
     @property
-    def cdata(self) -> Any:
-        """The ``nm_pool_t *`` for C code."""
-        return self._ptr()
-
-    @property
     def closed(self) -> bool:
         return self._p is None
 
