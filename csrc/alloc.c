@@ -142,7 +142,7 @@ void *nm_malloc(nm_allocator_t *a, size_t size) {
     seq = nm__err_seq;
     p = a->malloc(a->ctx, size);
     if (NM_UNLIKELY(p == NULL)) return nm__fail(a, size, seq);
-    if (!(a->flags & NM_ALLOC_NO_STATS)) nm__count_alloc(a, nm__block_bytes(a, p, size));
+    if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS))) nm__count_alloc(a, nm__block_bytes(a, p, size));
     return p;
 }
 
@@ -155,7 +155,7 @@ void *nm_calloc(nm_allocator_t *a, size_t n, size_t size) {
     seq = nm__err_seq;
     p = a->calloc(a->ctx, n, size);
     if (NM_UNLIKELY(p == NULL)) return nm__fail(a, total, seq);
-    if (!(a->flags & NM_ALLOC_NO_STATS)) nm__count_alloc(a, nm__block_bytes(a, p, total));
+    if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS))) nm__count_alloc(a, nm__block_bytes(a, p, total));
     return p;
 }
 
@@ -166,11 +166,11 @@ void *nm_realloc(nm_allocator_t *a, void *p, size_t size) {
     if (p == NULL) return nm_malloc(a, size);
     if (NM_UNLIKELY(size > NM_MAX_ALLOC)) return nm__too_big(a, size, (size_t)-1);
     if (size == 0) size = 1;
-    if (!(a->flags & NM_ALLOC_NO_STATS) && a->usable_size) old_bytes = a->usable_size(a->ctx, p);
+    if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS)) && a->usable_size) old_bytes = a->usable_size(a->ctx, p);
     seq = nm__err_seq;
     q = a->realloc(a->ctx, p, size);
     if (NM_UNLIKELY(q == NULL)) return nm__fail(a, size, seq);
-    if (!(a->flags & NM_ALLOC_NO_STATS) && a->usable_size) {
+    if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS)) && a->usable_size) {
         intptr_t live, peak;
         size_t new_bytes = a->usable_size(a->ctx, q);
         live = nm_atomic_add_relaxed(&a->st_live_bytes, (intptr_t)new_bytes - (intptr_t)old_bytes);
@@ -183,12 +183,15 @@ void *nm_realloc(nm_allocator_t *a, void *p, size_t size) {
 
 void nm_free(nm_allocator_t *a, void *p) {
     if (p == NULL) return;
-    if (!(a->flags & NM_ALLOC_NO_STATS)) {
+    if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS))) {
         size_t bytes = a->usable_size ? a->usable_size(a->ctx, p) : 0;
         unsigned seq = nm__err_seq;
         a->free(a->ctx, p);
-        /* An allocator that detects a bad free (debug, arena) sets an error and frees nothing. */
-        if (NM_UNLIKELY(nm__err_seq != seq)) return;
+        /* An allocator that detects a bad free (debug, arena) sets an error and frees nothing;
+         * corruption found while freeing (a damaged canary) is reported but the block is freed. */
+        if (NM_UNLIKELY(nm__err_seq != seq) &&
+            (nm__err_code == NM_ERR_INVALID_FREE || nm__err_code == NM_ERR_DOUBLE_FREE))
+            return;
         nm__count_free(a, bytes);
         return;
     }
@@ -217,7 +220,7 @@ void *nm_memalign(nm_allocator_t *a, size_t alignment, size_t size) {
     seq = nm__err_seq;
     p = a->memalign(a->ctx, alignment, size);
     if (NM_UNLIKELY(p == NULL)) return nm__fail(a, size, seq);
-    if (!(a->flags & NM_ALLOC_NO_STATS)) nm__count_alloc(a, nm__block_bytes(a, p, size));
+    if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS))) nm__count_alloc(a, nm__block_bytes(a, p, size));
     return p;
 }
 
@@ -283,6 +286,9 @@ nm_allocator_t *_nm_table_new(const char *name, size_t ctx_size) {
 void _nm_table_free(nm_allocator_t *a) { free(a); }
 
 static void nm__destroy_now(nm_allocator_t *a) { a->destroy(a); }
+
+void _nm_table_count_alloc(nm_allocator_t *a, size_t bytes) { nm__count_alloc(a, bytes); }
+void _nm_table_count_free(nm_allocator_t *a, size_t bytes) { nm__count_free(a, bytes); }
 
 void nm_allocator_destroy(nm_allocator_t *a) {
     intptr_t expected = 0;

@@ -72,7 +72,8 @@ typedef void (*nm_destroy_fn)(nm_allocator_t *a);
 enum nm_allocator_flags {
     NM_ALLOC_NO_STATS = 1,     /* nm_malloc & co. skip the statistics counters           */
     NM_ALLOC_STATIC = 2,       /* never destroyed (the libc singleton)                   */
-    NM_ALLOC_EXACT_SIZE = 4    /* usable_size returns exactly the requested size        */
+    NM_ALLOC_EXACT_SIZE = 4,   /* usable_size returns exactly the requested size        */
+    NM_ALLOC_SELF_STATS = 8    /* the allocator keeps the statistics fields itself      */
 };
 
 struct nm_allocator {
@@ -182,5 +183,6 @@ nm_allocator_t *nm_allocator_from_zone(const nm_zone_fns_t *fns, const char *nam
 #include "nm_arena.h"
 #include "nm_pool.h"
 #include "nm_bench.h"
+#include "nm_debug.h"
 
 #endif /* NATIVEMEM_H */

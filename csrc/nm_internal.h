@@ -37,6 +37,12 @@ extern NM_THREAD_LOCAL int _nm_site_line;
 NM_INLINE int _nm_is_pow2(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
 NM_INLINE uintptr_t _nm_align_up(uintptr_t x, size_t a) { return (x + (a - 1)) & ~(uintptr_t)(a - 1); }
 
+/* For NM_ALLOC_SELF_STATS allocators: count a block in/out of the table's statistics.  Call
+ * _nm_table_count_free with no lock of the allocator held: the last free of a table whose
+ * destruction was deferred destroys it. */
+void _nm_table_count_alloc(nm_allocator_t *a, size_t bytes);
+void _nm_table_count_free(nm_allocator_t *a, size_t bytes);
+
 /* Allocate a zeroed allocator table (from the C library) with `name` copied into it. */
 nm_allocator_t *_nm_table_new(const char *name, size_t ctx_size);
 void _nm_table_free(nm_allocator_t *a);

@@ -51,3 +51,5 @@ from .arena import Arena, ArenaStats  # noqa: E402
 __all__ += ["Arena", "ArenaStats"]
 from .pool import ObjectPool, Pool, PoolObject, PoolStats  # noqa: E402
 __all__ += ["Pool", "PoolStats", "PoolObject", "ObjectPool"]
+from .debug import DebugAllocator, DebugStats, Leak  # noqa: E402
+__all__ += ["DebugAllocator", "DebugStats", "Leak"]

@@ -5,6 +5,7 @@ It maps C status codes to the exception tree and validates sizes before they rea
 from __future__ import annotations
 
 import operator
+import re
 from typing import Any, NoReturn
 
 from . import errors as E
@@ -40,11 +41,20 @@ def last_error() -> tuple[int, str]:
     return lib.nm_last_error(), ffi.string(lib.nm_last_error_message()).decode("utf-8", "replace")
 
 
+_PY_SITE = re.compile(r"py:(.*?):0\b", re.S)
+
+
+def clean_sites(message: str) -> str:
+    """C messages print sites as file:line; a Python site is 'py:<frames>' with line 0: show its
+    innermost frame 'file:line in func'."""
+    return _PY_SITE.sub(lambda m: m.group(1).split("\n")[0], message)
+
+
 def make_error(code: int, message: str, **info: Any) -> E.NativeMemError:
     cls = STATUS_TO_ERROR.get(code, E.NativeMemError)
     if not message:
         message = ffi.string(lib.nm_strerror(code)).decode()
-    return cls(message, code=code, **info)
+    return cls(clean_sites(message), code=code, **info)
 
 
 def raise_last(fallback: str = "operation failed", **info: Any) -> NoReturn:

@@ -308,6 +308,8 @@ class Buffer:
         if alloc._records_sites:
             alloc._before_free(self)
         rc = lib.nm_free_checked(alloc._table, p)
+        if alloc._records_sites:
+            lib.nm_site_set(ffi.NULL, 0)
         if rc:
             msg = ffi.string(lib.nm_last_error_message()).decode("utf-8", "replace")
             lib.nm_clear_error()

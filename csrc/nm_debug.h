@@ -1,0 +1,46 @@
+/* nm_debug.h -- the debug allocator (debug.c); included by nativemem.h. */
+#ifndef NM_DEBUG_H
+#define NM_DEBUG_H
+
+enum nm_debug_flags {
+    NM_DEBUG_GUARD_PAGES = 1, /* one page run per block, tail against a no-access page       */
+    NM_DEBUG_NO_POISON = 2    /* do not fill new blocks with 0xCB (uninitialised pattern)    */
+};
+
+/* A record of one block, as reported by nm_debug_blocks. */
+typedef struct nm_debug_block {
+    void *address;
+    size_t size;
+    const char *file;      /* allocation site (C file, or an interned Python traceback) */
+    int line;
+    uint64_t serial;       /* allocation number, from 1                                */
+} nm_debug_block_t;
+
+typedef struct nm_debug_stats {
+    size_t live_blocks, live_bytes, peak_bytes;
+    uint64_t total_allocs, total_frees;
+    size_t quarantined_blocks, quarantined_bytes;
+    uint64_t errors;       /* corruption and misuse reports so far                     */
+    uint64_t next_serial;
+} nm_debug_stats_t;
+
+/* A debug allocator wrapping `base` (NULL: libc): canaries before and after every block, a live
+ * list with allocation sites and serial numbers, 0xDD poisoning and a bounded quarantine of
+ * `quarantine` freed blocks, detection of double/invalid frees, overflow, underflow, write after
+ * free and realloc of freed blocks.  Destroy with nm_allocator_destroy. */
+nm_allocator_t *nm_debug_create(nm_allocator_t *base, unsigned flags);
+nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t quarantine);
+/* 1 when `a` is a debug allocator. */
+int nm_debug_is(nm_allocator_t *a);
+/* Verify every live block's canaries and every quarantined block's poison: NM_OK or the first
+ * error (its message names address, size, offset and sites). */
+int nm_debug_check(nm_allocator_t *a);
+/* Live blocks with serial > since (0: all), oldest first; fills up to cap, returns the count. */
+size_t nm_debug_blocks(nm_allocator_t *a, nm_debug_block_t *out, size_t cap, uint64_t since);
+void nm_debug_stats(nm_allocator_t *a, nm_debug_stats_t *out);
+/* Empty the quarantine now (verifying each block's poison); NM_OK or the first error. */
+int nm_debug_flush(nm_allocator_t *a);
+/* C-level pair loop for the "<= 3x its base" measurement: ns per malloc+free. */
+double nm_debug_bench_pairs(nm_allocator_t *a, size_t size, size_t iterations);
+
+#endif /* NM_DEBUG_H */
