@@ -53,3 +53,9 @@ from .pool import ObjectPool, Pool, PoolObject, PoolStats  # noqa: E402
 __all__ += ["Pool", "PoolStats", "PoolObject", "ObjectPool"]
 from .debug import DebugAllocator, DebugStats, Leak  # noqa: E402
 __all__ += ["DebugAllocator", "DebugStats", "Leak"]
+from .refcount import RefCount, RefEvent  # noqa: E402
+from .strtab import Interned, StringTable, StringTableStats, intern  # noqa: E402
+from .cow import CowBuffer, CowString  # noqa: E402
+from .prop import Prop  # noqa: E402
+__all__ += ["RefCount", "RefEvent", "StringTable", "Interned", "StringTableStats", "intern", "CowBuffer",
+            "CowString", "Prop"]

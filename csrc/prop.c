@@ -1,0 +1,266 @@
+/* prop.c -- the property tree (Movian's props): parents hold references on their children.
+ *
+ * Two lifetimes, as in Movian: the atomic refcount keeps a prop's MEMORY alive; destroy() ends
+ * its CONTENT: it is unlinked from its parent, its value and children are released (children are
+ * destroyed recursively) and it becomes a zombie that refuses use while references remain.  The
+ * memory goes back to the prop pool with the last reference, poisoned with 0xDD.  Structure
+ * changes take one tree mutex (Movian's prop_mutex); references are atomic.
+ */
+#include "nm_internal.h"
+
+struct nm_prop {
+    nm_refcount_t ref;
+    nm_prop_t *parent, *first_child, *last_child, *next, *prev;
+    int type;
+    int64_t i;
+    double f;
+    char *data;
+    size_t len;
+    char *name;
+    size_t name_len;
+};
+
+static nm_mutex_t nm__tree = NM_MUTEX_INIT;
+static nm_pool_t *nm__prop_pool;
+static nm_atomic_t nm__prop_live;
+
+static void nm__prop_destroy0(nm_prop_t *p);
+
+/* The memory's end: called by the refcount when the last reference goes. */
+static void nm__prop_free(void *arg) {
+    nm_prop_t *p = (nm_prop_t *)arg;
+    if (p->type != NM_PROP_ZOMBIE) { /* dropped without destroy: release its content first */
+        nm_mutex_lock(&nm__tree);
+        nm__prop_destroy0(p);
+        nm_mutex_unlock(&nm__tree);
+    }
+    nm_ref_trace_disable(&p->ref);
+    memset(p, 0xDD, sizeof *p);
+    nm_pool_free(nm__prop_pool, p);
+    nm_atomic_add_relaxed(&nm__prop_live, -1);
+}
+
+static void nm__value_clear(nm_prop_t *p) {
+    if (p->data) nm_free(nm_allocator_libc(), p->data);
+    p->data = NULL;
+    p->len = 0;
+    p->type = NM_PROP_VOID;
+}
+
+/* End a prop's content (tree lock held): children first, then unlink and release. */
+static void nm__prop_destroy0(nm_prop_t *p) {
+    nm_prop_t *c = p->first_child, *next;
+    p->first_child = p->last_child = NULL;
+    for (; c; c = next) {
+        next = c->next;
+        c->parent = NULL;
+        c->next = c->prev = NULL;
+        if (c->type != NM_PROP_ZOMBIE) nm__prop_destroy0(c);
+        nm_ref_dec_at(&c->ref, __FILE__, __LINE__); /* the parent's hold; c is a zombie now */
+    }
+    if (p->parent) {
+        nm_prop_t *par = p->parent;
+        if (p->prev) p->prev->next = p->next;
+        else par->first_child = p->next;
+        if (p->next) p->next->prev = p->prev;
+        else par->last_child = p->prev;
+        p->parent = p->next = p->prev = NULL;
+        nm__value_clear(p);
+        if (p->name) nm_free(nm_allocator_libc(), p->name);
+        p->name = NULL;
+        p->type = NM_PROP_ZOMBIE;
+        nm_ref_dec_at(&p->ref, __FILE__, __LINE__); /* drop the parent's hold (never the last: caller holds one) */
+        return;
+    }
+    nm__value_clear(p);
+    if (p->name) nm_free(nm_allocator_libc(), p->name);
+    p->name = NULL;
+    p->type = NM_PROP_ZOMBIE;
+}
+
+static int nm__zombie(nm_prop_t *p, const char *what) {
+    return _nm_set_error(NM_ERR_CLOSED, "%s on prop %p: the prop was destroyed (zombie)", what, (void *)p);
+}
+
+nm_prop_t *nm_prop_create(nm_prop_t *parent, const char *name, size_t name_len) {
+    nm_prop_t *p;
+    char *nm = NULL;
+    nm_mutex_lock(&nm__tree);
+    if (nm__prop_pool == NULL) {
+        nm__prop_pool = nm_pool_create(nm_allocator_libc(), sizeof(nm_prop_t), 256, NM_POOL_ZERO);
+        if (nm__prop_pool == NULL) goto fail;
+    }
+    if (parent && parent->type == NM_PROP_ZOMBIE) {
+        nm__zombie(parent, "create child");
+        goto fail;
+    }
+    if (name) {
+        nm = (char *)nm_malloc(nm_allocator_libc(), name_len + 1);
+        if (nm == NULL) goto fail;
+        memcpy(nm, name, name_len);
+        nm[name_len] = '\0';
+    }
+    p = (nm_prop_t *)nm_pool_alloc(nm__prop_pool);
+    if (p == NULL) {
+        if (nm) nm_free(nm_allocator_libc(), nm);
+        goto fail;
+    }
+    memset(p, 0, sizeof *p);
+    nm_ref_init(&p->ref, nm__prop_free, p);
+    p->name = nm;
+    p->name_len = name_len;
+    nm_atomic_add_relaxed(&nm__prop_live, 1);
+    if (parent) {
+        nm_ref_inc_at(&p->ref, __FILE__, __LINE__); /* the parent's hold on its child */
+        p->parent = parent;
+        p->prev = parent->last_child;
+        if (parent->last_child) parent->last_child->next = p;
+        else parent->first_child = p;
+        parent->last_child = p;
+    }
+    nm_mutex_unlock(&nm__tree);
+    return p;
+fail:
+    nm_mutex_unlock(&nm__tree);
+    return NULL;
+}
+
+int nm_prop_set_int(nm_prop_t *p, int64_t v) {
+    int rc = NM_OK;
+    nm_mutex_lock(&nm__tree);
+    if (p->type == NM_PROP_ZOMBIE) rc = nm__zombie(p, "set");
+    else { nm__value_clear(p); p->type = NM_PROP_INT; p->i = v; }
+    nm_mutex_unlock(&nm__tree);
+    return rc;
+}
+
+int nm_prop_set_float(nm_prop_t *p, double v) {
+    int rc = NM_OK;
+    nm_mutex_lock(&nm__tree);
+    if (p->type == NM_PROP_ZOMBIE) rc = nm__zombie(p, "set");
+    else { nm__value_clear(p); p->type = NM_PROP_FLOAT; p->f = v; }
+    nm_mutex_unlock(&nm__tree);
+    return rc;
+}
+
+int nm_prop_set_void(nm_prop_t *p) {
+    int rc = NM_OK;
+    nm_mutex_lock(&nm__tree);
+    if (p->type == NM_PROP_ZOMBIE) rc = nm__zombie(p, "set");
+    else nm__value_clear(p);
+    nm_mutex_unlock(&nm__tree);
+    return rc;
+}
+
+int nm_prop_set_data(nm_prop_t *p, int type, const char *data, size_t len) {
+    char *copy;
+    int rc = NM_OK;
+    if (type != NM_PROP_STRING && type != NM_PROP_BYTES) return _nm_set_error(NM_ERR_INVALID, "bad prop data type %d", type);
+    copy = (char *)nm_malloc(nm_allocator_libc(), len + 1);
+    if (copy == NULL) return NM_ERR_NOMEM;
+    if (len) memcpy(copy, data, len);
+    copy[len] = '\0';
+    nm_mutex_lock(&nm__tree);
+    if (p->type == NM_PROP_ZOMBIE) {
+        rc = nm__zombie(p, "set");
+        nm_free(nm_allocator_libc(), copy);
+    } else {
+        nm__value_clear(p);
+        p->type = type;
+        p->data = copy;
+        p->len = len;
+    }
+    nm_mutex_unlock(&nm__tree);
+    return rc;
+}
+
+/* Copies scalars; string/bytes values are copied into a block the caller frees with
+ * nm_free(nm_allocator_libc(), out->data) (so they stay valid after the lock is released). */
+int nm_prop_get(nm_prop_t *p, nm_prop_value_t *out) {
+    int rc = NM_OK;
+    memset(out, 0, sizeof *out);
+    nm_mutex_lock(&nm__tree);
+    if (p->type == NM_PROP_ZOMBIE) {
+        rc = nm__zombie(p, "get");
+    } else {
+        out->type = p->type;
+        out->i = p->i;
+        out->f = p->f;
+        if (p->data) {
+            char *copy = (char *)nm_malloc(nm_allocator_libc(), p->len + 1);
+            if (copy == NULL) rc = NM_ERR_NOMEM;
+            else {
+                memcpy(copy, p->data, p->len + 1);
+                out->data = copy;
+                out->len = p->len;
+            }
+        }
+    }
+    nm_mutex_unlock(&nm__tree);
+    return rc;
+}
+
+intptr_t nm_prop_name(nm_prop_t *p, char *buf, size_t cap) {
+    intptr_t n;
+    nm_mutex_lock(&nm__tree);
+    if (p->type == NM_PROP_ZOMBIE) n = nm__zombie(p, "name");
+    else if (p->name == NULL) n = NM_ERR_INVALID; /* no name (not an error: nothing is reported) */
+    else {
+        n = (intptr_t)p->name_len;
+        if (buf && cap) {
+            size_t k = p->name_len < cap - 1 ? p->name_len : cap - 1;
+            memcpy(buf, p->name, k);
+            buf[k] = '\0';
+        }
+    }
+    nm_mutex_unlock(&nm__tree);
+    return n;
+}
+
+nm_prop_t *nm_prop_parent(nm_prop_t *p) {
+    nm_prop_t *par;
+    nm_mutex_lock(&nm__tree);
+    par = p->parent;
+    if (par) nm_ref_inc_at(&par->ref, __FILE__, __LINE__);
+    nm_mutex_unlock(&nm__tree);
+    return par;
+}
+
+intptr_t nm_prop_children(nm_prop_t *p, nm_prop_t **out, size_t cap) {
+    intptr_t n = 0;
+    nm_prop_t *c;
+    nm_mutex_lock(&nm__tree);
+    if (p->type == NM_PROP_ZOMBIE) {
+        n = nm__zombie(p, "children");
+    } else {
+        for (c = p->first_child; c; c = c->next, n++)
+            if ((size_t)n < cap) {
+                nm_ref_inc_at(&c->ref, __FILE__, __LINE__);
+                out[n] = c;
+            }
+    }
+    nm_mutex_unlock(&nm__tree);
+    return n;
+}
+
+int nm_prop_destroy(nm_prop_t *p) {
+    int rc = NM_OK;
+    nm_mutex_lock(&nm__tree);
+    if (p->type == NM_PROP_ZOMBIE) rc = nm__zombie(p, "destroy");
+    else nm__prop_destroy0(p);
+    nm_mutex_unlock(&nm__tree);
+    return rc;
+}
+
+int nm_prop_is_zombie(nm_prop_t *p) {
+    int z;
+    nm_mutex_lock(&nm__tree);
+    z = p->type == NM_PROP_ZOMBIE;
+    nm_mutex_unlock(&nm__tree);
+    return z;
+}
+
+int nm_prop_ref_inc(nm_prop_t *p) { return nm_ref_inc(&p->ref); }
+int nm_prop_ref_dec(nm_prop_t *p) { return nm_ref_dec(&p->ref); }
+intptr_t nm_prop_refs(nm_prop_t *p) { return nm_ref_count(&p->ref); }
+intptr_t nm_prop_live_count(void) { return nm_atomic_load_relaxed(&nm__prop_live); }

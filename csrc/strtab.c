@@ -1,0 +1,303 @@
+/* strtab.c -- string interning with reference counts (glib's GRefString, Movian's strtab_get).
+ *
+ * 16 shards, each an open-addressing table with one tag byte per slot (the hash's top bits,
+ * 0 = empty, 1 = deleted) beside an array of entry pointers, so a probe compares bytes before it
+ * touches an entry.  Entries carry their hash, length, count and bytes in one block from the
+ * table's allocator; interned equality is pointer equality.  A count may drop to zero only under
+ * its shard's lock, and lookups take references under that lock, so a lookup racing the final
+ * release never revives a dying string; releases of a string with other references are one
+ * atomic decrement.
+ */
+#include "nm_internal.h"
+
+#include <stdio.h>
+
+#define NM__SHARDS 16
+
+typedef struct nm__sentry {
+    intptr_t refs;        /* atomic */
+    uint64_t hash;
+    size_t len;
+    uint32_t magic;
+    uint32_t shard;
+    char data[1];         /* len bytes + NUL */
+} nm__sentry_t;
+
+#define NM__SMAGIC 0x53545231u
+#define NM__ENTRY(s) ((nm__sentry_t *)((char *)(s) - offsetof(nm__sentry_t, data)))
+
+typedef struct nm__shard {
+    nm_mutex_t lock;
+    uint8_t *tags;
+    nm__sentry_t **slots;
+    size_t mask, used, count; /* used: live + deleted slots */
+} nm__shard_t;
+
+struct nm_strtab {
+    nm_allocator_t *a;
+    nm__shard_t shards[NM__SHARDS];
+    nm_atomic_t lookups, hits, inserts, removals, bytes;
+};
+
+/* FNV-1a 64 with a final mix: fast for short keys, every byte counts. */
+static uint64_t nm__strhash(const char *s, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    size_t i;
+    for (i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return h;
+}
+
+NM_INLINE uint8_t nm__tag(uint64_t h) { return (uint8_t)((h >> 56) | 0x80); }
+
+nm_strtab_t *nm_strtab_create(nm_allocator_t *a) {
+    nm_strtab_t *t;
+    int i;
+    if (a == NULL) a = nm_allocator_libc();
+    t = (nm_strtab_t *)nm_calloc(a, 1, sizeof *t);
+    if (t == NULL) return NULL;
+    t->a = a;
+    for (i = 0; i < NM__SHARDS; i++) nm_mutex_init(&t->shards[i].lock);
+    return t;
+}
+
+static int nm__shard_grow(nm_strtab_t *t, nm__shard_t *sh) {
+    size_t cap = sh->mask ? (sh->count * 4 > sh->mask + 1 ? (sh->mask + 1) * 2 : sh->mask + 1) : 16, i;
+    uint8_t *tags = (uint8_t *)nm_calloc(t->a, cap, 1);
+    nm__sentry_t **slots = (nm__sentry_t **)nm_calloc(t->a, cap, sizeof(nm__sentry_t *));
+    if (tags == NULL || slots == NULL) {
+        nm_free(t->a, tags);
+        nm_free(t->a, slots);
+        return NM_ERR_NOMEM;
+    }
+    for (i = 0; sh->tags && i <= sh->mask; i++)
+        if (sh->tags[i] >= 0x80) {
+            size_t j = (size_t)sh->slots[i]->hash & (cap - 1);
+            while (tags[j]) j = (j + 1) & (cap - 1);
+            tags[j] = sh->tags[i];
+            slots[j] = sh->slots[i];
+        }
+    nm_free(t->a, sh->tags);
+    nm_free(t->a, sh->slots);
+    sh->tags = tags;
+    sh->slots = slots;
+    sh->mask = cap - 1;
+    sh->used = sh->count;
+    return NM_OK;
+}
+
+/* Slot of the entry equal to s[0..n), or the insertion slot (tag 0/1) when absent. */
+static size_t nm__probe(nm__shard_t *sh, const char *s, size_t n, uint64_t h, int *found) {
+    uint8_t tag = nm__tag(h);
+    size_t i = (size_t)h & sh->mask, first_free = (size_t)-1;
+    for (;; i = (i + 1) & sh->mask) {
+        uint8_t g = sh->tags[i];
+        if (g == 0) {
+            *found = 0;
+            return first_free != (size_t)-1 ? first_free : i;
+        }
+        if (g == 1) {
+            if (first_free == (size_t)-1) first_free = i;
+        } else if (g == tag) {
+            nm__sentry_t *e = sh->slots[i];
+            if (e->hash == h && e->len == n && memcmp(e->data, s, n) == 0) {
+                *found = 1;
+                return i;
+            }
+        }
+    }
+}
+
+const char *nm_strtab_intern(nm_strtab_t *t, const char *s, size_t n) {
+    uint64_t h;
+    nm__shard_t *sh;
+    size_t i, bytes;
+    int found;
+    nm__sentry_t *e;
+    if (s == NULL && n) {
+        _nm_set_error(NM_ERR_INVALID, "intern of NULL with length %zu", n);
+        return NULL;
+    }
+    if (n > NM_MAX_ALLOC - sizeof(nm__sentry_t)) {
+        _nm_set_error(NM_ERR_OVERFLOW, "string of %zu bytes is too long to intern", n);
+        return NULL;
+    }
+    h = nm__strhash(s ? s : "", n);
+    sh = &t->shards[h % NM__SHARDS];
+    nm_atomic_add_relaxed(&t->lookups, 1);
+    nm_mutex_lock(&sh->lock);
+    if (sh->mask == 0 || (sh->used + 1) * 10 > (sh->mask + 1) * 7) {
+        if (nm__shard_grow(t, sh) != NM_OK) {
+            nm_mutex_unlock(&sh->lock);
+            return (const char *)_nm_oom("strtab", sizeof(nm__sentry_t) + n);
+        }
+    }
+    i = nm__probe(sh, s, n, h, &found);
+    if (found) {
+        e = sh->slots[i];
+        nm_atomic_add_relaxed(&e->refs, 1); /* under the lock: never revives a dying entry */
+        nm_mutex_unlock(&sh->lock);
+        nm_atomic_add_relaxed(&t->hits, 1);
+        return e->data;
+    }
+    bytes = offsetof(nm__sentry_t, data) + n + 1;
+    e = (nm__sentry_t *)nm_malloc(t->a, bytes);
+    if (e == NULL) {
+        nm_mutex_unlock(&sh->lock);
+        return NULL;
+    }
+    e->refs = 1;
+    e->hash = h;
+    e->len = n;
+    e->magic = NM__SMAGIC;
+    e->shard = (uint32_t)(h % NM__SHARDS);
+    if (n) memcpy(e->data, s, n);
+    e->data[n] = '\0';
+    if (sh->tags[i] == 0) sh->used++;
+    sh->tags[i] = nm__tag(h);
+    sh->slots[i] = e;
+    sh->count++;
+    nm_mutex_unlock(&sh->lock);
+    nm_atomic_add_relaxed(&t->inserts, 1);
+    nm_atomic_add_relaxed(&t->bytes, (intptr_t)bytes);
+    return e->data;
+}
+
+void nm_strtab_retain(nm_strtab_t *t, const char *s) {
+    (void)t;
+    nm_atomic_add_relaxed(&NM__ENTRY(s)->refs, 1);
+}
+
+int nm_strtab_release(nm_strtab_t *t, const char *s) {
+    nm__sentry_t *e = NM__ENTRY(s);
+    nm__shard_t *sh;
+    intptr_t refs = nm_atomic_load_relaxed(&e->refs);
+    size_t i;
+    int found;
+    if (e->magic != NM__SMAGIC) return _nm_set_error(NM_ERR_INVALID_FREE, "release of %p: not an interned string", (void *)s);
+    /* fast path: not the last reference */
+    while (refs > 1)
+        if (nm_atomic_cas(&e->refs, &refs, refs - 1)) return NM_OK;
+    sh = &t->shards[e->shard];
+    nm_mutex_lock(&sh->lock);
+    refs = nm_atomic_add_acq_rel(&e->refs, -1);
+    if (refs > 0) {
+        nm_mutex_unlock(&sh->lock);
+        return NM_OK;
+    }
+    if (refs < 0) {
+        nm_atomic_store_relaxed(&e->refs, 0);
+        nm_mutex_unlock(&sh->lock);
+        return _nm_set_error(NM_ERR_REFCOUNT, "release of interned string %p: no reference left", (void *)s);
+    }
+    i = nm__probe(sh, e->data, e->len, e->hash, &found);
+    if (found && sh->slots[i] == e) {
+        sh->tags[i] = 1;
+        sh->slots[i] = NULL;
+        sh->count--;
+    }
+    nm_mutex_unlock(&sh->lock);
+    e->magic = 0;
+    nm_atomic_add_relaxed(&t->removals, 1);
+    nm_atomic_add_relaxed(&t->bytes, -(intptr_t)(offsetof(nm__sentry_t, data) + e->len + 1));
+    nm_free(t->a, e);
+    return NM_OK;
+}
+
+size_t nm_strtab_strlen(const char *s) { return NM__ENTRY(s)->len; }
+intptr_t nm_strtab_refs(const char *s) { return nm_atomic_load_relaxed(&NM__ENTRY(s)->refs); }
+
+intptr_t nm_strtab_lookup_refs(nm_strtab_t *t, const char *s, size_t n) {
+    uint64_t h = nm__strhash(s ? s : "", n);
+    nm__shard_t *sh = &t->shards[h % NM__SHARDS];
+    intptr_t refs = 0;
+    int found = 0;
+    size_t i;
+    nm_mutex_lock(&sh->lock);
+    if (sh->mask) {
+        i = nm__probe(sh, s, n, h, &found);
+        if (found) refs = nm_atomic_load_relaxed(&sh->slots[i]->refs);
+    }
+    nm_mutex_unlock(&sh->lock);
+    return refs;
+}
+
+size_t nm_strtab_count(nm_strtab_t *t) {
+    size_t n = 0;
+    int k;
+    for (k = 0; k < NM__SHARDS; k++) {
+        nm_mutex_lock(&t->shards[k].lock);
+        n += t->shards[k].count;
+        nm_mutex_unlock(&t->shards[k].lock);
+    }
+    return n;
+}
+
+void nm_strtab_stats(nm_strtab_t *t, nm_strtab_stats_t *out) {
+    int k;
+    memset(out, 0, sizeof *out);
+    for (k = 0; k < NM__SHARDS; k++) {
+        nm_mutex_lock(&t->shards[k].lock);
+        out->entries += t->shards[k].count;
+        out->capacity += t->shards[k].mask ? t->shards[k].mask + 1 : 0;
+        nm_mutex_unlock(&t->shards[k].lock);
+    }
+    out->shards = NM__SHARDS;
+    out->bytes = (size_t)nm_atomic_load_relaxed(&t->bytes);
+    out->lookups = (uint64_t)nm_atomic_load_relaxed(&t->lookups);
+    out->hits = (uint64_t)nm_atomic_load_relaxed(&t->hits);
+    out->inserts = (uint64_t)nm_atomic_load_relaxed(&t->inserts);
+    out->removals = (uint64_t)nm_atomic_load_relaxed(&t->removals);
+}
+
+size_t nm_strtab_destroy(nm_strtab_t *t) {
+    size_t left = 0, i;
+    int k;
+    if (t == NULL) return 0;
+    for (k = 0; k < NM__SHARDS; k++) {
+        nm__shard_t *sh = &t->shards[k];
+        for (i = 0; sh->tags && i <= sh->mask; i++)
+            if (sh->tags[i] >= 0x80) {
+                sh->slots[i]->magic = 0;
+                nm_free(t->a, sh->slots[i]);
+                left++;
+            }
+        nm_free(t->a, sh->tags);
+        nm_free(t->a, sh->slots);
+        nm_mutex_destroy(&sh->lock);
+    }
+    nm_free(t->a, t);
+    return left;
+}
+
+double nm_strtab_bench_hits(nm_allocator_t *a, size_t entries, size_t iterations) {
+    nm_strtab_t *t = nm_strtab_create(a);
+    char *keys;
+    int *lens;
+    uint64_t t0, x = 1;
+    size_t i;
+    double ns = -1.0;
+    if (t == NULL || entries == 0) return -1.0;
+    keys = (char *)nm_malloc(nm_allocator_libc(), entries * 24);
+    lens = (int *)nm_malloc(nm_allocator_libc(), entries * sizeof(int));
+    if (keys == NULL || lens == NULL) goto out;
+    for (i = 0; i < entries; i++) {
+        lens[i] = snprintf(keys + i * 24, 24, "key-%zu", i);
+        if (nm_strtab_intern(t, keys + i * 24, (size_t)lens[i]) == NULL) goto out;
+    }
+    t0 = nm_now_ns();
+    for (i = 0; i < iterations; i++) {
+        size_t k;
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        k = (size_t)((x >> 33) % entries);
+        nm_strtab_release(t, nm_strtab_intern(t, keys + k * 24, (size_t)lens[k]));
+    }
+    ns = (double)(nm_now_ns() - t0) / (double)(iterations ? iterations : 1);
+out:
+    nm_free(nm_allocator_libc(), keys);
+    nm_free(nm_allocator_libc(), lens);
+    nm_strtab_destroy(t);
+    return ns;
+}

@@ -1,0 +1,169 @@
+"""Prop: Movian's property tree.  A parent holds a reference on each child.
+
+Each :class:`Prop` object holds one reference on the native prop's memory.  ``destroy()`` ends
+its content: it is unlinked from its parent, its value and children are released (children are
+destroyed too) and it becomes a zombie; any use then raises :class:`ClosedError` while
+references remain, and the memory returns to the prop pool with the last one.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Optional, Union
+
+from . import errors as E
+from ._ffi import check_ptr, check_status, ffi, lib
+
+__all__ = ["Prop"]
+
+Value = Union[None, int, float, str, bytes]
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+class Prop:
+    """``Prop(name=None, parent=None, value=None)``."""
+
+    __slots__ = ("_p", "__weakref__")
+
+    def __init__(self, name: Optional[str] = None, parent: Optional["Prop"] = None, value: Value = None) -> None:
+        if name is not None and not isinstance(name, str):
+            raise E.InvalidTypeError(f"prop name must be a str or None, not {type(name).__name__}")
+        if parent is not None and not isinstance(parent, Prop):
+            raise E.InvalidTypeError(f"parent must be a Prop or None, not {type(parent).__name__}")
+        nm = name.encode("utf-8", "surrogatepass") if name is not None else None
+        par = parent._live() if parent is not None else ffi.NULL
+        p = lib.nm_prop_create(par, nm if nm is not None else ffi.NULL, len(nm) if nm else 0)
+        self._p = check_ptr(p, "cannot create prop")
+        if value is not None:
+            try:
+                self.value = value
+            except BaseException:
+                self.destroy()
+                raise
+
+    @classmethod
+    def _adopt(cls, p: Any) -> "Prop":
+        self = object.__new__(cls)
+        self._p = p
+        return self
+
+    def _live(self) -> Any:
+        p = self._p
+        if p is None:
+            raise E.ClosedError("this Prop handle was released (unref)")
+        return p
+
+    # -- tree ----------------------------------------------------------------------------------
+    @property
+    def name(self) -> Optional[str]:
+        p = self._live()
+        n = lib.nm_prop_name(p, ffi.NULL, 0)
+        if n == lib.NM_ERR_INVALID:
+            return None
+        check_status(n)
+        buf = ffi.new("char[]", n + 1)
+        lib.nm_prop_name(p, buf, n + 1)
+        return ffi.unpack(buf, n).decode("utf-8", "surrogatepass")
+
+    @property
+    def parent(self) -> Optional["Prop"]:
+        q = lib.nm_prop_parent(self._live())
+        return None if q == ffi.NULL else Prop._adopt(q)
+
+    @property
+    def children(self) -> List["Prop"]:
+        p = self._live()
+        while True:
+            n = check_status(lib.nm_prop_children(p, ffi.NULL, 0))
+            arr = ffi.new("nm_prop_t *[]", max(n, 1))
+            got = check_status(lib.nm_prop_children(p, arr, n))
+            if got <= n:
+                return [Prop._adopt(arr[i]) for i in range(got)]
+            for i in range(n):  # the tree grew meanwhile: drop and retry
+                lib.nm_prop_ref_dec(arr[i])
+
+    @property
+    def zombie(self) -> bool:
+        return bool(lib.nm_prop_is_zombie(self._live()))
+
+    # -- value -----------------------------------------------------------------------------------
+    @property
+    def value(self) -> Value:
+        out = ffi.new("nm_prop_value_t *")
+        check_status(lib.nm_prop_get(self._live(), out))
+        t = out.type
+        if t == lib.NM_PROP_INT:
+            return int(out.i)
+        if t == lib.NM_PROP_FLOAT:
+            return float(out.f)
+        if t in (lib.NM_PROP_STRING, lib.NM_PROP_BYTES):
+            data = ffi.unpack(out.data, out.len)
+            lib.nm_free(lib.nm_allocator_libc(), ffi.cast("void *", out.data))
+            return data.decode("utf-8", "surrogatepass") if t == lib.NM_PROP_STRING else data
+        return None
+
+    @value.setter
+    def value(self, v: Value) -> None:
+        p = self._live()
+        if v is None:
+            rc = lib.nm_prop_set_void(p)
+        elif isinstance(v, bool):
+            raise E.InvalidTypeError("prop values are int, float, str, bytes or None (not bool)")
+        elif isinstance(v, int):
+            if not _INT64[0] <= v <= _INT64[1]:
+                raise E.SizeOverflowError(f"prop int {v} does not fit in 64 bits")
+            rc = lib.nm_prop_set_int(p, v)
+        elif isinstance(v, float):
+            rc = lib.nm_prop_set_float(p, v)
+        elif isinstance(v, str):
+            b = v.encode("utf-8", "surrogatepass")
+            rc = lib.nm_prop_set_data(p, lib.NM_PROP_STRING, b, len(b))
+        elif isinstance(v, (bytes, bytearray, memoryview)):
+            b = bytes(v)
+            rc = lib.nm_prop_set_data(p, lib.NM_PROP_BYTES, b, len(b))
+        else:
+            raise E.InvalidTypeError(f"prop values are int, float, str, bytes or None, not {type(v).__name__}")
+        check_status(rc)
+
+    # -- lifetime --------------------------------------------------------------------------------
+    def ref(self) -> "Prop":
+        """Another handle holding its own reference."""
+        p = self._live()
+        check_status(lib.nm_prop_ref_inc(p))
+        return Prop._adopt(p)
+
+    def unref(self) -> None:
+        """Give this handle's reference back now (the handle is unusable afterwards)."""
+        p = self._live()
+        self._p = None
+        rc = lib.nm_prop_ref_dec(p)
+        if rc < 0:
+            check_status(rc)
+
+    @property
+    def refcount(self) -> int:
+        return int(lib.nm_prop_refs(self._live()))
+
+    def destroy(self) -> None:
+        """Unlink, release the value and children, and become a zombie."""
+        check_status(lib.nm_prop_destroy(self._live()))
+
+    def __del__(self) -> None:
+        p = getattr(self, "_p", None)
+        if p is not None:
+            self._p = None
+            try:
+                lib.nm_prop_ref_dec(p)
+            except Exception:
+                pass
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Prop) and self._p is not None and self._p == other._p
+
+    def __hash__(self) -> int:
+        return hash(int(ffi.cast("uintptr_t", self._live())))
+
+    def __repr__(self) -> str:
+        if self._p is None:
+            return "<nativemem.Prop (released)>"
+        if lib.nm_prop_is_zombie(self._p):
+            return "<nativemem.Prop (zombie)>"
+        return f"<nativemem.Prop {self.name!r} = {self.value!r}>"

@@ -1,0 +1,91 @@
+"""RefCount: an atomic reference count with a destructor (Linux kernel refcount_t semantics).
+
+A new count starts at 1 (its creator's reference), as Movian's ``refcount_init``.  ``dec()``
+returns True when it dropped the last reference, and the destructor then runs exactly once,
+whatever the number of threads racing.  Increment from zero (use after free), decrement below
+zero and overflow raise :class:`RefcountError`; the count is then pinned, so the object is
+never destroyed twice.  ``trace=True`` records every inc/dec with the caller's site and the
+new count (Movian's PROP_REF_TRACE); an underflow's error includes the trace.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, NamedTuple, Optional
+
+from . import errors as E
+from ._ffi import check_status, ffi, lib
+from ._sites import caller_site, site_text
+
+__all__ = ["RefCount", "RefEvent"]
+
+
+class RefEvent(NamedTuple):
+    op: str      # "inc" or "dec"
+    count: int   # the count after the operation
+    site: str
+
+
+class RefCount:
+    """``RefCount(destructor=None, *, trace=False, trace_capacity=64)``."""
+
+    __slots__ = ("_r", "_destructor", "_traced", "__weakref__")
+
+    def __init__(self, destructor: Optional[Callable[[], None]] = None, *, trace: bool = False,
+                 trace_capacity: int = 64) -> None:
+        if destructor is not None and not callable(destructor):
+            raise E.InvalidTypeError("destructor must be callable (with no arguments) or None")
+        self._r = ffi.new("nm_refcount_t *")
+        lib.nm_ref_init(self._r, ffi.NULL, ffi.NULL)
+        self._destructor = destructor
+        self._traced = bool(trace)
+        if trace:
+            check_status(lib.nm_ref_trace_enable(self._r, trace_capacity))
+
+    def __del__(self) -> None:
+        try:
+            lib.nm_ref_trace_disable(self._r)
+        except Exception:  # interpreter shutdown
+            pass
+
+    @classmethod
+    def immortal(cls) -> "RefCount":
+        """A count for static objects: inc/dec are ignored and the destructor never runs."""
+        r = cls()
+        lib.nm_ref_make_immortal(r._r)
+        return r
+
+    @property
+    def is_immortal(self) -> bool:
+        return bool(lib.nm_ref_is_immortal(self._r))
+
+    @property
+    def count(self) -> int:
+        return int(lib.nm_ref_count(self._r))
+
+    def inc(self) -> None:
+        rc = lib.nm_ref_inc_at(self._r, caller_site() if self._traced else ffi.NULL, 0)
+        if rc:
+            check_status(rc)
+
+    def dec(self) -> bool:
+        """Drop a reference; True when it was the last (the destructor has run)."""
+        rc = lib.nm_ref_dec_at(self._r, caller_site() if self._traced else ffi.NULL, 0)
+        if rc < 0:
+            check_status(rc)
+        if rc == 1:
+            d, self._destructor = self._destructor, None
+            if d is not None:
+                d()
+            return True
+        return False
+
+    def trace(self) -> List[RefEvent]:
+        if not self._traced:
+            return []
+        n = lib.nm_ref_trace_get(self._r, ffi.NULL, 0)
+        out = ffi.new("nm_ref_event_t[]", max(n, 1))
+        got = min(lib.nm_ref_trace_get(self._r, out, n), n)
+        return [RefEvent("inc" if out[i].op > 0 else "dec", int(out[i].count), site_text(out[i].file, out[i].line))
+                for i in range(got)]
+
+    def __repr__(self) -> str:
+        return f"<nativemem.RefCount {'immortal' if self.is_immortal else self.count}>"
