@@ -162,6 +162,8 @@ static void nm__paint(nm__dbg_t *d, nm__dblk_t *r) {
     if (tail) memset(r->user + r->size, NM__TAIL_BYTE, tail);
     NM_VG_NOACCESS(r->user - NM__CANARY, NM__CANARY);
     if (tail) NM_VG_NOACCESS(r->user + r->size, tail);
+    NM_ASAN_POISON(r->user - NM__CANARY, NM__CANARY);
+    if (tail) NM_ASAN_POISON(r->user + r->size, tail);
 }
 
 static const char *nm__s(const char *f) { return f ? f : "?"; }
@@ -172,6 +174,8 @@ static int nm__verify_canaries(nm__dbg_t *d, nm__dblk_t *r) {
     const unsigned char *t = (const unsigned char *)r->user + r->size;
     size_t i, tail = nm__tail_len(d, r);
     int rc = NM_OK;
+    NM_ASAN_UNPOISON(h, NM__CANARY);
+    if (tail) NM_ASAN_UNPOISON(t, tail);
     NM_VG_DEFINED(h, NM__CANARY);
     if (tail) NM_VG_DEFINED(t, tail);
     for (i = 0; i < tail; i++)
@@ -197,6 +201,8 @@ static int nm__verify_canaries(nm__dbg_t *d, nm__dblk_t *r) {
             }
     NM_VG_NOACCESS(h, NM__CANARY);
     if (tail) NM_VG_NOACCESS(t, tail);
+    NM_ASAN_POISON(h, NM__CANARY);
+    if (tail) NM_ASAN_POISON(t, tail);
     return rc;
 }
 
@@ -206,6 +212,7 @@ static int nm__verify_poison(nm__dbg_t *d, nm__dblk_t *r) {
     size_t i;
     int rc = NM_OK;
     if (d->flags & NM_DEBUG_GUARD_PAGES) return NM_OK;
+    NM_ASAN_UNPOISON(u, r->size);
     NM_VG_DEFINED(u, r->size);
     for (i = 0; i < r->size; i++)
         if (u[i] != NM__FREE_BYTE) {
@@ -218,6 +225,7 @@ static int nm__verify_poison(nm__dbg_t *d, nm__dblk_t *r) {
             break;
         }
     NM_VG_NOACCESS(u, r->size);
+    NM_ASAN_POISON(u, r->size);
     return rc;
 }
 
@@ -251,6 +259,7 @@ static void nm__raw_free(nm__dbg_t *d, nm__dblk_t *r) {
     if (d->flags & NM_DEBUG_GUARD_PAGES) {
         nm_os_unmap(r->raw, r->raw_size);
     } else {
+        NM_ASAN_UNPOISON(r->raw, r->raw_size);
         NM_VG_UNDEFINED(r->raw, r->raw_size);
         nm_free(d->base, r->raw);
     }
@@ -361,6 +370,7 @@ static int nm__release(nm__dbg_t *d, nm__dblk_t *r) {
         NM_VG_UNDEFINED(r->user, r->size);
         memset(r->user, NM__FREE_BYTE, r->size);
         NM_VG_NOACCESS(r->user, r->size);
+        NM_ASAN_POISON(r->user, r->size);
     }
     nm__link(&d->q_head, r);
     d->q_count++;

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# .ci/c-checks.sh -- the C core under the tools: the plain-C harness built normally, with
+# AddressSanitizer + UBSan (leak checker on), under Valgrind memcheck, with ThreadSanitizer, and
+# cross-compiled with mingw-w64 and run under Wine (Windows heaps wired through GetProcAddress);
+# seeded-bug programs must be caught under each tool; and a subset of the Python suite under
+# Valgrind with no error whose stack passes through nativemem.  Each step is skipped, with a
+# message, when its tool is missing.  Exits non-zero on any failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+FAIL=0
+PY=${PYTHON:-python3}
+SRC=(csrc/*.c)
+CFLAGS=(-std=c11 -O1 -g -D_DEFAULT_SOURCE -Icsrc)
+note() { printf -- '--- %s\n' "$*"; }
+bad() { printf -- '*** FAILED: %s\n' "$*"; FAIL=1; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+run_harness() {  # label, binary, [runner...]
+  local label=$1 bin=$2; shift 2
+  if "$@" "$bin" >"$OUT/$label.out" 2>"$OUT/$label.err"; then
+    note "harness [$label]: $(tail -n 1 "$OUT/$label.out")"
+  else
+    bad "harness [$label]"; tail -n 40 "$OUT/$label.err"
+  fi
+}
+
+# seeded MODE EXPECT-REGEX label runner...: the program must exit non-zero with a matching report
+seeded() {
+  local mode=$1 pat=$2 label=$3 bin=$4; shift 4
+  "$@" "$bin" "$mode" >"$OUT/s.out" 2>"$OUT/s.err"
+  local rc=$?
+  if [ $rc -ne 0 ] && grep -Eq "$pat" "$OUT/s.err"; then
+    note "seeded $mode [$label]: caught (exit $rc, /$pat/)"
+  else
+    bad "seeded $mode [$label]: exit $rc, expected a report matching /$pat/"; tail -n 20 "$OUT/s.err"
+  fi
+}
+
+# 1. normal build
+gcc "${CFLAGS[@]}" "${SRC[@]}" tests/c/harness.c -lpthread -o "$OUT/harness" || bad "build harness"
+gcc "${CFLAGS[@]}" "${SRC[@]}" tests/c/seeded.c -lpthread -o "$OUT/seeded" || bad "build seeded"
+run_harness normal "$OUT/harness"
+seeded pool-double-free "nativemem: double free" normal "$OUT/seeded"
+seeded pool-checked-write-after-free "nativemem: write after free" normal "$OUT/seeded"
+seeded debug-overflow "nativemem: buffer overflow.*offset 10" normal "$OUT/seeded"
+seeded debug-use-after-free "nativemem: write after free" normal "$OUT/seeded"
+seeded debug-double-free "nativemem: double free" normal "$OUT/seeded"
+
+# 2. AddressSanitizer + UndefinedBehaviorSanitizer, leak checker on
+if echo 'int main(void){return 0;}' | gcc -fsanitize=address,undefined -x c - -o "$OUT/t" 2>/dev/null; then
+  SAN=(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+  gcc "${CFLAGS[@]}" "${SAN[@]}" "${SRC[@]}" tests/c/harness.c -lpthread -o "$OUT/harness-asan" || bad "build asan"
+  gcc "${CFLAGS[@]}" "${SAN[@]}" "${SRC[@]}" tests/c/seeded.c -lpthread -o "$OUT/seeded-asan" || bad "build seeded asan"
+  export ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1
+  run_harness asan "$OUT/harness-asan"
+  seeded pool-use-after-free "AddressSanitizer: use-after-poison" asan "$OUT/seeded-asan"
+  seeded pool-double-free "nativemem: double free" asan "$OUT/seeded-asan"
+  seeded pool-checked-write-after-free "AddressSanitizer: use-after-poison" asan "$OUT/seeded-asan"
+  seeded debug-overflow "AddressSanitizer: use-after-poison" asan "$OUT/seeded-asan"
+  seeded debug-use-after-free "AddressSanitizer: use-after-poison" asan "$OUT/seeded-asan"
+  seeded debug-double-free "nativemem: double free" asan "$OUT/seeded-asan"
+  unset ASAN_OPTIONS UBSAN_OPTIONS
+else
+  note "SKIP ASan/UBSan: compiler has no -fsanitize=address,undefined"
+fi
+
+# 3. Valgrind memcheck (client requests compiled in)
+if have valgrind && [ -f /usr/include/valgrind/memcheck.h ]; then
+  gcc "${CFLAGS[@]}" -DNM_HAVE_VALGRIND "${SRC[@]}" tests/c/harness.c -lpthread -o "$OUT/harness-vg" || bad "build vg"
+  gcc "${CFLAGS[@]}" -DNM_HAVE_VALGRIND "${SRC[@]}" tests/c/seeded.c -lpthread -o "$OUT/seeded-vg" || bad "build seeded vg"
+  VG=(valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite)
+  run_harness valgrind "$OUT/harness-vg" "${VG[@]}"
+  VGS=(valgrind --error-exitcode=1 --leak-check=no)
+  seeded pool-use-after-free "Invalid write of size 1" valgrind "$OUT/seeded-vg" "${VGS[@]}"
+  seeded pool-double-free "nativemem: double free" valgrind "$OUT/seeded-vg" "${VGS[@]}"
+  seeded pool-checked-write-after-free "Invalid write of size 1" valgrind "$OUT/seeded-vg" "${VGS[@]}"
+  seeded debug-overflow "Invalid write of size 1" valgrind "$OUT/seeded-vg" "${VGS[@]}"
+  seeded debug-use-after-free "Invalid write of size 1" valgrind "$OUT/seeded-vg" "${VGS[@]}"
+  seeded debug-double-free "nativemem: double free" valgrind "$OUT/seeded-vg" "${VGS[@]}"
+else
+  note "SKIP Valgrind: valgrind or valgrind/memcheck.h missing (apt-get install valgrind)"
+fi
+
+# 4. ThreadSanitizer (the harness's threaded parts run in every mode; here data races fail it)
+TSCC=""
+for cc in clang gcc; do
+  if have $cc && echo 'int main(void){return 0;}' | $cc -fsanitize=thread -x c - -o "$OUT/t" 2>/dev/null && "$OUT/t"; then TSCC=$cc; break; fi
+done
+if [ -n "$TSCC" ]; then
+  $TSCC "${CFLAGS[@]}" -fsanitize=thread "${SRC[@]}" tests/c/harness.c -lpthread -o "$OUT/harness-tsan" || bad "build tsan"
+  TSAN_OPTIONS=halt_on_error=1 run_harness tsan "$OUT/harness-tsan"
+else
+  note "SKIP TSan: no compiler with a working -fsanitize=thread"
+fi
+
+# 5. Windows: mingw-w64 cross build, run under Wine
+if have x86_64-w64-mingw32-gcc && have wine; then
+  x86_64-w64-mingw32-gcc -std=c11 -O2 -Icsrc "${SRC[@]}" tests/c/harness.c -o "$OUT/harness.exe" || bad "build mingw"
+  export WINEDEBUG=-all WINEPREFIX="$OUT/wineprefix"
+  if timeout 600 wine "$OUT/harness.exe" >"$OUT/wine.out" 2>"$OUT/wine.err"; then
+    note "harness [mingw-w64 + Wine]: $(tail -n 1 "$OUT/wine.out"); $(grep -h 'windows private heap' "$OUT/wine.err")"
+  else
+    bad "harness [mingw-w64 + Wine]"; tail -n 30 "$OUT/wine.err"
+  fi
+else
+  note "SKIP Windows path: x86_64-w64-mingw32-gcc or wine missing (apt-get install gcc-mingw-w64-x86-64 wine64)"
+fi
+
+# 6. A subset of the Python suite under Valgrind: no error whose stack passes through nativemem
+if have valgrind && "$PY" -c "import nativemem" 2>/dev/null; then
+  REAL_PY=$("$PY" -c 'import sys; print(sys.executable)')
+  SUPP=$("$PY" -c 'import nativemem.debug as d; print(d.suppressions_path())')
+  PYTHONMALLOC=malloc timeout 900 valgrind --suppressions="$SUPP" --num-callers=30 --log-file="$OUT/vgpy.log" \
+    "$REAL_PY" -m pytest -q -p no:cacheprovider -x "$ROOT/tests/test_arena.py" "$ROOT/tests/test_debug.py" \
+    "$ROOT/tests/test_strtab.py" "$ROOT/tests/test_cow.py" "$ROOT/tests/test_prop.py" \
+    -k "not guard_pages_fault and not state_machine and not races and not threads and not write_after_free and not overflow and not underflow and not base_allocator" \
+    >"$OUT/vgpy.out" 2>&1 || { bad "Python suite under Valgrind"; tail -n 20 "$OUT/vgpy.out"; }
+  N=$("$PY" - "$OUT/vgpy.log" <<'PYEOF'
+import re, sys
+text = open(sys.argv[1]).read()
+blocks = re.split(r"==\d+== \n", text)
+# an error is nativemem's when its own stack (before any "Address ... block allocated at" part)
+# passes through the compiled module; deliberate corruption by tests (ctypes.memset) is not
+ours = [b for b in blocks if re.search(r"(Invalid|uninitialised|Conditional|Mismatched)", b)
+        and "_native" in re.split(r"Address 0x|Block was alloc|Uninitialised value was created", b)[0]]
+for b in ours[:3]:
+    print(b, file=sys.stderr)
+print(len(ours))
+PYEOF
+)
+  if [ "$N" = "0" ]; then
+    note "Python subset under Valgrind: $(tail -n 1 "$OUT/vgpy.out"); 0 errors through nativemem"
+  else
+    bad "Python subset under Valgrind: $N error(s) through nativemem's _native module"
+  fi
+else
+  note "SKIP Python suite under Valgrind: valgrind or an importable nativemem missing"
+fi
+
+if [ $FAIL -ne 0 ]; then echo "C checks: FAILED"; exit 1; fi
+echo "C checks: all passed"

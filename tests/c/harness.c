@@ -1,0 +1,258 @@
+/* harness.c -- the C core tested from C alone (no Python): the allocator table, every backend
+ * adapter reachable here (libc, plain functions, Windows heaps under mingw/Wine), the arena,
+ * pools (with cross-thread frees), the debug allocator, refcounts, interning, COW, props and
+ * fault injection.  Run normally, under ASan/UBSan, under Valgrind and (threads) under TSan by
+ * .ci/c-checks.sh.  Exit status 0 when every check passed. */
+#include "nativemem.h"
+#include "platform.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures, checks;
+#define CHECK(cond)                                                                              \
+    do {                                                                                         \
+        checks++;                                                                                \
+        if (!(cond)) {                                                                           \
+            failures++;                                                                          \
+            fprintf(stderr, "%s:%d: CHECK failed: %s (%s)\n", __FILE__, __LINE__, #cond,         \
+                    nm_last_error_message());                                                    \
+        }                                                                                        \
+    } while (0)
+
+static void check_table(nm_allocator_t *a, const char *what) {
+    nm_alloc_stats_t st;
+    void *p, *q, *z;
+    size_t k;
+    fprintf(stderr, "  table %s\n", what);
+    p = nm_malloc(a, 100);
+    CHECK(p != NULL);
+    memset(p, 0xAB, 100);
+    q = nm_realloc(a, p, 100000);
+    CHECK(q != NULL && ((unsigned char *)q)[99] == 0xAB);
+    z = nm_calloc(a, 100, 10);
+    CHECK(z != NULL);
+    for (k = 0; z && k < 1000; k++) CHECK(((unsigned char *)z)[k] == 0);
+    for (k = 16; k <= 4096; k *= 2) {
+        void *m = nm_memalign(a, k, k);
+        CHECK(m != NULL && ((uintptr_t)m % k) == 0);
+        nm_free(a, m);
+    }
+    CHECK(nm_calloc(a, (size_t)1 << 40, (size_t)1 << 40) == NULL && nm_last_error() == NM_ERR_OVERFLOW);
+    CHECK(nm_memalign(a, 24, 10) == NULL && nm_last_error() == NM_ERR_INVALID);
+    CHECK(nm_malloc(a, SIZE_MAX) == NULL && nm_last_error() == NM_ERR_OVERFLOW);
+    nm_clear_error();
+    nm_free(a, q);
+    nm_free(a, z);
+    nm_allocator_stats(a, &st);
+    CHECK(st.live_blocks == 0 && st.live_bytes == 0);
+}
+
+/* ---- threads: pool cross-thread frees, interning races, refcount destructor once ---------- */
+typedef struct { nm_pool_t *pool; nm_strtab_t *tab; nm_refcount_t *ref; nm_atomic_t *slots; int id; } work_t;
+static nm_atomic_t destroyed;
+static void on_destroy(void *arg) { (void)arg; nm_atomic_add_relaxed(&destroyed, 1); }
+
+static void worker(void *arg) {
+    work_t *w = (work_t *)arg;
+    char key[16];
+    int i;
+    for (i = 0; i < 20000; i++) {
+        void *o = nm_pool_alloc(w->pool), *old;
+        const char *s;
+        if (o == NULL) abort();
+        memset(o, w->id, 48);
+        old = (void *)nm_atomic_exchange(&w->slots[(i * 7 + w->id) % 256], (intptr_t)o);
+        if (old && nm_pool_free(w->pool, old) != NM_OK) abort(); /* often another thread's object */
+        snprintf(key, sizeof key, "k%d", i % 50);
+        s = nm_strtab_intern(w->tab, key, strlen(key));
+        if (s == NULL || strcmp(s, key) != 0) abort();
+        if (nm_strtab_release(w->tab, s) != NM_OK) abort();
+    }
+    for (i = 0; i < 1000; i++) nm_ref_dec(w->ref);
+}
+
+static void check_threads(void) {
+    enum { N = 4 };
+    work_t w[N];
+    nm_thread_t *t[N];
+    nm_atomic_t slots[256];
+    nm_refcount_t ref;
+    nm_pool_stats_t st;
+    int i;
+    fprintf(stderr, "  threads\n");
+    memset(slots, 0, sizeof slots);
+    nm_ref_init(&ref, on_destroy, NULL);
+    for (i = 0; i < N * 1000; i++) nm_ref_inc(&ref);
+    destroyed = 0;
+    {
+        nm_pool_t *pool = nm_pool_create(NULL, 48, 64, NM_POOL_ZERO);
+        nm_strtab_t *tab = nm_strtab_create(NULL);
+        for (i = 0; i < N; i++) {
+            w[i].pool = pool; w[i].tab = tab; w[i].ref = &ref; w[i].slots = slots; w[i].id = i + 1;
+            t[i] = nm_thread_start(worker, &w[i]);
+            CHECK(t[i] != NULL);
+        }
+        for (i = 0; i < N; i++) if (t[i]) nm_thread_join(t[i]);
+        for (i = 0; i < 256; i++) if (slots[i]) CHECK(nm_pool_free(pool, (void *)slots[i]) == NM_OK);
+        nm_pool_stats(pool, &st);
+        CHECK(st.live == 0 && st.allocations == N * 20000 && st.frees == st.allocations);
+        CHECK(nm_strtab_count(tab) == 0);
+        CHECK(nm_ref_count(&ref) == 1 && destroyed == 0);
+        CHECK(nm_ref_dec(&ref) == 1 && destroyed == 1);
+        nm_strtab_destroy(tab);
+        nm_pool_destroy(pool);
+    }
+}
+
+static void check_structures(nm_allocator_t *base) {
+    nm_allocator_t *ar, *dbg, *fa;
+    nm_pool_t *pool;
+    void *objs[100];
+    nm_arena_stats_t ast;
+    nm_alloc_stats_t st;
+    int i;
+    fprintf(stderr, "  arena\n");
+    ar = nm_arena_create(base, 1 << 20);
+    CHECK(ar != NULL);
+    check_table(ar, "arena");
+    CHECK(nm_arena_check(ar) == NM_OK);
+    CHECK(nm_arena_stats(ar, &ast) == NM_OK && ast.free_blocks == 1);
+    nm_allocator_destroy(ar);
+
+    fprintf(stderr, "  pool\n");
+    pool = nm_pool_create(base, 40, 16, NM_POOL_ZERO | NM_POOL_CHECKED);
+    CHECK(pool != NULL);
+    for (i = 0; i < 100; i++) {
+        objs[i] = nm_pool_alloc_at(pool, __FILE__, __LINE__);
+        CHECK(objs[i] != NULL && ((uintptr_t)objs[i] % 64) == 0);
+    }
+    CHECK(nm_pool_free(pool, (char *)objs[0] + 8) == NM_ERR_INVALID_FREE);
+    for (i = 0; i < 100; i++) CHECK(nm_pool_free(pool, objs[i]) == NM_OK);
+    CHECK(nm_pool_free(pool, objs[5]) == NM_ERR_DOUBLE_FREE);
+    CHECK(nm_pool_free(pool, &i) == NM_ERR_INVALID_FREE);
+    nm_clear_error();
+    nm_pool_destroy(pool);
+
+    fprintf(stderr, "  debug\n");
+    dbg = nm_debug_create(base, 0);
+    CHECK(dbg != NULL);
+    check_table(dbg, "debug");
+    CHECK(nm_debug_check(dbg) == NM_OK);
+    {
+        void *p = nm_malloc_at(dbg, 10, __FILE__, __LINE__);
+        nm_debug_block_t blk;
+        CHECK(nm_debug_blocks(dbg, &blk, 1, 0) == 1 && blk.size == 10 && strcmp(blk.file, __FILE__) == 0);
+        nm_free(dbg, p);
+        CHECK(nm_free_checked(dbg, p) == NM_ERR_DOUBLE_FREE);
+        nm_clear_error();
+    }
+    nm_allocator_destroy(dbg);
+
+    fprintf(stderr, "  refcount, strtab, cow, prop\n");
+    {
+        nm_refcount_t r;
+        nm_strtab_t *t = nm_strtab_create(base);
+        const char *a, *b;
+        nm_cow_t *c, *s, *w;
+        nm_prop_t *root, *child;
+        nm_prop_value_t v;
+        nm_ref_init(&r, NULL, NULL);
+        CHECK(nm_ref_inc(&r) == NM_OK && nm_ref_dec(&r) == 0 && nm_ref_dec(&r) == 1);
+        CHECK(nm_ref_dec(&r) == NM_ERR_REFCOUNT && nm_ref_inc(&r) == NM_OK);
+        nm_clear_error();
+        a = nm_strtab_intern(t, "x\0y", 3);
+        b = nm_strtab_intern(t, "x\0y", 3);
+        CHECK(a == b && nm_strtab_refs(a) == 2 && nm_strtab_strlen(a) == 3);
+        CHECK(nm_strtab_release(t, a) == NM_OK && nm_strtab_release(t, b) == NM_OK && nm_strtab_count(t) == 0);
+        CHECK(nm_strtab_destroy(t) == 0);
+        c = nm_cow_create_copy(base, "abc", 3);
+        s = nm_cow_retain(c);
+        w = nm_cow_make_writable(s);
+        CHECK(w != c && nm_cow_refs(c) == 1 && memcmp(nm_cow_data(w), "abc", 3) == 0);
+        CHECK(nm_cow_make_writable(w) == w);
+        CHECK(nm_cow_release(w) == 1 && nm_cow_release(c) == 1);
+        root = nm_prop_create(NULL, "root", 4);
+        child = nm_prop_create(root, "child", 5);
+        CHECK(root && child && nm_prop_set_int(child, 7) == NM_OK);
+        CHECK(nm_prop_get(child, &v) == NM_OK && v.type == NM_PROP_INT && v.i == 7);
+        CHECK(nm_prop_destroy(root) == NM_OK && nm_prop_is_zombie(child));
+        CHECK(nm_prop_set_int(child, 1) == NM_ERR_CLOSED);
+        nm_clear_error();
+        CHECK(nm_prop_ref_dec(child) == 1 && nm_prop_ref_dec(root) == 1 && nm_prop_live_count() == 0);
+    }
+
+    fprintf(stderr, "  fault injection\n");
+    fa = nm_allocator_faulty(base, 0);
+    for (i = 1; i <= 40; i++) {
+        nm_pool_t *pp;
+        nm_strtab_t *tt;
+        void *x = NULL;
+        const char *sx = NULL;
+        nm_faulty_set(fa, i);
+        pp = nm_pool_create(fa, 32, 8, 0);
+        tt = nm_strtab_create(fa);
+        if (pp) x = nm_pool_alloc(pp);
+        if (tt) sx = nm_strtab_intern(tt, "key", 3);
+        if (sx) nm_strtab_release(tt, sx);
+        if (x) nm_pool_free(pp, x);
+        if (tt) nm_strtab_destroy(tt);
+        if (pp) nm_pool_destroy(pp);
+        nm_clear_error();
+    }
+    nm_allocator_stats(fa, &st);
+    CHECK(st.live_blocks == 0);
+    nm_allocator_destroy(fa);
+}
+
+#if defined(_WIN32)
+/* Wired exactly as backends.py does with ctypes: addresses from GetProcAddress. */
+static nm_allocator_t *windows_heap(int process) {
+    HMODULE k32 = GetModuleHandleA("kernel32.dll");
+    nm_winheap_fns_t f;
+    HANDLE heap = process ? GetProcessHeap() : HeapCreate(0, 0, 0);
+    ULONG lfh = 2, got = 0;
+    if (!process) HeapSetInformation(heap, HeapCompatibilityInformation, &lfh, sizeof lfh);
+    HeapQueryInformation(heap, HeapCompatibilityInformation, &got, sizeof got, NULL);
+    fprintf(stderr, "  windows %s: HeapCompatibilityInformation = %lu%s\n", process ? "process heap" : "private heap",
+            (unsigned long)got, got == 2 ? " (LFH)" : "");
+    f.heap = heap;
+    f.heap_alloc = (void *)GetProcAddress(k32, "HeapAlloc");
+    f.heap_realloc = (void *)GetProcAddress(k32, "HeapReAlloc");
+    f.heap_free = (void *)GetProcAddress(k32, "HeapFree");
+    f.heap_size = (void *)GetProcAddress(k32, "HeapSize");
+    return nm_allocator_from_winheap(&f, process ? "process-heap" : "heap");
+}
+#else
+static nm_allocator_t *plain_libc(void) {
+    nm_plain_fns_t f;
+    f.malloc = malloc; f.calloc = calloc; f.realloc = realloc; f.free = free;
+    f.posix_memalign = NULL; /* headered mode, as on Windows' CRT */
+    f.usable_size = NULL;
+    return nm_allocator_from_plain(&f, "plain-headered");
+}
+#endif
+
+int main(void) {
+    nm_allocator_t *extra;
+    fprintf(stderr, "nativemem C harness\n");
+    check_table(nm_allocator_libc(), "libc");
+#if defined(_WIN32)
+    extra = windows_heap(0);
+    CHECK(extra != NULL);
+    if (extra) { check_table(extra, "heap"); check_structures(extra); nm_allocator_destroy(extra); }
+    extra = windows_heap(1);
+    CHECK(extra != NULL);
+    if (extra) { check_table(extra, "process-heap"); nm_allocator_destroy(extra); }
+#else
+    extra = plain_libc();
+    CHECK(extra != NULL);
+    if (extra) { check_table(extra, "plain"); nm_allocator_destroy(extra); }
+#endif
+    check_structures(nm_allocator_libc());
+    check_threads();
+    fprintf(stderr, "%d checks, %d failed\n", checks, failures);
+    printf("%d passed, %d failed\n", checks - failures, failures);
+    return failures ? 1 : 0;
+}
