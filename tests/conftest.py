@@ -47,3 +47,14 @@ def run_python(args: List[str], env_extra=None, timeout=120, **kw) -> subprocess
     if env_extra:
         env.update(env_extra)
     return subprocess.run([sys.executable] + args, env=env, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+#: Hypothesis state-machine steps per allocator-like object (issue: >= 10,000 in CI).
+FUZZ_STEPS = int(os.environ.get("NATIVEMEM_FUZZ_STEPS", "10000"))
+
+
+def machine_settings(step_count: int = 50):
+    """Settings giving FUZZ_STEPS steps in total: max_examples x stateful_step_count."""
+    from hypothesis import HealthCheck, settings
+    return settings(max_examples=max(1, FUZZ_STEPS // step_count), stateful_step_count=step_count, deadline=None,
+                    database=None, suppress_health_check=list(HealthCheck))

@@ -9,8 +9,8 @@ from hypothesis import settings, strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, precondition, rule
 
 import nativemem
+from conftest import machine_settings
 
-STEPS = int(os.environ.get("NATIVEMEM_FUZZ_STEPS", "0")) or None
 
 
 def make_machine(backend: str):
@@ -114,8 +114,7 @@ def make_machine(backend: str):
             if backend == "arena":
                 self.alloc.check()
 
-    AllocatorMachine.TestCase.settings = settings(max_examples=STEPS and STEPS // 50 or 30,
-                                                  stateful_step_count=50, deadline=None)
+    AllocatorMachine.TestCase.settings = machine_settings(50)
     return AllocatorMachine
 
 

@@ -8,6 +8,7 @@ from hypothesis import settings, strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 import nativemem
+from conftest import machine_settings
 from nativemem import BufferInUseError, CowBuffer, CowString
 
 
@@ -139,5 +140,5 @@ class CowMachine(RuleBasedStateMachine):
         assert self.alloc.stats().live_blocks == len(groups)
 
 
-CowMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=40, deadline=None)
+CowMachine.TestCase.settings = machine_settings(40)
 test_cow_state_machine = CowMachine.TestCase

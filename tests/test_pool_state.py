@@ -10,9 +10,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import pytest
 
 import nativemem
+from conftest import FUZZ_STEPS
 from nativemem._ffi import ffi
 
-STEPS = int(os.environ.get("NATIVEMEM_FUZZ_STEPS", "0")) or 60
+STEPS = 60  # steps per run; runs are sized so the 5 configurations total FUZZ_STEPS
 
 
 def addr(p):
@@ -136,5 +137,6 @@ def make_machine(size, checked, bughunt, zero):
 ])
 def test_pool_state_machine(size, checked, bughunt, zero):
     machine = make_machine(size, checked, bughunt, zero)
-    machine.TestCase.settings = settings(max_examples=25, stateful_step_count=STEPS, deadline=None)
+    machine.TestCase.settings = settings(max_examples=max(1, FUZZ_STEPS // (STEPS * 5)), stateful_step_count=STEPS,
+                                         deadline=None, database=None)
     machine.TestCase().runTest()

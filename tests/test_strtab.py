@@ -8,6 +8,7 @@ from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import nativemem
+from conftest import machine_settings
 from nativemem import StringTable
 
 
@@ -132,5 +133,5 @@ class TableMachine(RuleBasedStateMachine):
             assert by_key.setdefault(k, h.address) == h.address
 
 
-TableMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=50, deadline=None)
+TableMachine.TestCase.settings = machine_settings(50)
 test_string_table_state_machine = TableMachine.TestCase

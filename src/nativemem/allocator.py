@@ -276,7 +276,10 @@ class Buffer:
         """Copy ``data`` (any bytes-like object) into the block at ``offset`` (bounds-checked)."""
         p = self._live()
         off = as_size(offset, "offset")
-        mv = memoryview(data).cast("B")
+        try:
+            mv = memoryview(data).cast("B")
+        except TypeError:
+            raise E.InvalidTypeError(f"write expects a bytes-like object, not {type(data).__name__}") from None
         n = mv.nbytes
         if off + n > self._size:
             raise E.InvalidArgumentError(f"write of {n} bytes at offset {off} exceeds the {self._size}-byte buffer")
