@@ -186,5 +186,6 @@ nm_allocator_t *nm_allocator_from_zone(const nm_zone_fns_t *fns, const char *nam
 #include "nm_debug.h"
 #include "nm_refcount.h"
 #include "nm_faulty.h"
+#include "nm_numpy.h"
 
 #endif /* NATIVEMEM_H */

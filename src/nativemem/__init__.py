@@ -59,3 +59,5 @@ from .cow import CowBuffer, CowString  # noqa: E402
 from .prop import Prop  # noqa: E402
 __all__ += ["RefCount", "RefEvent", "StringTable", "Interned", "StringTableStats", "intern", "CowBuffer",
             "CowString", "Prop"]
+from .numpy_handler import numpy_allocator  # noqa: E402
+__all__ += ["numpy_allocator"]
