@@ -45,7 +45,8 @@ def test_debug_allocator_catches_overflow_past_an_array():
     assert "64 bytes" in str(ei.value) and "offset 64" in str(ei.value)
     del arr
     gc.collect()
-    nativemem._ffi.lib.nm_clear_error()
+    from nativemem._ffi import lib
+    lib.nm_clear_error()
     assert d.stats().live_blocks == 0
 
 
