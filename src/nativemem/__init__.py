@@ -7,7 +7,7 @@ copy-on-write built on the same table.
 """
 from __future__ import annotations
 
-from ._ffi import ffi as _ffi, lib as _lib
+from ._ffi import ffi as _cffi, lib as _lib
 from .allocator import Allocator, AllocatorStats, Buffer
 from .backends import (BackendInfo, allocator, backends, default_backend_name, get_default_allocator,
                        set_default_allocator)
@@ -37,7 +37,7 @@ def get_oom_policy() -> str:
 def build_info() -> dict:
     """How the C core was built."""
     return {"valgrind": bool(_lib.nm_build_has_valgrind()), "asan": bool(_lib.nm_build_has_asan()),
-            "pointer_bits": _ffi.sizeof("void *") * 8}
+            "pointer_bits": _cffi.sizeof("void *") * 8}
 
 
 __all__ = [

@@ -31,7 +31,7 @@ from ._ffi import ffi, lib
 __all__ = ["Row", "Workload", "run", "render_table", "quick_comparison", "main", "AREAS", "SCHEMA"]
 
 SCHEMA = "nativemem-bench/1"
-AREAS = ("backends", "pool", "python")
+AREAS = ("backends", "pool", "debug", "refcount", "interning", "cow", "numpy", "python")
 
 
 @dataclass
@@ -164,6 +164,78 @@ def _c_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
     return ws
 
 
+def _family_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
+    """Debug allocator, refcount, interning, COW and the NumPy handler, each against its reference."""
+    import sys as _sys
+
+    import nativemem
+    scale = 1 if quick else 4
+    ws: List[Workload] = []
+    libc = nativemem.allocator("libc")
+    if only in (None, "debug"):
+        dbg = nativemem.DebugAllocator(base=libc)
+        dbg0 = nativemem.DebugAllocator(base=libc, quarantine=0)
+        w = Workload("debug", "malloc+free 64B, debug vs its base", "C", "libc")
+        w.fns["libc"] = lambda: lib.nm_bench_pairs(libc.cdata, 64, 50_000 * scale, ffi.NULL)
+        w.fns["debug (quarantine 1024)"] = lambda: lib.nm_debug_bench_pairs(dbg.cdata, 64, 50_000 * scale)
+        w.fns["debug (no quarantine)"] = lambda: lib.nm_debug_bench_pairs(dbg0.cdata, 64, 50_000 * scale)
+        w._keep = (dbg, dbg0)  # type: ignore[attr-defined]
+        ws.append(w)
+    if only in (None, "refcount"):
+        w = Workload("refcount", "inc+dec pair", "C", "raw atomic")
+        w.fns["raw atomic"] = lambda: lib.nm_bench_atomic_pairs(2_000_000 * scale)
+        w.fns["nm_refcount"] = lambda: lib.nm_ref_bench_pairs(2_000_000 * scale)
+        ws.append(w)
+    if only in (None, "interning"):
+        w = Workload("interning", "intern hit + release", "C", "1k entries")
+        sizes = (1_000, 100_000) if quick else (1_000, 100_000, 1_000_000)
+        for n in sizes:
+            label = f"{n // 1000}k entries" if n < 1_000_000 else "1M entries"
+            w.fns[label] = (lambda n=n: lib.nm_strtab_bench_hits(libc.cdata, n, 200_000 * scale))
+        ws.append(w)
+        t = nativemem.StringTable()
+        keep = t.intern("a-key")
+        words = [f"w{i}" for i in range(1000)]
+        for x in words:
+            _sys.intern(x)
+        w = Workload("interning", "intern a hit from Python", "python", "sys.intern")
+        w.fns["sys.intern"] = lambda: _per_call(lambda: _sys.intern("a-key"), 20_000 * scale)
+        w.fns["StringTable.intern+release"] = lambda: _per_call(lambda: t.intern("a-key").release(), 20_000 * scale)
+        w._keep = (t, keep)  # type: ignore[attr-defined]
+        ws.append(w)
+    if only in (None, "cow"):
+        w = Workload("cow", "make_writable, sole owner (64B)", "C", "refcount inc+dec")
+        w.fns["refcount inc+dec"] = lambda: lib.nm_ref_bench_pairs(1_000_000 * scale)
+        w.fns["make_writable"] = lambda: lib.nm_cow_bench_make_writable(libc.cdata, 64, 1_000_000 * scale)
+        ws.append(w)
+        buf = nativemem.CowBuffer(64)
+        w = Workload("cow", "make_writable from Python", "python", "bytearray copy")
+        data = bytearray(64)
+        w.fns["bytearray copy"] = lambda: _per_call(lambda: bytearray(data), 20_000 * scale)
+        w.fns["CowBuffer.make_writable (sole owner)"] = lambda: _per_call(buf.make_writable, 20_000 * scale)
+        w._keep = buf  # type: ignore[attr-defined]
+        ws.append(w)
+    if only in (None, "numpy"):
+        try:
+            import numpy as np
+        except ImportError:
+            np = None
+        if np is not None:
+            w = Workload("numpy", "numpy.empty(1024) data from the handler", "python", "NumPy default")
+            w.fns["NumPy default"] = lambda: _per_call(lambda: np.empty(1024), 20_000 * scale)
+
+            def with_handler(a: Any) -> Callable[[], float]:
+                def run() -> float:
+                    with nativemem.numpy_allocator(a):
+                        return _per_call(lambda: np.empty(1024), 20_000 * scale)
+                return run
+            for b in nativemem.backends():
+                if b.available:
+                    w.fns[f"nativemem {b.name}"] = with_handler(nativemem.allocator(b.name))
+            ws.append(w)
+    return ws
+
+
 def _with_ops(w: Workload, name: str, call: Callable[[Any], float]) -> float:
     o = ffi.new("uint64_t *")
     r = call(o)
@@ -231,6 +303,8 @@ def run(quick: bool = True, only: Optional[str] = None, reps: Optional[int] = No
     workloads: List[Workload] = []
     if only in (None, "backends", "pool"):
         workloads += _c_workloads(quick, only)
+    if only in (None, "debug", "refcount", "interning", "cow", "numpy"):
+        workloads += _family_workloads(quick, only)
     if only in (None, "python"):
         workloads += _py_workloads(quick)
     rows: List[Row] = []
