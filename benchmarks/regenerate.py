@@ -12,14 +12,31 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "bench.json")
-        cmd = [sys.executable, "-m", "nativemem", "run", "--backend", "jemalloc", "--",
-               "-m", "nativemem", "bench", "--json", out]
-        if subprocess.call(cmd, stdout=subprocess.DEVNULL) != 0:  # no jemalloc: plain run
-            subprocess.check_call([sys.executable, "-m", "nativemem", "bench", "--json", out],
-                                  stdout=subprocess.DEVNULL)
+        # Everything on glibc first; then jemalloc's rows from runs where only nativemem uses it
+        # (--tunables: LD_PRELOAD would make jemalloc the "libc" reference too).  Each jemalloc
+        # ratio is to the libc row of its own run.
+        out = os.path.join(tmp, "main.json")
+        subprocess.check_call([sys.executable, "-m", "nativemem", "bench", "--json", out], stdout=subprocess.DEVNULL)
         with open(out) as f:
             data = json.load(f)
+        for area in ("backends", "pool"):
+            extra = os.path.join(tmp, f"je-{area}.json")
+            rc = subprocess.call([sys.executable, "-m", "nativemem", "run", "--backend", "jemalloc", "--tunables", "--",
+                                  "-m", "nativemem", "bench", "--only", area, "--json", extra],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if rc != 0:
+                print(f"jemalloc rows for {area} skipped (jemalloc not loadable here)")
+                continue
+            with open(extra) as f:
+                je = json.load(f)
+            rows = data["rows"]
+            for r in je["rows"]:
+                if r["contender"] != "jemalloc":
+                    continue
+                r["contender"] = "jemalloc (own run, ratio to that run's libc)"
+                idx = max(i for i, x in enumerate(rows) if (x["area"], x["workload"]) == (r["area"], r["workload"]))
+                rows.insert(idx + 1, r)
+            data["machine"]["backends"].update(je["machine"]["backends"])
     from nativemem.bench import Row, render_table
     rows = [Row(**r) for r in data["rows"]]
     ours = ("pool", "arena", "nativemem")
