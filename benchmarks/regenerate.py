@@ -10,6 +10,13 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def _groups(rows):
+    out = {}
+    for r in rows:
+        out.setdefault((r.area, r.workload), {})[r.contender] = r
+    return out
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         # Everything on glibc first; then jemalloc's rows from runs where only nativemem uses it
@@ -39,7 +46,7 @@ def main() -> int:
             data["machine"]["backends"].update(je["machine"]["backends"])
     from nativemem.bench import Row, render_table
     rows = [Row(**r) for r in data["rows"]]
-    ours = ("pool", "arena", "nativemem")
+    ours = ("pool", "arena", "nativemem", "debug", "nm_refcount", "StringTable", "CowBuffer", "make_writable")
     losses = [r for r in rows if r.ratio and r.ratio > 1.0 and r.contender.startswith(ours)]
     better = {}
     for r in rows:
@@ -49,6 +56,12 @@ def main() -> int:
     with open(os.path.join(HERE, "README.md.head")) as f:
         head = f.read()
     lines = [head.rstrip(), ""]
+    for (area, wl), group in _groups(rows).items():
+        table, raw = group.get("libc"), group.get("raw libc (no table)")
+        if table and raw:
+            lines.append(f"- {area} / {wl}: nativemem's table (statistics, usable-size bookkeeping) makes glibc "
+                         f"{table.median_ns:.1f} ns against {raw.median_ns:.1f} ns called directly "
+                         f"({table.median_ns / raw.median_ns:.1f}x).")
     for r in losses:
         best = better[(r.area, r.workload)]
         lines.append(f"- {r.area} / {r.workload}: {r.contender} at {r.median_ns:.1f} ns is {r.ratio:.2f}x "

@@ -87,10 +87,11 @@ NM_INLINE size_t nm__block_bytes(nm_allocator_t *a, const void *p, size_t reques
     return a->usable_size ? a->usable_size(a->ctx, p) : requested;
 }
 
+/* Two locked adds per allocation and two per free: live blocks are allocs - frees, derived
+ * when read (st_live_blocks is not maintained). */
 NM_INLINE void nm__count_alloc(nm_allocator_t *a, size_t bytes) {
     intptr_t live, peak;
     nm_atomic_add_relaxed(&a->st_allocs, 1);
-    nm_atomic_add_relaxed(&a->st_live_blocks, 1);
     live = nm_atomic_add_relaxed(&a->st_live_bytes, (intptr_t)bytes);
     peak = nm_atomic_load_relaxed(&a->st_peak_bytes);
     while (live > peak && !nm_atomic_cas_weak_relaxed(&a->st_peak_bytes, &peak, live)) {
@@ -99,26 +100,27 @@ NM_INLINE void nm__count_alloc(nm_allocator_t *a, size_t bytes) {
 
 static void nm__destroy_now(nm_allocator_t *a);
 
+NM_INLINE intptr_t nm__live_blocks(nm_allocator_t *a) {
+    return nm_atomic_load_acquire(&a->st_allocs) - nm_atomic_load_acquire(&a->st_frees);
+}
+
 static NM_NOINLINE void nm__maybe_finish_destroy(nm_allocator_t *a) {
     intptr_t expected = 1;
     nm_atomic_fence_seq_cst();
-    if (nm_atomic_load_acquire(&a->st_live_blocks) == 0 && nm_atomic_cas(&a->st_dying, &expected, 2))
+    if (nm__live_blocks(a) == 0 && nm_atomic_cas(&a->st_dying, &expected, 2))
         nm__destroy_now(a);
 }
 
 NM_INLINE void nm__count_free(nm_allocator_t *a, size_t bytes) {
-    intptr_t live;
-    nm_atomic_add_relaxed(&a->st_frees, 1);
     nm_atomic_add_relaxed(&a->st_live_bytes, -(intptr_t)bytes);
-    live = nm_atomic_add_acq_rel(&a->st_live_blocks, -1);
-    if (NM_UNLIKELY(live == 0) && NM_UNLIKELY(nm_atomic_load_acquire(&a->st_dying) == 1))
-        nm__maybe_finish_destroy(a);
+    nm_atomic_add_acq_rel(&a->st_frees, 1);
+    if (NM_UNLIKELY(nm_atomic_load_relaxed(&a->st_dying) == 1)) nm__maybe_finish_destroy(a);
 }
 
 static NM_NOINLINE void *nm__fail(nm_allocator_t *a, size_t size, unsigned seq) {
     nm_atomic_add_relaxed(&a->st_failures, 1);
     /* An allocator that reported a more specific error during the call keeps it. */
-    if (nm__err_seq != seq && nm__err_code != NM_ERR_NOMEM) return NULL;
+    if ((a->flags & NM_ALLOC_REPORTS) && nm__err_seq != seq && nm__err_code != NM_ERR_NOMEM) return NULL;
     return _nm_oom(a->name, size);
 }
 
@@ -139,7 +141,7 @@ void *nm_malloc(nm_allocator_t *a, size_t size) {
     unsigned seq;
     if (NM_UNLIKELY(size > NM_MAX_ALLOC)) return nm__too_big(a, size, (size_t)-1);
     if (size == 0) size = 1;
-    seq = nm__err_seq;
+    seq = (a->flags & NM_ALLOC_REPORTS) ? nm__err_seq : 0;
     p = a->malloc(a->ctx, size);
     if (NM_UNLIKELY(p == NULL)) return nm__fail(a, size, seq);
     if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS))) nm__count_alloc(a, nm__block_bytes(a, p, size));
@@ -152,7 +154,7 @@ void *nm_calloc(nm_allocator_t *a, size_t n, size_t size) {
     unsigned seq;
     if (NM_UNLIKELY(nm_mul_overflow(n, size, &total) || total > NM_MAX_ALLOC)) return nm__too_big(a, n, size);
     if (total == 0) { n = 1; size = 1; total = 1; }
-    seq = nm__err_seq;
+    seq = (a->flags & NM_ALLOC_REPORTS) ? nm__err_seq : 0;
     p = a->calloc(a->ctx, n, size);
     if (NM_UNLIKELY(p == NULL)) return nm__fail(a, total, seq);
     if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS))) nm__count_alloc(a, nm__block_bytes(a, p, total));
@@ -167,7 +169,7 @@ void *nm_realloc(nm_allocator_t *a, void *p, size_t size) {
     if (NM_UNLIKELY(size > NM_MAX_ALLOC)) return nm__too_big(a, size, (size_t)-1);
     if (size == 0) size = 1;
     if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS)) && a->usable_size) old_bytes = a->usable_size(a->ctx, p);
-    seq = nm__err_seq;
+    seq = (a->flags & NM_ALLOC_REPORTS) ? nm__err_seq : 0;
     q = a->realloc(a->ctx, p, size);
     if (NM_UNLIKELY(q == NULL)) return nm__fail(a, size, seq);
     if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS)) && a->usable_size) {
@@ -185,7 +187,13 @@ void nm_free(nm_allocator_t *a, void *p) {
     if (p == NULL) return;
     if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS))) {
         size_t bytes = a->usable_size ? a->usable_size(a->ctx, p) : 0;
-        unsigned seq = nm__err_seq;
+        unsigned seq;
+        if (!(a->flags & NM_ALLOC_REPORTS)) { /* plain backends report nothing: no TLS access */
+            a->free(a->ctx, p);
+            nm__count_free(a, bytes);
+            return;
+        }
+        seq = nm__err_seq;
         a->free(a->ctx, p);
         /* An allocator that detects a bad free (debug, arena) sets an error and frees nothing;
          * corruption found while freeing (a damaged canary) is reported but the block is freed. */
@@ -217,7 +225,7 @@ void *nm_memalign(nm_allocator_t *a, size_t alignment, size_t size) {
     if (NM_UNLIKELY(size > NM_MAX_ALLOC || alignment > NM_MAX_ALLOC - size))
         return nm__too_big(a, size, (size_t)-1);
     if (size == 0) size = 1;
-    seq = nm__err_seq;
+    seq = (a->flags & NM_ALLOC_REPORTS) ? nm__err_seq : 0;
     p = a->memalign(a->ctx, alignment, size);
     if (NM_UNLIKELY(p == NULL)) return nm__fail(a, size, seq);
     if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS))) nm__count_alloc(a, nm__block_bytes(a, p, size));
@@ -256,7 +264,7 @@ size_t nm_usable_size(nm_allocator_t *a, const void *p) {
 }
 
 void nm_allocator_stats(nm_allocator_t *a, nm_alloc_stats_t *out) {
-    out->live_blocks = nm_atomic_load_relaxed(&a->st_live_blocks);
+    out->live_blocks = nm__live_blocks(a);
     out->live_bytes = nm_atomic_load_relaxed(&a->st_live_bytes);
     out->peak_bytes = nm_atomic_load_relaxed(&a->st_peak_bytes);
     out->total_allocs = nm_atomic_load_relaxed(&a->st_allocs);

@@ -376,7 +376,7 @@ nm_allocator_t *nm_arena_create(nm_allocator_t *base, size_t size) {
     a->memalign = nm__arena_memalign;
     a->usable_size = nm__arena_usable;
     a->destroy = nm__arena_destroy;
-    a->flags |= NM_ALLOC_EXACT_SIZE;
+    a->flags |= NM_ALLOC_EXACT_SIZE | NM_ALLOC_REPORTS;
     return a;
 }
 

@@ -494,7 +494,7 @@ nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t 
     a->memalign = nm__dbg_memalign;
     a->usable_size = nm__dbg_usable;
     a->destroy = nm__dbg_destroy;
-    a->flags |= NM_ALLOC_EXACT_SIZE | NM_ALLOC_SELF_STATS;
+    a->flags |= NM_ALLOC_EXACT_SIZE | NM_ALLOC_SELF_STATS | NM_ALLOC_REPORTS;
     return a;
 }
 

@@ -49,6 +49,7 @@ nm_allocator_t *nm_allocator_faulty(nm_allocator_t *base, long fail_at) {
     a->free = nm__f_free;
     a->memalign = nm__f_memalign;
     a->usable_size = nm__f_usable;
+    a->flags |= NM_ALLOC_REPORTS; /* its base may report */
     return a;
 }
 

@@ -73,7 +73,9 @@ enum nm_allocator_flags {
     NM_ALLOC_NO_STATS = 1,     /* nm_malloc & co. skip the statistics counters           */
     NM_ALLOC_STATIC = 2,       /* never destroyed (the libc singleton)                   */
     NM_ALLOC_EXACT_SIZE = 4,   /* usable_size returns exactly the requested size        */
-    NM_ALLOC_SELF_STATS = 8    /* the allocator keeps the statistics fields itself      */
+    NM_ALLOC_SELF_STATS = 8,   /* the allocator keeps the statistics fields itself      */
+    NM_ALLOC_REPORTS = 16      /* its functions may report errors (arena, debug, ...):
+                                  the front door then watches the thread's error         */
 };
 
 struct nm_allocator {
@@ -89,7 +91,7 @@ struct nm_allocator {
     unsigned flags;
     /* statistics, maintained by nm_malloc & co. with relaxed atomics (read with
      * nm_allocator_stats) */
-    intptr_t st_live_blocks;
+    intptr_t st_live_blocks;       /* unused: live blocks are st_allocs - st_frees          */
     intptr_t st_live_bytes;
     intptr_t st_peak_bytes;
     intptr_t st_allocs;
