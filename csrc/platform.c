@@ -8,24 +8,6 @@
 
 #if defined(NM_OS_WINDOWS)
 
-static nm_thread_exit_fn nm__exit_fn;
-static DWORD nm__fls = FLS_OUT_OF_INDEXES;
-static INIT_ONCE nm__exit_once = INIT_ONCE_STATIC_INIT;
-
-static void WINAPI nm__fls_cb(void *v) {
-    if (v && nm__exit_fn) nm__exit_fn();
-}
-static BOOL CALLBACK nm__exit_init_once(PINIT_ONCE o, void *param, void **ctx) {
-    (void)o; (void)ctx;
-    nm__exit_fn = (nm_thread_exit_fn)param;
-    nm__fls = FlsAlloc(nm__fls_cb);
-    return TRUE;
-}
-void nm_thread_exit_init(nm_thread_exit_fn fn) { InitOnceExecuteOnce(&nm__exit_once, nm__exit_init_once, (void *)fn, NULL); }
-void nm_thread_exit_arm(void) {
-    if (nm__fls != FLS_OUT_OF_INDEXES && FlsGetValue(nm__fls) == NULL) FlsSetValue(nm__fls, (void *)1);
-}
-
 struct nm_thread { HANDLE h; nm_thread_fn fn; void *arg; };
 static DWORD WINAPI nm__thread_main(LPVOID v) {
     struct nm_thread *t = (struct nm_thread *)v;
@@ -74,25 +56,6 @@ int nm_os_protect(void *p, size_t size, int access) {
 }
 
 #else
-
-static nm_thread_exit_fn nm__exit_fn;
-static pthread_key_t nm__exit_key;
-static pthread_once_t nm__exit_once = PTHREAD_ONCE_INIT;
-static nm_thread_exit_fn nm__exit_pending;
-
-static void nm__key_dtor(void *v) {
-    if (v && nm__exit_fn) nm__exit_fn();
-}
-static void nm__exit_init_once(void) {
-    if (pthread_key_create(&nm__exit_key, nm__key_dtor) == 0) nm__exit_fn = nm__exit_pending;
-}
-void nm_thread_exit_init(nm_thread_exit_fn fn) {
-    nm__exit_pending = fn;
-    pthread_once(&nm__exit_once, nm__exit_init_once);
-}
-void nm_thread_exit_arm(void) {
-    if (nm__exit_fn && pthread_getspecific(nm__exit_key) == NULL) pthread_setspecific(nm__exit_key, (void *)1);
-}
 
 struct nm_thread { pthread_t t; nm_thread_fn fn; void *arg; };
 static void *nm__thread_main(void *v) {

@@ -200,13 +200,6 @@ NM_INLINE void nm_mutex_unlock(nm_mutex_t *m)  { pthread_mutex_unlock(m); }
 static NM_THREAD_LOCAL char nm__thread_marker;
 NM_INLINE uintptr_t nm_thread_id(void) { return (uintptr_t)&nm__thread_marker; }
 
-/* ---- thread exit callbacks ------------------------------------------------------------ */
-/* One process-wide callback run when a thread that called nm_thread_exit_arm() exits
- * (pthread key destructor / fiber-local-storage callback), so per-thread caches are returned. */
-typedef void (*nm_thread_exit_fn)(void);
-void nm_thread_exit_init(nm_thread_exit_fn fn);
-void nm_thread_exit_arm(void);
-
 /* ---- threads (benchmarks and C tests) ---------------------------------------------------- */
 typedef struct nm_thread nm_thread_t;
 typedef void (*nm_thread_fn)(void *arg);
