@@ -124,6 +124,12 @@ def _probe_libc() -> _Loaded:
         except (ValueError, OSError, AttributeError):
             version = " ".join(platform.libc_ver()) or "libc"
         path = _loaded_path("c")
+        try:  # LD_PRELOAD (jemalloc, tcmalloc...) interposes malloc: say who really serves "libc"
+            glob_malloc = _fn_addr(ctypes.CDLL(None).malloc)
+            if path and glob_malloc != _fn_addr(ctypes.CDLL(path).malloc):
+                version += " (malloc interposed by LD_PRELOAD: " + (os.environ.get("LD_PRELOAD") or "?").strip() + ")"
+        except (OSError, AttributeError):
+            pass
     elif sys.platform == "darwin":
         version, path = "libSystem " + platform.mac_ver()[0], "/usr/lib/libSystem.B.dylib"
     elif sys.platform == "win32":
