@@ -13,7 +13,7 @@ def test_debug_vs_base(benchmark):
     base = nativemem.allocator("libc")
     d = nativemem.DebugAllocator(base=base)
     benchmark.group = "C 64B pair: debug allocator vs base"
-    benchmark(lambda: lib.nm_debug_bench_pairs(d.cdata, 64, 20_000))
+    benchmark(lambda: lib.nm_bench_pairs(d.cdata, 64, 20_000, ffi.NULL))
 
 
 def test_base_pair(benchmark):

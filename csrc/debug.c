@@ -603,15 +603,3 @@ void nm_debug_stats(nm_allocator_t *a, nm_debug_stats_t *out) {
     out->next_serial = d->serial + 1;
     nm_mutex_unlock(&d->lock);
 }
-
-double nm_debug_bench_pairs(nm_allocator_t *a, size_t size, size_t iterations) {
-    uint64_t t0 = nm_now_ns();
-    size_t i;
-    for (i = 0; i < iterations; i++) {
-        void *p = nm_malloc(a, size);
-        if (p == NULL) return -1.0;
-        *(volatile char *)p = 1;
-        nm_free(a, p);
-    }
-    return iterations ? (double)(nm_now_ns() - t0) / (double)iterations : 0.0;
-}

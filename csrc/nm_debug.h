@@ -40,7 +40,5 @@ size_t nm_debug_blocks(nm_allocator_t *a, nm_debug_block_t *out, size_t cap, uin
 void nm_debug_stats(nm_allocator_t *a, nm_debug_stats_t *out);
 /* Empty the quarantine now (verifying each block's poison); NM_OK or the first error. */
 int nm_debug_flush(nm_allocator_t *a);
-/* C-level pair loop for the "<= 3x its base" measurement: ns per malloc+free. */
-double nm_debug_bench_pairs(nm_allocator_t *a, size_t size, size_t iterations);
 
 #endif /* NM_DEBUG_H */

@@ -177,8 +177,8 @@ def _family_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
         dbg0 = nativemem.DebugAllocator(base=libc, quarantine=0)
         w = Workload("debug", "malloc+free 64B, debug vs its base", "C", "libc")
         w.fns["libc"] = lambda: lib.nm_bench_pairs(libc.cdata, 64, 50_000 * scale, ffi.NULL)
-        w.fns["debug (quarantine 1024)"] = lambda: lib.nm_debug_bench_pairs(dbg.cdata, 64, 50_000 * scale)
-        w.fns["debug (no quarantine)"] = lambda: lib.nm_debug_bench_pairs(dbg0.cdata, 64, 50_000 * scale)
+        w.fns["debug (quarantine 1024)"] = lambda: lib.nm_bench_pairs(dbg.cdata, 64, 50_000 * scale, ffi.NULL)
+        w.fns["debug (no quarantine)"] = lambda: lib.nm_bench_pairs(dbg0.cdata, 64, 50_000 * scale, ffi.NULL)
         w._keep = (dbg, dbg0)  # type: ignore[attr-defined]
         ws.append(w)
     if only in (None, "refcount"):
