@@ -50,7 +50,8 @@ if find_valgrind() and os.environ.get("NATIVEMEM_NO_VALGRIND") != "1":
 if is_msvc():
     CFLAGS = ["/O2", "/std:c11", "/W3"]
 else:
-    CFLAGS = ["-O2", "-std=c11", "-Wall", "-Wno-unused-function"]
+    # hidden visibility: calls inside the extension skip the PLT (only PyInit__native is exported)
+    CFLAGS = ["-O2", "-std=c11", "-Wall", "-Wno-unused-function", "-fvisibility=hidden"]
     DEFINES += [("_DEFAULT_SOURCE", "1"), ("_DARWIN_C_SOURCE", "1")]
 extra = os.environ.get("NATIVEMEM_CFLAGS")  # e.g. "-fsanitize=address" for sanitizer builds
 if extra:

@@ -7,10 +7,10 @@
 #include <stdlib.h>
 
 /* ---- error state -------------------------------------------------------------------- */
-static NM_THREAD_LOCAL int nm__err_code;
+NM_THREAD_LOCAL nm_tstate_t _nm_ts;
 static NM_THREAD_LOCAL char nm__err_msg[512];
-/* Bumped by every error, so a caller can tell whether a callee reported one. */
-static NM_THREAD_LOCAL unsigned nm__err_seq;
+#define nm__err_code (_nm_ts.err_code)
+#define nm__err_seq (_nm_ts.err_seq) /* bumped by every error: did a callee report one? */
 
 unsigned _nm_error_seq(void) { return nm__err_seq; }
 
@@ -73,8 +73,6 @@ void *_nm_oom(const char *name, size_t size) {
 }
 
 /* ---- allocation site ----------------------------------------------------------------- */
-NM_THREAD_LOCAL const char *_nm_site_file;
-NM_THREAD_LOCAL int _nm_site_line;
 
 void nm_site_set(const char *file, int line) { _nm_site_file = file; _nm_site_line = line; }
 void nm_site_get(const char **file, int *line) {
@@ -297,6 +295,22 @@ static void nm__destroy_now(nm_allocator_t *a) { a->destroy(a); }
 
 void _nm_table_count_alloc(nm_allocator_t *a, size_t bytes) { nm__count_alloc(a, bytes); }
 void _nm_table_count_free(nm_allocator_t *a, size_t bytes) { nm__count_free(a, bytes); }
+
+/* Serialised variants for allocators that update their table under their own lock: plain
+ * relaxed loads and stores, no locked read-modify-write (readers still see whole values). */
+void _nm_table_count_alloc_serial(nm_allocator_t *a, size_t bytes) {
+    intptr_t live = nm_atomic_load_relaxed(&a->st_live_bytes) + (intptr_t)bytes;
+    nm_atomic_store_relaxed(&a->st_allocs, nm_atomic_load_relaxed(&a->st_allocs) + 1);
+    nm_atomic_store_relaxed(&a->st_live_bytes, live);
+    if (live > nm_atomic_load_relaxed(&a->st_peak_bytes)) nm_atomic_store_relaxed(&a->st_peak_bytes, live);
+}
+void _nm_table_count_free_serial(nm_allocator_t *a, size_t bytes) {
+    nm_atomic_store_relaxed(&a->st_live_bytes, nm_atomic_load_relaxed(&a->st_live_bytes) - (intptr_t)bytes);
+    nm_atomic_store_release(&a->st_frees, nm_atomic_load_relaxed(&a->st_frees) + 1);
+}
+void _nm_table_after_free(nm_allocator_t *a) {
+    if (NM_UNLIKELY(nm_atomic_load_acquire(&a->st_dying) == 1)) nm__maybe_finish_destroy(a);
+}
 
 void nm_allocator_destroy(nm_allocator_t *a) {
     intptr_t expected = 0;

@@ -345,7 +345,7 @@ static void *nm__dalloc_locked(nm__dbg_t *d, size_t size, size_t align, int zero
     if (d->live_bytes > d->peak_bytes) d->peak_bytes = d->live_bytes;
     d->allocs++;
     user = r->user;
-    _nm_table_count_alloc(d->self, size);
+    _nm_table_count_alloc_serial(d->self, size);
     NM_VG_MALLOCLIKE(user, size, NM__CANARY, zero);
 out:
     return user;
@@ -430,9 +430,10 @@ static void nm__dbg_free(void *ctx, void *p) {
         freed = r->size;
         ok = 1;
         nm__release(d, r);
+        _nm_table_count_free_serial(d->self, freed);
     }
     nm_mutex_unlock(&d->lock);
-    if (ok) _nm_table_count_free(d->self, freed); /* may finish a deferred destroy: lock released */
+    if (ok) _nm_table_after_free(d->self); /* may finish a deferred destroy: lock released */
 }
 
 static void *nm__dbg_realloc(void *ctx, void *p, size_t n) {
@@ -458,9 +459,10 @@ static void *nm__dbg_realloc(void *ctx, void *p, size_t n) {
         memcpy(q, p, keep);
         keep = r->size;
         nm__release(d, r);
+        _nm_table_count_free_serial(d->self, keep);
     }
     nm_mutex_unlock(&d->lock);
-    if (q != NULL) _nm_table_count_free(d->self, keep);
+    if (q != NULL) _nm_table_after_free(d->self);
     return q;
 }
 

@@ -24,9 +24,17 @@ void *_nm_oom(const char *name, size_t size);
  * whether the callee reported an error. */
 unsigned _nm_error_seq(void);
 
-/* Current thread's allocation site (set by nm_site_set / nm_*_at). */
-extern NM_THREAD_LOCAL const char *_nm_site_file;
-extern NM_THREAD_LOCAL int _nm_site_line;
+/* The calling thread's state in ONE thread-local, so a function touching several fields pays
+ * one thread-local lookup (a __tls_get_addr call in a shared object), not one per field. */
+typedef struct nm_tstate {
+    const char *site_file; /* current allocation site (nm_site_set / nm_*_at) */
+    int site_line;
+    int err_code;          /* last error                                      */
+    unsigned err_seq;      /* bumped by every error                           */
+} nm_tstate_t;
+extern NM_THREAD_LOCAL nm_tstate_t _nm_ts;
+#define _nm_site_file (_nm_ts.site_file)
+#define _nm_site_line (_nm_ts.site_line)
 
 /* Largest size any allocation may request (as glibc: PTRDIFF_MAX). */
 #define NM_MAX_ALLOC ((size_t)PTRDIFF_MAX)
@@ -42,6 +50,11 @@ NM_INLINE uintptr_t _nm_align_up(uintptr_t x, size_t a) { return (x + (a - 1)) &
  * destruction was deferred destroys it. */
 void _nm_table_count_alloc(nm_allocator_t *a, size_t bytes);
 void _nm_table_count_free(nm_allocator_t *a, size_t bytes);
+/* The same under the allocator's own lock (every update of this table serialised by it); then,
+ * with the lock released, _nm_table_after_free finishes a deferred destroy if it is due. */
+void _nm_table_count_alloc_serial(nm_allocator_t *a, size_t bytes);
+void _nm_table_count_free_serial(nm_allocator_t *a, size_t bytes);
+void _nm_table_after_free(nm_allocator_t *a);
 
 /* Allocate a zeroed allocator table (from the C library) with `name` copied into it. */
 nm_allocator_t *_nm_table_new(const char *name, size_t ctx_size);
