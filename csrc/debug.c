@@ -57,7 +57,11 @@ typedef struct nm__dbg {
     size_t recent_pos;
     nm__dblk_t *spare;         /* recycled records */
     size_t page;
+    int vg;                    /* running under Valgrind: issue client requests */
 } nm__dbg_t;
+
+/* Valgrind client requests cost a few ns each even outside Valgrind: only under it. */
+#define NM__VG(d, request) do { if ((d)->vg) { request; } } while (0)
 
 /* ---- records and the address hash ------------------------------------------------------------ */
 static nm__dblk_t *nm__rec_new(nm__dbg_t *d) {
@@ -160,8 +164,8 @@ static void nm__paint(nm__dbg_t *d, nm__dblk_t *r) {
     size_t tail = nm__tail_len(d, r);
     memset(r->user - NM__CANARY, NM__HEAD_BYTE, NM__CANARY);
     if (tail) memset(r->user + r->size, NM__TAIL_BYTE, tail);
-    NM_VG_NOACCESS(r->user - NM__CANARY, NM__CANARY);
-    if (tail) NM_VG_NOACCESS(r->user + r->size, tail);
+    NM__VG(d, NM_VG_NOACCESS(r->user - NM__CANARY, NM__CANARY));
+    if (tail) NM__VG(d, NM_VG_NOACCESS(r->user + r->size, tail));
     NM_ASAN_POISON(r->user - NM__CANARY, NM__CANARY);
     if (tail) NM_ASAN_POISON(r->user + r->size, tail);
 }
@@ -196,13 +200,13 @@ static int nm__verify_canaries(nm__dbg_t *d, nm__dblk_t *r) {
     int rc = NM_OK;
     NM_ASAN_UNPOISON(h, NM__CANARY);
     if (tail) NM_ASAN_UNPOISON(t, tail);
-    NM_VG_DEFINED(h, NM__CANARY);
-    if (tail) NM_VG_DEFINED(t, tail);
+    NM__VG(d, NM_VG_DEFINED(h, NM__CANARY));
+    if (tail) NM__VG(d, NM_VG_DEFINED(t, tail));
     /* fast path: whole canaries compared at once; the byte loops below only locate damage */
     if (memcmp(h, nm__head_pattern, NM__CANARY) == 0 &&
         (tail <= NM__CANARY ? memcmp(t, nm__tail_pattern, tail) == 0 : nm__all_bytes(t, tail, NM__TAIL_BYTE))) {
-        NM_VG_NOACCESS(h, NM__CANARY);
-        if (tail) NM_VG_NOACCESS(t, tail);
+        NM__VG(d, NM_VG_NOACCESS(h, NM__CANARY));
+        if (tail) NM__VG(d, NM_VG_NOACCESS(t, tail));
         NM_ASAN_POISON(h, NM__CANARY);
         if (tail) NM_ASAN_POISON(t, tail);
         return NM_OK;
@@ -228,8 +232,8 @@ static int nm__verify_canaries(nm__dbg_t *d, nm__dblk_t *r) {
                                    (unsigned long long)r->serial);
                 break;
             }
-    NM_VG_NOACCESS(h, NM__CANARY);
-    if (tail) NM_VG_NOACCESS(t, tail);
+    NM__VG(d, NM_VG_NOACCESS(h, NM__CANARY));
+    if (tail) NM__VG(d, NM_VG_NOACCESS(t, tail));
     NM_ASAN_POISON(h, NM__CANARY);
     if (tail) NM_ASAN_POISON(t, tail);
     return rc;
@@ -242,7 +246,7 @@ static int nm__verify_poison(nm__dbg_t *d, nm__dblk_t *r) {
     int rc = NM_OK;
     if (d->flags & NM_DEBUG_GUARD_PAGES) return NM_OK;
     NM_ASAN_UNPOISON(u, r->size);
-    NM_VG_DEFINED(u, r->size);
+    NM__VG(d, NM_VG_DEFINED(u, r->size));
     if (nm__all_bytes(u, r->size, NM__FREE_BYTE)) i = r->size; /* fast path: intact */
     else i = 0;
     for (; i < r->size; i++)
@@ -255,7 +259,7 @@ static int nm__verify_poison(nm__dbg_t *d, nm__dblk_t *r) {
                                r->free_line, (unsigned long long)r->serial);
             break;
         }
-    NM_VG_NOACCESS(u, r->size);
+    NM__VG(d, NM_VG_NOACCESS(u, r->size));
     NM_ASAN_POISON(u, r->size);
     return rc;
 }
@@ -291,7 +295,7 @@ static void nm__raw_free(nm__dbg_t *d, nm__dblk_t *r) {
         nm_os_unmap(r->raw, r->raw_size);
     } else {
         NM_ASAN_UNPOISON(r->raw, r->raw_size);
-        NM_VG_UNDEFINED(r->raw, r->raw_size);
+        NM__VG(d, NM_VG_UNDEFINED(r->raw, r->raw_size));
         nm_free(d->base, r->raw);
     }
 }
@@ -346,7 +350,7 @@ static void *nm__dalloc_locked(nm__dbg_t *d, size_t size, size_t align, int zero
     d->allocs++;
     user = r->user;
     _nm_table_count_alloc_serial(d->self, size);
-    NM_VG_MALLOCLIKE(user, size, NM__CANARY, zero);
+    NM__VG(d, NM_VG_MALLOCLIKE(user, size, NM__CANARY, zero));
 out:
     return user;
 }
@@ -381,7 +385,7 @@ static int nm__bad_pointer(nm__dbg_t *d, const void *p, const char *what, int fr
 static int nm__release(nm__dbg_t *d, nm__dblk_t *r) {
     int rc = nm__verify_canaries(d, r), rc2 = NM_OK;
     nm__unlink(r);
-    NM_VG_FREELIKE(r->user, NM__CANARY);
+    NM__VG(d, NM_VG_FREELIKE(r->user, NM__CANARY));
     d->live_blocks--;
     d->live_bytes -= r->size;
     d->frees++;
@@ -398,9 +402,9 @@ static int nm__release(nm__dbg_t *d, nm__dblk_t *r) {
     if (d->flags & NM_DEBUG_GUARD_PAGES) {
         nm_os_protect(r->raw, r->raw_size - d->page, 0);
     } else {
-        NM_VG_UNDEFINED(r->user, r->size);
+        NM__VG(d, NM_VG_UNDEFINED(r->user, r->size));
         memset(r->user, NM__FREE_BYTE, r->size);
-        NM_VG_NOACCESS(r->user, r->size);
+        NM__VG(d, NM_VG_NOACCESS(r->user, r->size));
         NM_ASAN_POISON(r->user, r->size);
     }
     nm__link(&d->q_head, r);
@@ -517,6 +521,7 @@ nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t 
     d->flags = flags;
     d->quarantine_cap = quarantine;
     d->page = nm_os_page_size();
+    d->vg = NM_VG_RUNNING() ? 1 : 0;
     d->live_head.next = d->live_head.prev = &d->live_head;
     d->q_head.next = d->q_head.prev = &d->q_head;
     nm_mutex_init(&d->lock);
