@@ -7,7 +7,7 @@
 #include <stdlib.h>
 
 /* ---- error state -------------------------------------------------------------------- */
-NM_THREAD_LOCAL nm_tstate_t _nm_ts;
+NM_THREAD_LOCAL NM_TLS_FAST nm_tstate_t _nm_ts;
 static NM_THREAD_LOCAL char nm__err_msg[512];
 #define nm__err_code (_nm_ts.err_code)
 #define nm__err_seq (_nm_ts.err_seq) /* bumped by every error: did a callee report one? */
@@ -296,18 +296,6 @@ static void nm__destroy_now(nm_allocator_t *a) { a->destroy(a); }
 void _nm_table_count_alloc(nm_allocator_t *a, size_t bytes) { nm__count_alloc(a, bytes); }
 void _nm_table_count_free(nm_allocator_t *a, size_t bytes) { nm__count_free(a, bytes); }
 
-/* Serialised variants for allocators that update their table under their own lock: plain
- * relaxed loads and stores, no locked read-modify-write (readers still see whole values). */
-void _nm_table_count_alloc_serial(nm_allocator_t *a, size_t bytes) {
-    intptr_t live = nm_atomic_load_relaxed(&a->st_live_bytes) + (intptr_t)bytes;
-    nm_atomic_store_relaxed(&a->st_allocs, nm_atomic_load_relaxed(&a->st_allocs) + 1);
-    nm_atomic_store_relaxed(&a->st_live_bytes, live);
-    if (live > nm_atomic_load_relaxed(&a->st_peak_bytes)) nm_atomic_store_relaxed(&a->st_peak_bytes, live);
-}
-void _nm_table_count_free_serial(nm_allocator_t *a, size_t bytes) {
-    nm_atomic_store_relaxed(&a->st_live_bytes, nm_atomic_load_relaxed(&a->st_live_bytes) - (intptr_t)bytes);
-    nm_atomic_store_release(&a->st_frees, nm_atomic_load_relaxed(&a->st_frees) + 1);
-}
 void _nm_table_after_free(nm_allocator_t *a) {
     if (NM_UNLIKELY(nm_atomic_load_acquire(&a->st_dying) == 1)) nm__maybe_finish_destroy(a);
 }

@@ -9,9 +9,12 @@
  *   raw block from base:  [pad][head canary 16][user size][tail canary >= 16]
  *   guard-page mode:      [pages: pad, head canary, user, tail slack][no-access page]
  *
- * Freed blocks are poisoned with 0xDD and kept in a bounded FIFO quarantine; the poison is
- * verified when a block leaves it (and on check), so a write after free is reported with the
- * block's allocation and free sites.  One mutex protects everything (thread safe).
+ * Freed blocks are poisoned with 0xDD and kept in a bounded FIFO quarantine (a ring of records);
+ * the poison is verified when a block leaves it (and on check), so a write after free is
+ * reported with the block's allocation and free sites.  One lock protects everything (thread
+ * safe); the hot path is kept short because it runs inside it: records come from slabs, the
+ * address hash is open addressing without tombstones (backward-shift deletion), the live set is
+ * the hash itself (reports sort by serial), and the 16-byte canaries are single stores.
  */
 #include "nm_internal.h"
 
@@ -24,6 +27,7 @@
 #define NM__FREE_BYTE   0xDD
 #define NM__NEW_BYTE    0xCB
 #define NM__RECENT      4096  /* addresses released from quarantine, for late double frees */
+#define NM__SLAB        63    /* records per slab */
 
 enum { NM__LIVE = 1, NM__QUARANTINED = 2 };
 
@@ -35,27 +39,37 @@ typedef struct nm__dblk {
     int line, free_line;
     uint64_t serial;
     int state;
-    struct nm__dblk *prev, *next; /* live list (allocation order) or quarantine FIFO */
+    struct nm__dblk *next;     /* spare list                                          */
 } nm__dblk_t;
 
+typedef struct nm__dslab {
+    struct nm__dslab *next;
+    nm__dblk_t recs[NM__SLAB];
+} nm__dslab_t;
+
+typedef struct nm__dent {
+    uintptr_t key;             /* user address; 0: empty */
+    nm__dblk_t *rec;
+} nm__dent_t;
+
 typedef struct nm__dbg {
-    nm_mutex_t lock;
+    nm_spin_t lock;             /* short critical sections: a spinlock (platform.h) */
     nm_allocator_t *base;
     nm_allocator_t *self;
     unsigned flags;
     size_t quarantine_cap;
-    /* hash: user address -> record (live or quarantined); 0 empty, 1 tombstone */
-    uintptr_t *keys;
-    nm__dblk_t **vals;
-    size_t mask, used, count;
-    nm__dblk_t live_head;      /* circular list sentinels */
-    nm__dblk_t q_head;
-    size_t q_count, q_bytes;
-    size_t live_blocks, live_bytes, peak_bytes;
-    uint64_t serial, allocs, frees, errors;
+    /* hash: user address -> record (live or quarantined) */
+    nm__dent_t *tab;
+    size_t mask, count;
+    unsigned shift;            /* 64 - log2(capacity) */
+    /* quarantine: ring of records, oldest at q_first */
+    nm__dblk_t **q;
+    size_t q_size, q_first, q_count, q_bytes;
+    uint64_t serial, errors;    /* live/peak/total counts: the table's own counters (self) */
     uintptr_t recent[NM__RECENT];
     size_t recent_pos;
     nm__dblk_t *spare;         /* recycled records */
+    nm__dslab_t *slabs;
     size_t page;
     int vg;                    /* running under Valgrind: issue client requests */
 } nm__dbg_t;
@@ -66,104 +80,156 @@ typedef struct nm__dbg {
 /* ---- records and the address hash ------------------------------------------------------------ */
 static nm__dblk_t *nm__rec_new(nm__dbg_t *d) {
     nm__dblk_t *r = d->spare;
-    if (r) {
-        d->spare = r->next;
-        memset(r, 0, sizeof *r);
-        return r;
+    if (NM_UNLIKELY(r == NULL)) {
+        nm__dslab_t *s = (nm__dslab_t *)calloc(1, sizeof(nm__dslab_t));
+        size_t i;
+        if (s == NULL) return NULL;
+        s->next = d->slabs;
+        d->slabs = s;
+        for (i = 0; i + 1 < NM__SLAB; i++) s->recs[i].next = &s->recs[i + 1];
+        r = &s->recs[0];
     }
-    return (nm__dblk_t *)calloc(1, sizeof(nm__dblk_t));
+    d->spare = r->next;
+    return r;
 }
-static void nm__rec_free(nm__dbg_t *d, nm__dblk_t *r) {
+NM_INLINE void nm__rec_free(nm__dbg_t *d, nm__dblk_t *r) {
+    r->state = 0;
     r->next = d->spare;
     d->spare = r;
 }
 
-NM_INLINE size_t nm__dh(uintptr_t k) { return (size_t)((k >> 4) * (uintptr_t)0x9E3779B97F4A7C15ull); }
+/* Fibonacci hashing: the product's high bits, so neighbouring blocks spread out. */
+NM_INLINE size_t nm__home(const nm__dbg_t *d, uintptr_t k) {
+    return (size_t)(((uint64_t)k * 0x9E3779B97F4A7C15ull) >> d->shift);
+}
 
 static nm__dblk_t *nm__find(nm__dbg_t *d, const void *p) {
     uintptr_t k = (uintptr_t)p;
     size_t i;
-    if (d->keys == NULL || k <= 1) return NULL;
-    for (i = nm__dh(k) & d->mask;; i = (i + 1) & d->mask) {
-        if (d->keys[i] == k) return d->vals[i];
-        if (d->keys[i] == 0) return NULL;
+    if (d->tab == NULL || k == 0) return NULL;
+    for (i = nm__home(d, k);; i = (i + 1) & d->mask) {
+        if (d->tab[i].key == k) return d->tab[i].rec;
+        if (d->tab[i].key == 0) return NULL;
     }
 }
 
-static int nm__grow(nm__dbg_t *d) {
-    size_t cap = d->keys ? (d->mask + 1) * 2 : 256, i;
-    uintptr_t *keys = (uintptr_t *)calloc(cap, sizeof(uintptr_t));
-    nm__dblk_t **vals = (nm__dblk_t **)calloc(cap, sizeof(nm__dblk_t *));
-    if (keys == NULL || vals == NULL) {
-        free(keys);
-        free(vals);
-        return -1;
+NM_INLINE void nm__place(nm__dbg_t *d, nm__dblk_t *r) {
+    size_t i;
+    for (i = nm__home(d, (uintptr_t)r->user); d->tab[i].key; i = (i + 1) & d->mask) {
     }
-    for (i = 0; d->keys && i <= d->mask; i++)
-        if (d->keys[i] > 1) {
-            size_t j;
-            for (j = nm__dh(d->keys[i]) & (cap - 1); keys[j]; j = (j + 1) & (cap - 1)) {
-            }
-            keys[j] = d->keys[i];
-            vals[j] = d->vals[i];
-        }
-    free(d->keys);
-    free(d->vals);
-    d->keys = keys;
-    d->vals = vals;
+    d->tab[i].key = (uintptr_t)r->user;
+    d->tab[i].rec = r;
+}
+
+static NM_NOINLINE int nm__grow(nm__dbg_t *d) {
+    size_t old = d->tab ? d->mask + 1 : 0, cap = old ? old * 2 : 1024, i;
+    nm__dent_t *prev = d->tab;
+    unsigned bits = 0;
+    nm__dent_t *tab = (nm__dent_t *)calloc(cap, sizeof(nm__dent_t));
+    if (tab == NULL) return -1;
+    while (((size_t)1 << bits) < cap) bits++;
+    d->tab = tab;
     d->mask = cap - 1;
-    d->used = d->count;
+    d->shift = 64u - bits;
+    for (i = 0; i < old; i++)
+        if (prev[i].key) nm__place(d, prev[i].rec);
+    free(prev);
     return 0;
 }
 
-static int nm__put(nm__dbg_t *d, nm__dblk_t *r) {
-    uintptr_t k = (uintptr_t)r->user;
-    size_t i;
-    if (d->keys == NULL || (d->used + 1) * 2 > d->mask + 1)
+NM_INLINE int nm__put(nm__dbg_t *d, nm__dblk_t *r) {
+    if (NM_UNLIKELY(d->tab == NULL || (d->count + 1) * 2 > d->mask + 1))
         if (nm__grow(d) != 0) return -1;
-    for (i = nm__dh(k) & d->mask; d->keys[i] > 1; i = (i + 1) & d->mask) {
-    }
-    if (d->keys[i] == 0) d->used++;
-    d->keys[i] = k;
-    d->vals[i] = r;
+    nm__place(d, r);
     d->count++;
     return 0;
 }
 
-static void nm__del(nm__dbg_t *d, const void *p) {
-    uintptr_t k = (uintptr_t)p;
-    size_t i;
-    for (i = nm__dh(k) & d->mask; d->keys[i]; i = (i + 1) & d->mask)
-        if (d->keys[i] == k) {
-            d->keys[i] = 1;
-            d->vals[i] = NULL;
-            d->count--;
-            return;
-        }
-}
-
-NM_INLINE void nm__link(nm__dblk_t *head, nm__dblk_t *r) {
-    r->prev = head->prev;
-    r->next = head;
-    head->prev->next = r;
-    head->prev = r;
-}
-NM_INLINE void nm__unlink(nm__dblk_t *r) {
-    r->prev->next = r->next;
-    r->next->prev = r->prev;
+/* Remove r's entry; later entries of its probe run shift back (no tombstones).  Records do not
+ * store their slot: keeping it current would touch every shifted entry's (cold) record. */
+static void nm__del(nm__dbg_t *d, const nm__dblk_t *r) {
+    uintptr_t key = (uintptr_t)r->user;
+    size_t i, j, mask = d->mask;
+    for (i = nm__home(d, key); d->tab[i].key != key; i = (i + 1) & mask) {
+    }
+    d->count--;
+    for (j = i;;) {
+        size_t k;
+        j = (j + 1) & mask;
+        if (d->tab[j].key == 0) break;
+        k = nm__home(d, d->tab[j].key);
+        /* the entry at j may fill the hole at i unless its home lies cyclically in (i, j] */
+        if (i <= j ? (i < k && k <= j) : (i < k || k <= j)) continue;
+        d->tab[i] = d->tab[j];
+        i = j;
+    }
+    d->tab[i].key = 0;
+    d->tab[i].rec = NULL;
 }
 
 /* ---- canaries and poison ---------------------------------------------------------------------- */
+#define NM__HEAD_WORD (0x0101010101010101ull * NM__HEAD_BYTE)
+#define NM__TAIL_WORD (0x0101010101010101ull * NM__TAIL_BYTE)
+
 NM_INLINE size_t nm__tail_len(nm__dbg_t *d, const nm__dblk_t *r) {
     if (d->flags & NM_DEBUG_GUARD_PAGES)
         return (size_t)(r->raw + r->raw_size - d->page - (r->user + r->size)); /* slack before the guard */
     return NM__CANARY;
 }
 
+/* A 16-byte canary is two word stores / loads, not a call. */
+NM_INLINE void nm__fill16(void *p, uint64_t w) {
+    memcpy(p, &w, 8);
+    memcpy((char *)p + 8, &w, 8);
+}
+/* Nonzero when the 16 bytes at p are not all bytes of w. */
+NM_INLINE uint64_t nm__diff16(const void *p, uint64_t w) {
+    uint64_t a, b;
+    memcpy(&a, p, 8);
+    memcpy(&b, (const char *)p + 8, 8);
+    return (a ^ w) | (b ^ w);
+}
+NM_INLINE int nm__is16(const void *p, uint64_t w) { return nm__diff16(p, w) == 0; }
+
+/* 1 when all n bytes at p equal b: differences OR-ed 64 bytes a step with one test per step
+ * (no call, no per-word branch), then 16-byte steps, the last one overlapping a ragged end. */
+static int nm__all_bytes(const unsigned char *p, size_t n, unsigned char b) {
+    uint64_t w = 0x0101010101010101ull * b, acc = 0;
+    size_t i = 0;
+    if (n < 16) {
+        for (; i < n; i++)
+            if (p[i] != b) return 0;
+        return 1;
+    }
+    for (; i + 64 <= n; i += 64) {
+        acc |= nm__diff16(p + i, w) | nm__diff16(p + i + 16, w) | nm__diff16(p + i + 32, w) |
+               nm__diff16(p + i + 48, w);
+        if (acc) return 0;
+    }
+    for (; i + 16 <= n; i += 16) acc |= nm__diff16(p + i, w);
+    if (i < n) acc |= nm__diff16(p + n - 16, w);
+    return acc == 0;
+}
+
+/* memset for the fills: small blocks (the common case) with inline 16-byte stores, the last
+ * one overlapping, so a 64-byte block costs four stores instead of a library call. */
+NM_INLINE void nm__fill(void *dst, unsigned char b, size_t n) {
+    unsigned char *p = (unsigned char *)dst;
+    uint64_t w = 0x0101010101010101ull * b;
+    size_t i;
+    if (n > 256 || n < 16) {
+        memset(p, b, n);
+        return;
+    }
+    for (i = 0; i + 16 <= n; i += 16) nm__fill16(p + i, w);
+    if (i < n) nm__fill16(p + n - 16, w);
+}
+
 static void nm__paint(nm__dbg_t *d, nm__dblk_t *r) {
     size_t tail = nm__tail_len(d, r);
-    memset(r->user - NM__CANARY, NM__HEAD_BYTE, NM__CANARY);
-    if (tail) memset(r->user + r->size, NM__TAIL_BYTE, tail);
+    nm__fill16(r->user - NM__CANARY, NM__HEAD_WORD);
+    if (tail == NM__CANARY) nm__fill16(r->user + r->size, NM__TAIL_WORD);
+    else if (tail) memset(r->user + r->size, NM__TAIL_BYTE, tail);
     NM__VG(d, NM_VG_NOACCESS(r->user - NM__CANARY, NM__CANARY));
     if (tail) NM__VG(d, NM_VG_NOACCESS(r->user + r->size, tail));
     NM_ASAN_POISON(r->user - NM__CANARY, NM__CANARY);
@@ -171,26 +237,6 @@ static void nm__paint(nm__dbg_t *d, nm__dblk_t *r) {
 }
 
 static const char *nm__s(const char *f) { return f ? f : "?"; }
-
-static const unsigned char nm__head_pattern[NM__CANARY] = {
-    NM__HEAD_BYTE, NM__HEAD_BYTE, NM__HEAD_BYTE, NM__HEAD_BYTE, NM__HEAD_BYTE, NM__HEAD_BYTE, NM__HEAD_BYTE, NM__HEAD_BYTE,
-    NM__HEAD_BYTE, NM__HEAD_BYTE, NM__HEAD_BYTE, NM__HEAD_BYTE, NM__HEAD_BYTE, NM__HEAD_BYTE, NM__HEAD_BYTE, NM__HEAD_BYTE};
-static const unsigned char nm__tail_pattern[NM__CANARY] = {
-    NM__TAIL_BYTE, NM__TAIL_BYTE, NM__TAIL_BYTE, NM__TAIL_BYTE, NM__TAIL_BYTE, NM__TAIL_BYTE, NM__TAIL_BYTE, NM__TAIL_BYTE,
-    NM__TAIL_BYTE, NM__TAIL_BYTE, NM__TAIL_BYTE, NM__TAIL_BYTE, NM__TAIL_BYTE, NM__TAIL_BYTE, NM__TAIL_BYTE, NM__TAIL_BYTE};
-
-/* 1 when all n bytes at p equal b (word at a time). */
-static int nm__all_bytes(const unsigned char *p, size_t n, unsigned char b) {
-    uint64_t w = 0x0101010101010101ull * b, x;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        memcpy(&x, p + i, 8);
-        if (x != w) return 0;
-    }
-    for (; i < n; i++)
-        if (p[i] != b) return 0;
-    return 1;
-}
 
 /* Verify one live block's canaries; reports (and returns) the error code. */
 static int nm__verify_canaries(nm__dbg_t *d, nm__dblk_t *r) {
@@ -203,8 +249,8 @@ static int nm__verify_canaries(nm__dbg_t *d, nm__dblk_t *r) {
     NM__VG(d, NM_VG_DEFINED(h, NM__CANARY));
     if (tail) NM__VG(d, NM_VG_DEFINED(t, tail));
     /* fast path: whole canaries compared at once; the byte loops below only locate damage */
-    if (memcmp(h, nm__head_pattern, NM__CANARY) == 0 &&
-        (tail <= NM__CANARY ? memcmp(t, nm__tail_pattern, tail) == 0 : nm__all_bytes(t, tail, NM__TAIL_BYTE))) {
+    if (nm__is16(h, NM__HEAD_WORD) &&
+        (tail == NM__CANARY ? nm__is16(t, NM__TAIL_WORD) : nm__all_bytes(t, tail, NM__TAIL_BYTE))) {
         NM__VG(d, NM_VG_NOACCESS(h, NM__CANARY));
         if (tail) NM__VG(d, NM_VG_NOACCESS(t, tail));
         NM_ASAN_POISON(h, NM__CANARY);
@@ -303,63 +349,89 @@ static void nm__raw_free(nm__dbg_t *d, nm__dblk_t *r) {
 /* ---- quarantine -------------------------------------------------------------------------------- */
 static void nm__remember(nm__dbg_t *d, const void *p) { d->recent[d->recent_pos++ % NM__RECENT] = (uintptr_t)p; }
 
-/* Release the oldest quarantined block; returns its poison check's result. */
-static int nm__evict(nm__dbg_t *d) {
-    nm__dblk_t *r = d->q_head.next;
-    int rc;
-    if (r == &d->q_head) return NM_OK;
-    rc = nm__verify_poison(d, r);
-    nm__unlink(r);
-    nm__del(d, r->user);
-    d->q_count--;
-    d->q_bytes -= r->size;
+/* Drop a record for good: out of the hash, memory back to base, address remembered. */
+static void nm__forget(nm__dbg_t *d, nm__dblk_t *r) {
+    nm__del(d, r);
     nm__remember(d, r->user);
     nm__raw_free(d, r);
     nm__rec_free(d, r);
+}
+
+/* Release the oldest quarantined block; returns its poison check's result. */
+static int nm__evict(nm__dbg_t *d) {
+    nm__dblk_t *r;
+    int rc;
+    if (d->q_count == 0) return NM_OK;
+    r = d->q[d->q_first];
+    if (++d->q_first == d->q_size) d->q_first = 0;
+    d->q_count--;
+    d->q_bytes -= r->size;
+    rc = nm__verify_poison(d, r);
+    nm__forget(d, r);
     return rc;
+}
+
+/* The quarantine is FIFO, so the next frees' victims are known: start loading the next one's
+ * block and hash entry (its record was requested by the previous call) and the record of the
+ * one after, so eviction does not wait for memory untouched since the block was freed. */
+NM_INLINE void nm__prefetch_victims(nm__dbg_t *d) {
+    nm__dblk_t *v = d->q[d->q_first];
+    size_t after = d->q_first + 1 == d->q_size ? 0 : d->q_first + 1;
+    NM_PREFETCH(v->user - NM__CANARY);
+    NM_PREFETCH(v->user + v->size);
+    NM_PREFETCH(&d->tab[nm__home(d, (uintptr_t)v->user)]);
+    NM_PREFETCH(d->q[after]);
+}
+
+/* The ring grows by doubling up to the quarantine's capacity (1 << 24 records at most). */
+static NM_NOINLINE int nm__q_grow(nm__dbg_t *d) {
+    size_t size = d->q_size ? d->q_size * 2 : 64, i;
+    nm__dblk_t **q;
+    if (size > d->quarantine_cap) size = d->quarantine_cap;
+    q = (nm__dblk_t **)malloc(size * sizeof *q);
+    if (q == NULL) return -1;
+    for (i = 0; i < d->q_count; i++) q[i] = d->q[(d->q_first + i) % d->q_size];
+    free(d->q);
+    d->q = q;
+    d->q_size = size;
+    d->q_first = 0;
+    return 0;
 }
 
 /* ---- the allocator's functions ------------------------------------------------------------------- */
 /* Allocate and record a block (lock held). */
 static void *nm__dalloc_locked(nm__dbg_t *d, size_t size, size_t align, int zero) {
-    nm__dblk_t *r;
-    void *user = NULL;
-    r = nm__rec_new(d);
-    if (r == NULL) goto out;
+    nm__dblk_t *r = nm__rec_new(d);
+    if (r == NULL) return NULL;
     if (nm__raw_alloc(d, r, size, align) != 0) {
         nm__rec_free(d, r);
-        goto out;
+        return NULL;
     }
     r->size = size;
     r->file = _nm_site_file;
     r->line = _nm_site_line;
+    r->free_file = NULL;
+    r->free_line = 0;
     r->serial = ++d->serial;
     r->state = NM__LIVE;
     if (nm__put(d, r) != 0) {
         nm__raw_free(d, r);
         nm__rec_free(d, r);
-        goto out;
+        return NULL;
     }
-    nm__link(&d->live_head, r);
     nm__paint(d, r);
-    if (zero) memset(r->user, 0, size);
-    else if (!(d->flags & NM_DEBUG_NO_POISON)) memset(r->user, NM__NEW_BYTE, size);
-    d->live_blocks++;
-    d->live_bytes += size;
-    if (d->live_bytes > d->peak_bytes) d->peak_bytes = d->live_bytes;
-    d->allocs++;
-    user = r->user;
+    if (zero) nm__fill(r->user, 0, size);
+    else if (!(d->flags & NM_DEBUG_NO_POISON)) nm__fill(r->user, NM__NEW_BYTE, size);
     _nm_table_count_alloc_serial(d->self, size);
-    NM__VG(d, NM_VG_MALLOCLIKE(user, size, NM__CANARY, zero));
-out:
-    return user;
+    NM__VG(d, NM_VG_MALLOCLIKE(r->user, size, NM__CANARY, zero));
+    return r->user;
 }
 
 static void *nm__dalloc(nm__dbg_t *d, size_t size, size_t align, int zero) {
     void *user;
-    nm_mutex_lock(&d->lock);
+    nm_spin_lock(&d->lock);
     user = nm__dalloc_locked(d, size, align, zero);
-    nm_mutex_unlock(&d->lock);
+    nm_spin_unlock(&d->lock);
     return user;
 }
 
@@ -384,49 +456,43 @@ static int nm__bad_pointer(nm__dbg_t *d, const void *p, const char *what, int fr
 /* Free a live record (lock held); returns the first error found (canaries, eviction). */
 static int nm__release(nm__dbg_t *d, nm__dblk_t *r) {
     int rc = nm__verify_canaries(d, r), rc2 = NM_OK;
-    nm__unlink(r);
+    size_t at;
     NM__VG(d, NM_VG_FREELIKE(r->user, NM__CANARY));
-    d->live_blocks--;
-    d->live_bytes -= r->size;
-    d->frees++;
     r->state = NM__QUARANTINED;
     r->free_file = _nm_site_file;
     r->free_line = _nm_site_line;
-    if (d->quarantine_cap == 0) {
-        nm__del(d, r->user);
-        nm__remember(d, r->user);
-        nm__raw_free(d, r);
-        nm__rec_free(d, r);
-        return rc;
+    if (d->q_count == d->q_size) {                   /* ring full: grow it, or make room */
+        if (d->q_size < d->quarantine_cap && nm__q_grow(d) == 0) {
+        } else if (d->q_count > 0) {
+            rc2 = nm__evict(d);
+        } else {                                     /* no quarantine (or no memory for one) */
+            nm__forget(d, r);
+            return rc;
+        }
     }
     if (d->flags & NM_DEBUG_GUARD_PAGES) {
         nm_os_protect(r->raw, r->raw_size - d->page, 0);
     } else {
         NM__VG(d, NM_VG_UNDEFINED(r->user, r->size));
-        memset(r->user, NM__FREE_BYTE, r->size);
+        nm__fill(r->user, NM__FREE_BYTE, r->size);
         NM__VG(d, NM_VG_NOACCESS(r->user, r->size));
         NM_ASAN_POISON(r->user, r->size);
     }
-    nm__link(&d->q_head, r);
+    at = d->q_first + d->q_count;
+    if (at >= d->q_size) at -= d->q_size;
+    d->q[at] = r;
     d->q_count++;
     d->q_bytes += r->size;
-    while (d->q_count > d->quarantine_cap) {
-        int e = nm__evict(d);
-        if (rc2 == NM_OK) rc2 = e;
-    }
-    if (rc == NM_OK && rc2 != NM_OK) {
-        /* re-raise the eviction's message: it is about another block */
-        return rc2;
-    }
-    return rc;
+    if (d->q_count == d->quarantine_cap) nm__prefetch_victims(d);
+    /* a canary error is about this block; otherwise re-raise the eviction's (another block) */
+    return rc != NM_OK ? rc : rc2;
 }
-
 static void nm__dbg_free(void *ctx, void *p) {
     nm__dbg_t *d = (nm__dbg_t *)ctx;
     nm__dblk_t *r;
     size_t freed = 0;
     int ok = 0;
-    nm_mutex_lock(&d->lock);
+    nm_spin_lock(&d->lock);
     r = nm__find(d, p);
     if (r == NULL || r->state != NM__LIVE) {
         nm__bad_pointer(d, p, "free", NM_ERR_DOUBLE_FREE);
@@ -436,7 +502,7 @@ static void nm__dbg_free(void *ctx, void *p) {
         nm__release(d, r);
         _nm_table_count_free_serial(d->self, freed);
     }
-    nm_mutex_unlock(&d->lock);
+    nm_spin_unlock(&d->lock);
     if (ok) _nm_table_after_free(d->self); /* may finish a deferred destroy: lock released */
 }
 
@@ -445,15 +511,15 @@ static void *nm__dbg_realloc(void *ctx, void *p, size_t n) {
     nm__dblk_t *r;
     size_t keep;
     void *q;
-    nm_mutex_lock(&d->lock);
+    nm_spin_lock(&d->lock);
     r = nm__find(d, p);
     if (r == NULL || r->state != NM__LIVE) {
         nm__bad_pointer(d, p, "realloc", NM_ERR_REALLOC_FREED);
-        nm_mutex_unlock(&d->lock);
+        nm_spin_unlock(&d->lock);
         return NULL;
     }
     if (nm__verify_canaries(d, r) != NM_OK) { /* refuse to copy a damaged block */
-        nm_mutex_unlock(&d->lock);
+        nm_spin_unlock(&d->lock);
         return NULL;
     }
     keep = r->size < n ? r->size : n;
@@ -465,7 +531,7 @@ static void *nm__dbg_realloc(void *ctx, void *p, size_t n) {
         nm__release(d, r);
         _nm_table_count_free_serial(d->self, keep);
     }
-    nm_mutex_unlock(&d->lock);
+    nm_spin_unlock(&d->lock);
     if (q != NULL) _nm_table_after_free(d->self);
     return q;
 }
@@ -474,30 +540,26 @@ static size_t nm__dbg_usable(void *ctx, const void *p) {
     nm__dbg_t *d = (nm__dbg_t *)ctx;
     nm__dblk_t *r;
     size_t n = 0;
-    nm_mutex_lock(&d->lock);
+    nm_spin_lock(&d->lock);
     r = nm__find(d, p);
     if (r && r->state == NM__LIVE) n = r->size;
-    nm_mutex_unlock(&d->lock);
+    nm_spin_unlock(&d->lock);
     return n;
 }
 
 static void nm__dbg_destroy(nm_allocator_t *a) {
     nm__dbg_t *d = (nm__dbg_t *)a->ctx;
-    nm__dblk_t *r, *next;
+    size_t i;
     while (d->q_count) nm__evict(d);
-    for (r = d->live_head.next; r != &d->live_head; r = next) { /* leaks: release their memory */
-        next = r->next;
-        nm__raw_free(d, r);
-        free(r);
+    for (i = 0; d->tab && i <= d->mask; i++) /* leaks: release their memory */
+        if (d->tab[i].key) nm__raw_free(d, d->tab[i].rec);
+    while (d->slabs) {
+        nm__dslab_t *s = d->slabs;
+        d->slabs = s->next;
+        free(s);
     }
-    while (d->spare) {
-        r = d->spare;
-        d->spare = r->next;
-        free(r);
-    }
-    free(d->keys);
-    free(d->vals);
-    nm_mutex_destroy(&d->lock);
+    free(d->tab);
+    free(d->q);
     _nm_table_free(a);
 }
 
@@ -522,9 +584,6 @@ nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t 
     d->quarantine_cap = quarantine;
     d->page = nm_os_page_size();
     d->vg = NM_VG_RUNNING() ? 1 : 0;
-    d->live_head.next = d->live_head.prev = &d->live_head;
-    d->q_head.next = d->q_head.prev = &d->q_head;
-    nm_mutex_init(&d->lock);
     a->malloc = nm__dbg_malloc;
     a->calloc = nm__dbg_calloc;
     a->realloc = nm__dbg_realloc;
@@ -548,15 +607,45 @@ static nm__dbg_t *nm__as_dbg(nm_allocator_t *a) {
     return (nm__dbg_t *)a->ctx;
 }
 
+/* Live records with serial > since, oldest first, in a malloc'd array (lock held); NULL with
+ * *n set when there is no memory for the array (callers then walk the hash unsorted). */
+static int nm__by_serial(const void *x, const void *y) {
+    uint64_t a = (*(nm__dblk_t *const *)x)->serial, b = (*(nm__dblk_t *const *)y)->serial;
+    return a < b ? -1 : a > b;
+}
+static nm__dblk_t **nm__live_sorted(nm__dbg_t *d, uint64_t since, size_t *n) {
+    nm__dblk_t **v;
+    size_t i, k = 0;
+    *n = 0;
+    for (i = 0; d->tab && i <= d->mask; i++)
+        if (d->tab[i].key && d->tab[i].rec->state == NM__LIVE && d->tab[i].rec->serial > since) k++;
+    *n = k;
+    v = (nm__dblk_t **)malloc((k ? k : 1) * sizeof *v);
+    if (v == NULL) return NULL;
+    for (i = 0, k = 0; d->tab && i <= d->mask; i++)
+        if (d->tab[i].key && d->tab[i].rec->state == NM__LIVE && d->tab[i].rec->serial > since)
+            v[k++] = d->tab[i].rec;
+    qsort(v, k, sizeof *v, nm__by_serial);
+    return v;
+}
+
 int nm_debug_check(nm_allocator_t *a) {
     nm__dbg_t *d = nm__as_dbg(a);
-    nm__dblk_t *r;
+    nm__dblk_t **v;
+    size_t i, n;
     int rc = NM_OK;
     if (d == NULL) return NM_ERR_INVALID;
-    nm_mutex_lock(&d->lock);
-    for (r = d->live_head.next; r != &d->live_head && rc == NM_OK; r = r->next) rc = nm__verify_canaries(d, r);
-    for (r = d->q_head.next; r != &d->q_head && rc == NM_OK; r = r->next) rc = nm__verify_poison(d, r);
-    nm_mutex_unlock(&d->lock);
+    nm_spin_lock(&d->lock);
+    v = nm__live_sorted(d, 0, &n); /* oldest first, so "the first corrupt block" is well defined */
+    if (v != NULL) {
+        for (i = 0; i < n && rc == NM_OK; i++) rc = nm__verify_canaries(d, v[i]);
+        free(v);
+    } else {
+        for (i = 0; d->tab && i <= d->mask && rc == NM_OK; i++)
+            if (d->tab[i].key && d->tab[i].rec->state == NM__LIVE) rc = nm__verify_canaries(d, d->tab[i].rec);
+    }
+    for (i = 0; i < d->q_count && rc == NM_OK; i++) rc = nm__verify_poison(d, d->q[(d->q_first + i) % d->q_size]);
+    nm_spin_unlock(&d->lock);
     return rc;
 }
 
@@ -564,33 +653,42 @@ int nm_debug_flush(nm_allocator_t *a) {
     nm__dbg_t *d = nm__as_dbg(a);
     int rc = NM_OK;
     if (d == NULL) return NM_ERR_INVALID;
-    nm_mutex_lock(&d->lock);
+    nm_spin_lock(&d->lock);
     while (d->q_count) {
         int e = nm__evict(d);
         if (rc == NM_OK) rc = e;
     }
-    nm_mutex_unlock(&d->lock);
+    nm_spin_unlock(&d->lock);
     return rc;
+}
+
+NM_INLINE void nm__export(nm_debug_block_t *out, const nm__dblk_t *r) {
+    out->address = r->user;
+    out->size = r->size;
+    out->file = r->file;
+    out->line = r->line;
+    out->serial = r->serial;
 }
 
 size_t nm_debug_blocks(nm_allocator_t *a, nm_debug_block_t *out, size_t cap, uint64_t since) {
     nm__dbg_t *d = nm__as_dbg(a);
-    nm__dblk_t *r;
-    size_t n = 0;
+    nm__dblk_t **v;
+    size_t i, n = 0;
     if (d == NULL) return 0;
-    nm_mutex_lock(&d->lock);
-    for (r = d->live_head.next; r != &d->live_head; r = r->next) {
-        if (r->serial <= since) continue;
-        if (n < cap) {
-            out[n].address = r->user;
-            out[n].size = r->size;
-            out[n].file = r->file;
-            out[n].line = r->line;
-            out[n].serial = r->serial;
-        }
-        n++;
+    nm_spin_lock(&d->lock);
+    if (cap == 0) { /* a count only */
+        for (i = 0; d->tab && i <= d->mask; i++)
+            if (d->tab[i].key && d->tab[i].rec->state == NM__LIVE && d->tab[i].rec->serial > since) n++;
+    } else if ((v = nm__live_sorted(d, since, &n)) != NULL) {
+        for (i = 0; i < n && i < cap; i++) nm__export(&out[i], v[i]);
+        free(v);
+    } else { /* no memory to sort: unsorted, still complete */
+        size_t k = 0;
+        for (i = 0; d->tab && i <= d->mask; i++)
+            if (d->tab[i].key && d->tab[i].rec->state == NM__LIVE && d->tab[i].rec->serial > since)
+                if (k < cap) nm__export(&out[k++], d->tab[i].rec);
     }
-    nm_mutex_unlock(&d->lock);
+    nm_spin_unlock(&d->lock);
     return n;
 }
 
@@ -598,15 +696,15 @@ void nm_debug_stats(nm_allocator_t *a, nm_debug_stats_t *out) {
     nm__dbg_t *d = nm__as_dbg(a);
     memset(out, 0, sizeof *out);
     if (d == NULL) return;
-    nm_mutex_lock(&d->lock);
-    out->live_blocks = d->live_blocks;
-    out->live_bytes = d->live_bytes;
-    out->peak_bytes = d->peak_bytes;
-    out->total_allocs = d->allocs;
-    out->total_frees = d->frees;
+    nm_spin_lock(&d->lock);
+    out->total_allocs = (uint64_t)nm_atomic_load_relaxed(&a->st_allocs);
+    out->total_frees = (uint64_t)nm_atomic_load_relaxed(&a->st_frees);
+    out->live_blocks = (size_t)(out->total_allocs - out->total_frees);
+    out->live_bytes = (size_t)nm_atomic_load_relaxed(&a->st_live_bytes);
+    out->peak_bytes = (size_t)nm_atomic_load_relaxed(&a->st_peak_bytes);
     out->quarantined_blocks = d->q_count;
     out->quarantined_bytes = d->q_bytes;
     out->errors = d->errors;
     out->next_serial = d->serial + 1;
-    nm_mutex_unlock(&d->lock);
+    nm_spin_unlock(&d->lock);
 }

@@ -32,7 +32,7 @@ typedef struct nm_tstate {
     int err_code;          /* last error                                      */
     unsigned err_seq;      /* bumped by every error                           */
 } nm_tstate_t;
-extern NM_THREAD_LOCAL nm_tstate_t _nm_ts;
+extern NM_THREAD_LOCAL NM_TLS_FAST nm_tstate_t _nm_ts;
 #define _nm_site_file (_nm_ts.site_file)
 #define _nm_site_line (_nm_ts.site_line)
 
@@ -52,8 +52,17 @@ void _nm_table_count_alloc(nm_allocator_t *a, size_t bytes);
 void _nm_table_count_free(nm_allocator_t *a, size_t bytes);
 /* The same under the allocator's own lock (every update of this table serialised by it); then,
  * with the lock released, _nm_table_after_free finishes a deferred destroy if it is due. */
-void _nm_table_count_alloc_serial(nm_allocator_t *a, size_t bytes);
-void _nm_table_count_free_serial(nm_allocator_t *a, size_t bytes);
+NM_INLINE void _nm_table_count_alloc_serial(nm_allocator_t *a, size_t bytes) {
+    /* plain relaxed loads and stores, no locked read-modify-write (readers see whole values) */
+    intptr_t live = nm_atomic_load_relaxed(&a->st_live_bytes) + (intptr_t)bytes;
+    nm_atomic_store_relaxed(&a->st_allocs, nm_atomic_load_relaxed(&a->st_allocs) + 1);
+    nm_atomic_store_relaxed(&a->st_live_bytes, live);
+    if (live > nm_atomic_load_relaxed(&a->st_peak_bytes)) nm_atomic_store_relaxed(&a->st_peak_bytes, live);
+}
+NM_INLINE void _nm_table_count_free_serial(nm_allocator_t *a, size_t bytes) {
+    nm_atomic_store_relaxed(&a->st_live_bytes, nm_atomic_load_relaxed(&a->st_live_bytes) - (intptr_t)bytes);
+    nm_atomic_store_release(&a->st_frees, nm_atomic_load_relaxed(&a->st_frees) + 1);
+}
 void _nm_table_after_free(nm_allocator_t *a);
 
 /* Allocate a zeroed allocator table (from the C library) with `name` copied into it. */

@@ -107,3 +107,35 @@ int nm_os_protect(void *p, size_t size, int access) {
 }
 
 #endif
+
+/* ---- spinlock, contended path ------------------------------------------------------------ */
+#if defined(_MSC_VER)
+#  include <intrin.h>
+#  if defined(_M_X64) || defined(_M_IX86)
+#    define NM__PAUSE() _mm_pause()
+#  else
+#    define NM__PAUSE() __yield()
+#  endif
+#elif defined(__x86_64__) || defined(__i386__)
+#  define NM__PAUSE() __builtin_ia32_pause()
+#elif defined(__aarch64__) || defined(__arm__)
+#  define NM__PAUSE() __asm__ __volatile__("yield")
+#else
+#  define NM__PAUSE() ((void)0)
+#endif
+
+void nm_spin_wait(nm_spin_t *s) {
+    unsigned spins = 0;
+    for (;;) {
+        /* wait on a plain load (no cache-line ping-pong), then try the exchange again */
+        while (nm_atomic_load_relaxed(s) != 0) {
+            if (++spins < 64) {
+                NM__PAUSE();
+            } else {
+                nm_thread_yield();
+                spins = 0;
+            }
+        }
+        if (nm_atomic_exchange(s, 1) == 0) return;
+    }
+}
