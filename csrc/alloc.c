@@ -293,17 +293,12 @@ void _nm_table_free(nm_allocator_t *a) { free(a); }
 
 static void nm__destroy_now(nm_allocator_t *a) { a->destroy(a); }
 
-void _nm_table_count_alloc(nm_allocator_t *a, size_t bytes) { nm__count_alloc(a, bytes); }
-void _nm_table_count_free(nm_allocator_t *a, size_t bytes) { nm__count_free(a, bytes); }
 
-void _nm_table_after_free(nm_allocator_t *a) {
-    if (NM_UNLIKELY(nm_atomic_load_acquire(&a->st_dying) == 1)) nm__maybe_finish_destroy(a);
-}
 
 void nm_allocator_destroy(nm_allocator_t *a) {
     intptr_t expected = 0;
     if (a == NULL || (a->flags & NM_ALLOC_STATIC) || a->destroy == NULL) return;
-    if (a->flags & NM_ALLOC_NO_STATS) {
+    if (a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS)) { /* the latter defer by themselves */
         nm__destroy_now(a);
         return;
     }

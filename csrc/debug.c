@@ -371,18 +371,6 @@ static int nm__evict(nm__dbg_t *d) {
     return rc;
 }
 
-/* The quarantine is FIFO, so the next frees' victims are known: start loading the next one's
- * block and hash entry (its record was requested by the previous call) and the record of the
- * one after, so eviction does not wait for memory untouched since the block was freed. */
-NM_INLINE void nm__prefetch_victims(nm__dbg_t *d) {
-    nm__dblk_t *v = d->q[d->q_first];
-    size_t after = d->q_first + 1 == d->q_size ? 0 : d->q_first + 1;
-    NM_PREFETCH(v->user - NM__CANARY);
-    NM_PREFETCH(v->user + v->size);
-    NM_PREFETCH(&d->tab[nm__home(d, (uintptr_t)v->user)]);
-    NM_PREFETCH(d->q[after]);
-}
-
 /* The ring grows by doubling up to the quarantine's capacity (1 << 24 records at most). */
 static NM_NOINLINE int nm__q_grow(nm__dbg_t *d) {
     size_t size = d->q_size ? d->q_size * 2 : 64, i;
@@ -483,34 +471,48 @@ static int nm__release(nm__dbg_t *d, nm__dblk_t *r) {
     d->q[at] = r;
     d->q_count++;
     d->q_bytes += r->size;
-    if (d->q_count == d->quarantine_cap) nm__prefetch_victims(d);
     /* a canary error is about this block; otherwise re-raise the eviction's (another block) */
     return rc != NM_OK ? rc : rc2;
 }
+/* Deferred destruction, decided under the lock: nm_allocator_destroy with blocks live marks the
+ * allocator dying; the free that releases the last block then tears it down, after unlocking.
+ * Deciding under the lock (not with the front door's atomics) means no thread can still be in
+ * a critical section, or about to enter one, when the memory goes. */
+NM_INLINE int nm__last_free_of_dying(nm__dbg_t *d) {
+    nm_allocator_t *a = d->self;
+    if (NM_LIKELY(nm_atomic_load_relaxed(&a->st_dying) != 1)) return 0;
+    if (nm_atomic_load_relaxed(&a->st_allocs) != nm_atomic_load_relaxed(&a->st_frees)) return 0;
+    nm_atomic_store_relaxed(&a->st_dying, 2);
+    return 1;
+}
+static void nm__teardown(nm_allocator_t *a);
+
 static void nm__dbg_free(void *ctx, void *p) {
     nm__dbg_t *d = (nm__dbg_t *)ctx;
+    nm_allocator_t *self = d->self;
     nm__dblk_t *r;
-    size_t freed = 0;
-    int ok = 0;
+    int last = 0;
     nm_spin_lock(&d->lock);
     r = nm__find(d, p);
-    if (r == NULL || r->state != NM__LIVE) {
+    if (NM_UNLIKELY(r == NULL || r->state != NM__LIVE)) {
         nm__bad_pointer(d, p, "free", NM_ERR_DOUBLE_FREE);
     } else {
-        freed = r->size;
-        ok = 1;
+        size_t freed = r->size;
         nm__release(d, r);
-        _nm_table_count_free_serial(d->self, freed);
+        _nm_table_count_free_serial(self, freed);
+        last = nm__last_free_of_dying(d);
     }
     nm_spin_unlock(&d->lock);
-    if (ok) _nm_table_after_free(d->self); /* may finish a deferred destroy: lock released */
+    if (NM_UNLIKELY(last)) nm__teardown(self);
 }
 
 static void *nm__dbg_realloc(void *ctx, void *p, size_t n) {
     nm__dbg_t *d = (nm__dbg_t *)ctx;
+    nm_allocator_t *self = d->self;
     nm__dblk_t *r;
     size_t keep;
     void *q;
+    int last = 0;
     nm_spin_lock(&d->lock);
     r = nm__find(d, p);
     if (r == NULL || r->state != NM__LIVE) {
@@ -529,10 +531,11 @@ static void *nm__dbg_realloc(void *ctx, void *p, size_t n) {
         memcpy(q, p, keep);
         keep = r->size;
         nm__release(d, r);
-        _nm_table_count_free_serial(d->self, keep);
+        _nm_table_count_free_serial(self, keep);
+        last = nm__last_free_of_dying(d);
     }
     nm_spin_unlock(&d->lock);
-    if (q != NULL) _nm_table_after_free(d->self);
+    if (NM_UNLIKELY(last)) nm__teardown(self);
     return q;
 }
 
@@ -547,11 +550,12 @@ static size_t nm__dbg_usable(void *ctx, const void *p) {
     return n;
 }
 
-static void nm__dbg_destroy(nm_allocator_t *a) {
+/* Release everything (no other thread may use the allocator any more). */
+static void nm__teardown(nm_allocator_t *a) {
     nm__dbg_t *d = (nm__dbg_t *)a->ctx;
     size_t i;
     while (d->q_count) nm__evict(d);
-    for (i = 0; d->tab && i <= d->mask; i++) /* leaks: release their memory */
+    for (i = 0; d->tab && i <= d->mask; i++) /* leaks: give their memory back */
         if (d->tab[i].key) nm__raw_free(d, d->tab[i].rec);
     while (d->slabs) {
         nm__dslab_t *s = d->slabs;
@@ -561,6 +565,20 @@ static void nm__dbg_destroy(nm_allocator_t *a) {
     free(d->tab);
     free(d->q);
     _nm_table_free(a);
+}
+
+/* The table's destroy (NM_ALLOC_SELF_STATS: nm_allocator_destroy calls it directly): now when
+ * no block is live, else on the last free. */
+static void nm__dbg_destroy(nm_allocator_t *a) {
+    nm__dbg_t *d = (nm__dbg_t *)a->ctx;
+    int now = 0;
+    nm_spin_lock(&d->lock);
+    if (nm_atomic_load_relaxed(&a->st_dying) == 0) {
+        now = nm_atomic_load_relaxed(&a->st_allocs) == nm_atomic_load_relaxed(&a->st_frees);
+        nm_atomic_store_relaxed(&a->st_dying, now ? 2 : 1);
+    }
+    nm_spin_unlock(&d->lock);
+    if (now) nm__teardown(a);
 }
 
 /* ---- public API ------------------------------------------------------------------------------------ */

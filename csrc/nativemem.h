@@ -73,7 +73,8 @@ enum nm_allocator_flags {
     NM_ALLOC_NO_STATS = 1,     /* nm_malloc & co. skip the statistics counters           */
     NM_ALLOC_STATIC = 2,       /* never destroyed (the libc singleton)                   */
     NM_ALLOC_EXACT_SIZE = 4,   /* usable_size returns exactly the requested size        */
-    NM_ALLOC_SELF_STATS = 8,   /* the allocator keeps the statistics fields itself      */
+    NM_ALLOC_SELF_STATS = 8,   /* the allocator keeps the statistics fields itself, and
+                                  defers its own destruction while blocks are live      */
     NM_ALLOC_REPORTS = 16      /* its functions may report errors (arena, debug, ...):
                                   the front door then watches the thread's error         */
 };

@@ -45,13 +45,9 @@ extern NM_THREAD_LOCAL NM_TLS_FAST nm_tstate_t _nm_ts;
 NM_INLINE int _nm_is_pow2(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
 NM_INLINE uintptr_t _nm_align_up(uintptr_t x, size_t a) { return (x + (a - 1)) & ~(uintptr_t)(a - 1); }
 
-/* For NM_ALLOC_SELF_STATS allocators: count a block in/out of the table's statistics.  Call
- * _nm_table_count_free with no lock of the allocator held: the last free of a table whose
- * destruction was deferred destroys it. */
-void _nm_table_count_alloc(nm_allocator_t *a, size_t bytes);
-void _nm_table_count_free(nm_allocator_t *a, size_t bytes);
-/* The same under the allocator's own lock (every update of this table serialised by it); then,
- * with the lock released, _nm_table_after_free finishes a deferred destroy if it is due. */
+/* For NM_ALLOC_SELF_STATS allocators, which count their blocks in the table's statistics under
+ * their own lock (every update of the table serialised by it), and defer their destruction
+ * themselves (nm_allocator_destroy calls their destroy at once; see debug.c). */
 NM_INLINE void _nm_table_count_alloc_serial(nm_allocator_t *a, size_t bytes) {
     /* plain relaxed loads and stores, no locked read-modify-write (readers see whole values) */
     intptr_t live = nm_atomic_load_relaxed(&a->st_live_bytes) + (intptr_t)bytes;
@@ -63,7 +59,6 @@ NM_INLINE void _nm_table_count_free_serial(nm_allocator_t *a, size_t bytes) {
     nm_atomic_store_relaxed(&a->st_live_bytes, nm_atomic_load_relaxed(&a->st_live_bytes) - (intptr_t)bytes);
     nm_atomic_store_release(&a->st_frees, nm_atomic_load_relaxed(&a->st_frees) + 1);
 }
-void _nm_table_after_free(nm_allocator_t *a);
 
 /* Allocate a zeroed allocator table (from the C library) with `name` copied into it. */
 nm_allocator_t *_nm_table_new(const char *name, size_t ctx_size);

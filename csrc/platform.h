@@ -62,13 +62,6 @@
 #  define NM_TLS_FAST
 #endif
 
-/* A hint to start loading a cache line that will be read soon (never faults). */
-#if defined(__GNUC__) || defined(__clang__)
-#  define NM_PREFETCH(p) __builtin_prefetch(p)
-#else
-#  define NM_PREFETCH(p) ((void)(p))
-#endif
-
 /* ---- overflow-checked size arithmetic ------------------------------------------------- */
 /* Returns nonzero when a*b overflows size_t; *out receives the product otherwise. */
 NM_INLINE int nm_mul_overflow(size_t a, size_t b, size_t *out) {
