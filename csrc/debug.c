@@ -29,7 +29,9 @@
 #define NM__RECENT      4096  /* addresses released from quarantine, for late double frees */
 #define NM__SLAB        63    /* records per slab */
 
-enum { NM__LIVE = 1, NM__QUARANTINED = 2 };
+/* LIVE: allocated.  QUARANTINED: freed, poisoned, in the ring.  RECYCLED: left the ring (its
+ * poison verified) and kept, still in the hash, to serve the next allocation of its size. */
+enum { NM__LIVE = 1, NM__QUARANTINED = 2, NM__RECYCLED = 3 };
 
 typedef struct nm__dblk {
     char *raw;                 /* what base (or the OS) gave                          */
@@ -68,7 +70,8 @@ typedef struct nm__dbg {
     uint64_t serial, errors;    /* live/peak/total counts: the table's own counters (self) */
     uintptr_t recent[NM__RECENT];
     size_t recent_pos;
-    nm__dblk_t *spare;         /* recycled records */
+    nm__dblk_t *spare;         /* free records */
+    nm__dblk_t *recycled;      /* one block out of the quarantine, kept for reuse (or NULL) */
     nm__dslab_t *slabs;
     size_t page;
     int vg;                    /* running under Valgrind: issue client requests */
@@ -357,6 +360,21 @@ static void nm__forget(nm__dbg_t *d, nm__dblk_t *r) {
     nm__rec_free(d, r);
 }
 
+/* A block leaving the quarantine: kept as the recycled block (in the hash, so a late double
+ * free still names its sites), and the one kept before goes back to base.  The next allocation
+ * of the same size reuses it without calling base or touching the hash -- base's LIFO caches
+ * would hand out the same address anyway.  Guard-page blocks are unmapped at once. */
+static void nm__retire(nm__dbg_t *d, nm__dblk_t *r) {
+    if (d->flags & NM_DEBUG_GUARD_PAGES) {
+        nm__forget(d, r);
+        return;
+    }
+    if (d->recycled) nm__forget(d, d->recycled);
+    NM_ASAN_POISON(r->user, r->size); /* already, unless there is no quarantine */
+    r->state = NM__RECYCLED;
+    d->recycled = r;
+}
+
 /* Release the oldest quarantined block; returns its poison check's result. */
 static int nm__evict(nm__dbg_t *d) {
     nm__dblk_t *r;
@@ -367,7 +385,7 @@ static int nm__evict(nm__dbg_t *d) {
     d->q_count--;
     d->q_bytes -= r->size;
     rc = nm__verify_poison(d, r);
-    nm__forget(d, r);
+    nm__retire(d, r);
     return rc;
 }
 
@@ -389,11 +407,24 @@ static NM_NOINLINE int nm__q_grow(nm__dbg_t *d) {
 /* ---- the allocator's functions ------------------------------------------------------------------- */
 /* Allocate and record a block (lock held). */
 static void *nm__dalloc_locked(nm__dbg_t *d, size_t size, size_t align, int zero) {
-    nm__dblk_t *r = nm__rec_new(d);
-    if (r == NULL) return NULL;
-    if (nm__raw_alloc(d, r, size, align) != 0) {
-        nm__rec_free(d, r);
-        return NULL;
+    nm__dblk_t *r = d->recycled;
+    if (r != NULL && align <= 16 && r->raw_size == size + 2 * NM__CANARY) {
+        /* same size as the recycled block (which had no extra alignment): reuse it in place */
+        d->recycled = NULL;
+        NM_ASAN_UNPOISON(r->user, size);
+        NM__VG(d, NM_VG_UNDEFINED(r->user, size));
+    } else {
+        r = nm__rec_new(d);
+        if (r == NULL) return NULL;
+        if (nm__raw_alloc(d, r, size, align) != 0) {
+            nm__rec_free(d, r);
+            return NULL;
+        }
+        if (nm__put(d, r) != 0) {
+            nm__raw_free(d, r);
+            nm__rec_free(d, r);
+            return NULL;
+        }
     }
     r->size = size;
     r->file = _nm_site_file;
@@ -402,11 +433,6 @@ static void *nm__dalloc_locked(nm__dbg_t *d, size_t size, size_t align, int zero
     r->free_line = 0;
     r->serial = ++d->serial;
     r->state = NM__LIVE;
-    if (nm__put(d, r) != 0) {
-        nm__raw_free(d, r);
-        nm__rec_free(d, r);
-        return NULL;
-    }
     nm__paint(d, r);
     if (zero) nm__fill(r->user, 0, size);
     else if (!(d->flags & NM_DEBUG_NO_POISON)) nm__fill(r->user, NM__NEW_BYTE, size);
@@ -432,7 +458,7 @@ static int nm__bad_pointer(nm__dbg_t *d, const void *p, const char *what, int fr
     nm__dblk_t *r = nm__find(d, p);
     size_t i;
     d->errors++;
-    if (r && r->state == NM__QUARANTINED)
+    if (r && r->state != NM__LIVE)
         return _nm_set_error(freed_code, "%s of %p: block (%zu bytes) already freed; allocated at %s:%d, freed at %s:%d",
                              what, p, r->size, nm__s(r->file), r->line, nm__s(r->free_file), r->free_line);
     for (i = 0; i < NM__RECENT; i++)
@@ -454,7 +480,7 @@ static int nm__release(nm__dbg_t *d, nm__dblk_t *r) {
         } else if (d->q_count > 0) {
             rc2 = nm__evict(d);
         } else {                                     /* no quarantine (or no memory for one) */
-            nm__forget(d, r);
+            nm__retire(d, r);
             return rc;
         }
     }
@@ -663,6 +689,7 @@ int nm_debug_check(nm_allocator_t *a) {
             if (d->tab[i].key && d->tab[i].rec->state == NM__LIVE) rc = nm__verify_canaries(d, d->tab[i].rec);
     }
     for (i = 0; i < d->q_count && rc == NM_OK; i++) rc = nm__verify_poison(d, d->q[(d->q_first + i) % d->q_size]);
+    if (rc == NM_OK && d->recycled && d->quarantine_cap > 0) rc = nm__verify_poison(d, d->recycled);
     nm_spin_unlock(&d->lock);
     return rc;
 }
@@ -675,6 +702,10 @@ int nm_debug_flush(nm_allocator_t *a) {
     while (d->q_count) {
         int e = nm__evict(d);
         if (rc == NM_OK) rc = e;
+    }
+    if (d->recycled) { /* flush means: every freed block back to base */
+        nm__forget(d, d->recycled);
+        d->recycled = NULL;
     }
     nm_spin_unlock(&d->lock);
     return rc;

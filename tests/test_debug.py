@@ -71,6 +71,65 @@ def test_write_after_free_is_caught_when_leaving_the_quarantine():
     assert f"{HERE}:{line}" in str(ei.value)
 
 
+def test_a_block_leaving_the_quarantine_is_recycled_for_its_size():
+    d = DebugAllocator(quarantine=1)
+    a = d.malloc(40)
+    a_addr = a.address
+    a.free()                 # a: quarantined
+    b = d.malloc(40)         # nothing recycled yet: fresh memory
+    b_addr = b.address
+    assert b_addr != a_addr
+    b.free()                 # b quarantined; a leaves the quarantine (poison verified) and is kept
+    c = d.malloc(40)         # same size: a's memory again, as a new block
+    assert c.address == a_addr
+    assert c.read() == b"\xcb" * 40  # the new-block pattern, not the 0xDD poison
+    other = d.malloc(41)     # another size is not served from the recycled block
+    assert other.address not in (a_addr, b_addr)
+    st = d.debug_stats()
+    assert st.live_blocks == 2 and st.quarantined_blocks == 1
+    c.free()
+    other.free()
+    assert d.leaks() == []
+    d.check()
+
+
+def test_recycled_block_still_catches_double_free_and_write_after_free():
+    d = DebugAllocator(quarantine=1)
+    t = d.cdata
+    p = lib.nm_malloc_at(t, 24, b"victim.c", 7)
+    q = lib.nm_malloc_at(t, 24, b"other.c", 9)
+    lib.nm_site_set(b"freer.c", 11)
+    assert lib.nm_free_checked(t, p) == 0
+    lib.nm_site_set(ffi.NULL, 0)
+    assert lib.nm_free_checked(t, q) == 0   # p leaves the quarantine and is recycled
+    assert lib.nm_free_checked(t, p) == lib.NM_ERR_DOUBLE_FREE
+    msg = ffi.string(lib.nm_last_error_message()).decode()
+    assert "already freed" in msg and "victim.c:7" in msg and "freer.c:11" in msg
+    ffi.cast("unsigned char *", p)[5] = 0    # a write into the recycled (still poisoned) block
+    with pytest.raises(UseAfterFreeError) as ei:
+        d.check()
+    assert "victim.c:7" in str(ei.value) and "offset 5" in str(ei.value)
+    lib.nm_clear_error()
+
+
+def test_flush_gives_every_freed_block_back_to_base():
+    base = lib.nm_allocator_clone(lib.nm_allocator_libc(), b"counted libc")
+    try:
+        t = lib.nm_debug_create_ex(base, 0, 4)
+        ptrs = [lib.nm_malloc(t, 100) for _ in range(6)]
+        for p in ptrs:
+            lib.nm_free(t, p)
+        st = ffi.new("nm_alloc_stats_t *")
+        lib.nm_allocator_stats(base, st)
+        assert st.live_blocks == 5  # four quarantined, one recycled
+        assert lib.nm_debug_flush(t) == 0
+        lib.nm_allocator_stats(base, st)
+        assert st.live_blocks == 0 and st.live_bytes == 0
+        lib.nm_allocator_destroy(t)
+    finally:
+        lib.nm_allocator_destroy(base)
+
+
 def test_double_free_and_invalid_free_at_c_level():
     d = DebugAllocator()
     t = d.cdata

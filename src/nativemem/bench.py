@@ -181,6 +181,16 @@ def _family_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
         w.fns["debug (no quarantine)"] = lambda: lib.nm_bench_pairs(dbg0.cdata, 64, 50_000 * scale, ffi.NULL)
         w._keep = (dbg, dbg0)  # type: ignore[attr-defined]
         ws.append(w)
+        # Sizes that vary defeat the recycled block, and the fills and poison checks grow with
+        # the size: the other end of the debug allocator's cost.
+        w = Workload("debug", "mixed sizes 16-512B, 256 live, debug vs its base", "C", "libc")
+        w.fns["libc"] = lambda: lib.nm_bench_mix(libc.cdata, 16, 512, 256, 20_000 * scale, 7, ffi.NULL)
+        w.fns["debug (quarantine 1024)"] = lambda: lib.nm_bench_mix(dbg.cdata, 16, 512, 256, 20_000 * scale, 7,
+                                                                    ffi.NULL)
+        w.fns["debug (no quarantine)"] = lambda: lib.nm_bench_mix(dbg0.cdata, 16, 512, 256, 20_000 * scale, 7,
+                                                                  ffi.NULL)
+        w._keep = (dbg, dbg0)  # type: ignore[attr-defined]
+        ws.append(w)
     if only in (None, "refcount"):
         w = Workload("refcount", "inc+dec pair", "C", "raw atomic")
         w.fns["raw atomic"] = lambda: lib.nm_bench_atomic_pairs(2_000_000 * scale)
