@@ -411,8 +411,8 @@ static void *nm__dalloc_locked(nm__dbg_t *d, size_t size, size_t align, int zero
     if (r != NULL && align <= 16 && r->raw_size == size + 2 * NM__CANARY) {
         /* same size as the recycled block (which had no extra alignment): reuse it in place */
         d->recycled = NULL;
-        NM_ASAN_UNPOISON(r->user, size);
-        NM__VG(d, NM_VG_UNDEFINED(r->user, size));
+        NM_ASAN_UNPOISON(r->raw, r->raw_size); /* as fresh memory: paint poisons the canaries again */
+        NM__VG(d, NM_VG_UNDEFINED(r->raw, r->raw_size));
     } else {
         r = nm__rec_new(d);
         if (r == NULL) return NULL;
