@@ -256,6 +256,16 @@ void *nm_realloc_at(nm_allocator_t *a, void *p, size_t size, const char *file, i
 void *nm_memalign_at(nm_allocator_t *a, size_t alignment, size_t size, const char *file, int line) {
     NM__WITH_SITE(nm_memalign(a, alignment, size));
 }
+int nm_free_checked_at(nm_allocator_t *a, void *p, const char *file, int line) {
+    const char *of = _nm_site_file;
+    int ol = _nm_site_line, rc;
+    _nm_site_file = file;
+    _nm_site_line = line;
+    rc = nm_free_checked(a, p);
+    _nm_site_file = of;
+    _nm_site_line = ol;
+    return rc;
+}
 
 size_t nm_usable_size(nm_allocator_t *a, const void *p) {
     return (p && a->usable_size) ? a->usable_size(a->ctx, p) : 0;

@@ -127,6 +127,8 @@ void *nm_malloc_at(nm_allocator_t *a, size_t size, const char *file, int line);
 void *nm_calloc_at(nm_allocator_t *a, size_t n, size_t size, const char *file, int line);
 void *nm_realloc_at(nm_allocator_t *a, void *p, size_t size, const char *file, int line);
 void *nm_memalign_at(nm_allocator_t *a, size_t alignment, size_t size, const char *file, int line);
+/* nm_free_checked recording `file`/`line` as the free site (named by write-after-free reports). */
+int nm_free_checked_at(nm_allocator_t *a, void *p, const char *file, int line);
 /* Usable size of a live block (0 when the allocator cannot tell). */
 size_t nm_usable_size(nm_allocator_t *a, const void *p);
 void nm_allocator_stats(nm_allocator_t *a, nm_alloc_stats_t *out);

@@ -158,9 +158,9 @@ class Allocator:
     def reset_peak(self) -> None:
         lib.nm_allocator_reset_peak(self._table)
 
-    # Subclasses (the debug allocator) hook here to observe frees made from Python.
-    def _before_free(self, buf: "Buffer") -> None:
-        pass
+    # Allocators that record sites (the debug allocator) free through here, with the free site.
+    def _free_recorded(self, buf: "Buffer", p: Any) -> int:
+        return int(lib.nm_free_checked_at(self._table, p, self._site(), 0))
 
 
 class Buffer:
@@ -309,10 +309,9 @@ class Buffer:
         self._freed_ptr = p  # the address stays known for error messages (never dereferenced)
         alloc = self._allocator
         if alloc._records_sites:
-            alloc._before_free(self)
-        rc = lib.nm_free_checked(alloc._table, p)
-        if alloc._records_sites:
-            lib.nm_site_set(ffi.NULL, 0)
+            rc = alloc._free_recorded(self, p)
+        else:
+            rc = lib.nm_free_checked(alloc._table, p)
         if rc:
             msg = ffi.string(lib.nm_last_error_message()).decode("utf-8", "replace")
             lib.nm_clear_error()

@@ -18,11 +18,11 @@ package ships a suppression file for CPython's own reports: ``nativemem.debug.su
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import sys
 import threading
+from tracemalloc import is_tracing as _is_tracing
 from typing import Any, Dict, IO, List, NamedTuple, Optional
 
 from . import errors as E
@@ -35,16 +35,23 @@ __all__ = ["DebugAllocator", "Leak", "DebugStats", "TRACEMALLOC_DOMAIN", "suppre
 #: tracemalloc domain under which nativemem's debug allocator reports native blocks.
 TRACEMALLOC_DOMAIN = 0x6E6D
 
-_track = _untrack = None
-try:  # CPython's C API, called with the GIL held (ctypes.pythonapi keeps it)
-    _track = ctypes.pythonapi.PyTraceMalloc_Track
-    _track.argtypes = [ctypes.c_uint, ctypes.c_size_t, ctypes.c_size_t]
-    _track.restype = ctypes.c_int
-    _untrack = ctypes.pythonapi.PyTraceMalloc_Untrack
-    _untrack.argtypes = [ctypes.c_uint, ctypes.c_size_t]
-    _untrack.restype = ctypes.c_int
-except (AttributeError, OSError):  # pragma: no cover - PyPy or a stripped interpreter
-    pass
+
+def _hook_tracemalloc() -> None:
+    """Hand CPython's PyTraceMalloc_Track/Untrack to the extension, which calls them per block
+    (they take the GIL themselves).  Found at run time, so the abi3 build links nothing beyond
+    the stable ABI; absent (PyPy, a stripped interpreter), tracking is a no-op."""
+    import ctypes
+    try:
+        track = ctypes.cast(ctypes.pythonapi.PyTraceMalloc_Track, ctypes.c_void_p).value
+        untrack = ctypes.cast(ctypes.pythonapi.PyTraceMalloc_Untrack, ctypes.c_void_p).value
+    except (AttributeError, OSError):  # pragma: no cover
+        return
+    if track and untrack:
+        lib.nmpy_set_tracemalloc(ffi.cast("void *", track), ffi.cast("void *", untrack))
+
+
+_hook_tracemalloc()
+
 
 
 def suppressions_path() -> str:
@@ -99,7 +106,6 @@ class DebugAllocator(Allocator):
         self.base = base
         self.traceback_depth = depth
         self.guard_pages = bool(guard_pages)
-        self.tracemalloc = _track is not None
 
     def _site(self) -> Any:
         return caller_site(self.traceback_depth)
@@ -123,20 +129,23 @@ class DebugAllocator(Allocator):
     def realloc(self, buf: Buffer, size: int) -> Buffer:
         old = buf._address() if not buf.freed else None
         out = super().realloc(buf, size)
-        if old is not None and _untrack is not None:
-            _untrack(TRACEMALLOC_DOMAIN, old)
+        if old is not None and _is_tracing():
+            lib.nmpy_untrace(old)
         self._track(out)
         return out
 
-    def _track(self, buf: Buffer) -> None:
-        if _track is not None:
-            _track(TRACEMALLOC_DOMAIN, buf._address(), buf.size)
+    @staticmethod
+    def _track(buf: Buffer) -> None:
+        # tracemalloc sees the block in TRACEMALLOC_DOMAIN; like Python objects, only blocks
+        # allocated while it traces (asking costs less than the call it saves)
+        if _is_tracing():
+            lib.nmpy_trace(buf._address(), buf.size)
 
-    def _before_free(self, buf: Buffer) -> None:
-        # Frees record where they happened (for write-after-free reports), then untrack.
-        lib.nm_site_set(caller_site(self.traceback_depth), 0)
-        if _untrack is not None:
-            _untrack(TRACEMALLOC_DOMAIN, buf._address())
+    def _free_recorded(self, buf: Buffer, p: Any) -> int:
+        # Frees record where they happened (for write-after-free reports).
+        if _is_tracing():
+            lib.nmpy_untrace(buf._address())
+        return int(lib.nm_free_checked_at(self._table, p, caller_site(self.traceback_depth), 0))
 
     # -- checks and reports -----------------------------------------------------------------------
     def check(self) -> None:
