@@ -27,18 +27,6 @@ _lock = threading.Lock()
 _in_package: Dict[str, bool] = {}  # co_filename -> is a nativemem module (abspath costs a getcwd)
 
 
-def _outside_package(frame: Any) -> Any:
-    while frame is not None:
-        name = frame.f_code.co_filename
-        inside = _in_package.get(name)
-        if inside is None:
-            inside = _in_package[name] = os.path.dirname(os.path.abspath(name)) == _PKG_DIR
-        if not inside:
-            return frame
-        frame = frame.f_back
-    return frame
-
-
 def caller_site(depth: int = 1) -> Any:
     """A ``char *`` naming the innermost ``depth`` frames outside nativemem (most recent first),
     as lines ``"file:line in func"`` joined by newlines and prefixed with ``py:``.
@@ -47,7 +35,7 @@ def caller_site(depth: int = 1) -> Any:
     for a site seen before; the code objects are kept alive so that their ids stay unique."""
     frame = sys._getframe(1)
     inside_get = _in_package.get
-    while frame is not None:  # skip nativemem's own frames (_outside_package, inlined: hot)
+    while frame is not None:  # skip nativemem's own frames
         name = frame.f_code.co_filename
         inside = inside_get(name)
         if inside is None:

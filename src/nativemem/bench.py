@@ -279,6 +279,12 @@ def _py_workloads(quick: bool) -> List[Workload]:
         if b.available:
             a = nativemem.allocator(b.name)
             w.fns[f"nativemem {b.name} Buffer"] = (lambda a=a: _per_call(lambda: a.malloc(64).free(), n))
+    dbg = nativemem.DebugAllocator(base=libc)  # records the Python site of every malloc and free
+    # compiled under a name outside the package, as user code is: sites are the first frame
+    # outside nativemem, and this module is inside it
+    user_pair = eval(compile("lambda: dbg.malloc(64).free()", "<user code>", "eval"), {"dbg": dbg})
+    w.fns["nativemem DebugAllocator Buffer"] = lambda: _per_call(user_pair, n)
+    w._keep = (dbg,)  # type: ignore[attr-defined]
     pool = nativemem.Pool(64)
     w.fns["nativemem Pool.alloc/free"] = lambda: _per_call(lambda: pool.free(pool.alloc()), n)
 
