@@ -82,6 +82,8 @@ void nm_site_get(const char **file, int *line) {
 
 /* ---- statistics ---------------------------------------------------------------------- */
 NM_INLINE size_t nm__block_bytes(nm_allocator_t *a, const void *p, size_t requested) {
+    /* an EXACT_SIZE allocator's usable size is the request: no call (the arena's takes its lock) */
+    if (a->flags & NM_ALLOC_EXACT_SIZE) return requested;
     return a->usable_size ? a->usable_size(a->ctx, p) : requested;
 }
 
@@ -172,7 +174,7 @@ void *nm_realloc(nm_allocator_t *a, void *p, size_t size) {
     if (NM_UNLIKELY(q == NULL)) return nm__fail(a, size, seq);
     if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS)) && a->usable_size) {
         intptr_t live, peak;
-        size_t new_bytes = a->usable_size(a->ctx, q);
+        size_t new_bytes = (a->flags & NM_ALLOC_EXACT_SIZE) ? size : a->usable_size(a->ctx, q);
         live = nm_atomic_add_relaxed(&a->st_live_bytes, (intptr_t)new_bytes - (intptr_t)old_bytes);
         peak = nm_atomic_load_relaxed(&a->st_peak_bytes);
         while (live > peak && !nm_atomic_cas_weak_relaxed(&a->st_peak_bytes, &peak, live)) {

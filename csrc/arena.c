@@ -5,8 +5,9 @@
  * two and 16 linear second-level classes per power, bitmaps to find a fitting non-empty list
  * with two bit scans, boundary tags (each header points to its physical predecessor) for O(1)
  * coalescing.  Every header carries a magic word derived from its address, so frees of foreign
- * pointers and double frees are reported instead of corrupting the heap.  One mutex serialises
- * operations (as Movian's lwmutex does).
+ * pointers and double frees are reported instead of corrupting the heap.  One lock serialises
+ * operations (as Movian's lwmutex does): a spinlock, the critical sections being short (the
+ * full-heap walks of nm_arena_stats/check excepted, which are rare).
  */
 #include "nm_internal.h"
 
@@ -34,7 +35,7 @@ typedef struct nm__ablk {
 #define NM__FL_COUNT   32                    /* classes up to 2^38 bytes: bitmaps fit 32 bits */
 
 typedef struct nm__arena {
-    nm_mutex_t lock;
+    nm_spin_t lock; /* short critical sections: a spinlock (platform.h) */
     nm_allocator_t *base;   /* where the region came from (NULL: the OS)              */
     char *region;           /* as obtained                                              */
     size_t region_size;
@@ -219,9 +220,9 @@ static void nm__free_locked(nm__arena_t *ar, nm__ablk_t *b) {
 static void *nm__arena_malloc(void *ctx, size_t n) {
     nm__arena_t *ar = (nm__arena_t *)ctx;
     void *p;
-    nm_mutex_lock(&ar->lock);
+    nm_spin_lock(&ar->lock);
     p = nm__alloc_locked(ar, n);
-    nm_mutex_unlock(&ar->lock);
+    nm_spin_unlock(&ar->lock);
     return p;
 }
 
@@ -234,10 +235,10 @@ static void *nm__arena_calloc(void *ctx, size_t n, size_t s) {
 static void nm__arena_free(void *ctx, void *p) {
     nm__arena_t *ar = (nm__arena_t *)ctx;
     nm__ablk_t *b;
-    nm_mutex_lock(&ar->lock);
+    nm_spin_lock(&ar->lock);
     b = nm__validate(ar, p, "free", NM_ERR_DOUBLE_FREE);
     if (b) nm__free_locked(ar, b);
-    nm_mutex_unlock(&ar->lock);
+    nm_spin_unlock(&ar->lock);
 }
 
 static void *nm__arena_realloc(void *ctx, void *p, size_t n) {
@@ -245,7 +246,7 @@ static void *nm__arena_realloc(void *ctx, void *p, size_t n) {
     nm__ablk_t *b, *next;
     size_t need = nm__need(n), have;
     void *q = NULL;
-    nm_mutex_lock(&ar->lock);
+    nm_spin_lock(&ar->lock);
     b = nm__validate(ar, p, "realloc", NM_ERR_REALLOC_FREED);
     if (b == NULL || need == 0) goto out;
     have = nm__bsize(b);
@@ -271,7 +272,7 @@ static void *nm__arena_realloc(void *ctx, void *p, size_t n) {
         }
     }
 out:
-    nm_mutex_unlock(&ar->lock);
+    nm_spin_unlock(&ar->lock);
     return q;
 }
 
@@ -282,10 +283,10 @@ static void *nm__arena_memalign(void *ctx, size_t align, size_t n) {
     char *user, *aligned;
     if (align <= NM__AALIGN) return nm__arena_malloc(ctx, n);
     if (need == 0 || need > NM_MAX_ALLOC - align - NM__AMIN) return NULL;
-    nm_mutex_lock(&ar->lock);
+    nm_spin_lock(&ar->lock);
     b = nm__find_free(ar, need + align + NM__AMIN);
     if (b == NULL) {
-        nm_mutex_unlock(&ar->lock);
+        nm_spin_unlock(&ar->lock);
         return NULL;
     }
     nm__list_remove(ar, b);
@@ -305,7 +306,7 @@ static void *nm__arena_memalign(void *ctx, size_t align, size_t n) {
     }
     nm__trim(ar, ab, need);
     ab->req = n;
-    nm_mutex_unlock(&ar->lock);
+    nm_spin_unlock(&ar->lock);
     return nm__bpayload(ab);
 }
 
@@ -316,10 +317,10 @@ static size_t nm__arena_usable(void *ctx, const void *p) {
     size_t r = 0;
     /* Safe on any pointer: nm_free asks before freeing, and a bad pointer must not fault here. */
     if (c < ar->start + NM__AHDR || c >= ar->end || ((uintptr_t)(c - ar->start) % NM__AALIGN) != 0) return 0;
-    nm_mutex_lock(&ar->lock);
+    nm_spin_lock(&ar->lock);
     b = nm__bof(p);
     if (b->magic == nm__bmagic(b) && !nm__bfree(b)) r = b->req;
-    nm_mutex_unlock(&ar->lock);
+    nm_spin_unlock(&ar->lock);
     return r;
 }
 
@@ -327,7 +328,6 @@ static void nm__arena_destroy(nm_allocator_t *a) {
     nm__arena_t *ar = (nm__arena_t *)a->ctx;
     if (ar->base) nm_free(ar->base, ar->region);
     else nm_os_unmap(ar->region, ar->region_size);
-    nm_mutex_destroy(&ar->lock);
     _nm_table_free(a);
 }
 
@@ -356,7 +356,6 @@ nm_allocator_t *nm_arena_create(nm_allocator_t *base, size_t size) {
         if (!base) _nm_oom("arena region", size);
         return NULL;
     }
-    nm_mutex_init(&ar->lock);
     ar->start = (char *)_nm_align_up((uintptr_t)ar->region, NM__AALIGN);
     usable = (size_t)((ar->region + size - ar->start) & ~(ptrdiff_t)(NM__AALIGN - 1)) - NM__AHDR;
     ar->end = ar->start + usable;
@@ -394,7 +393,7 @@ int nm_arena_stats(nm_allocator_t *a, nm_arena_stats_t *out) {
     if (ar == NULL) return NM_ERR_INVALID;
     memset(out, 0, sizeof *out);
     out->capacity = ar->capacity;
-    nm_mutex_lock(&ar->lock);
+    nm_spin_lock(&ar->lock);
     for (b = (nm__ablk_t *)ar->start; (char *)b < ar->end; b = nm__bnext(b)) {
         size_t sz = nm__bsize(b);
         int bin = nm_fls_size(sz);
@@ -410,7 +409,7 @@ int nm_arena_stats(nm_allocator_t *a, nm_arena_stats_t *out) {
             out->used_hist[bin]++;
         }
     }
-    nm_mutex_unlock(&ar->lock);
+    nm_spin_unlock(&ar->lock);
     return NM_OK;
 }
 
@@ -420,7 +419,7 @@ int nm_arena_check(nm_allocator_t *a) {
     size_t free_blocks = 0, listed = 0;
     int fl, sl, rc = NM_OK;
     if (ar == NULL) return NM_ERR_INVALID;
-    nm_mutex_lock(&ar->lock);
+    nm_spin_lock(&ar->lock);
     for (b = (nm__ablk_t *)ar->start; (char *)b < ar->end; b = nm__bnext(b)) {
         size_t sz = nm__bsize(b);
         if (b->magic != nm__bmagic(b) || b->prev_phys != prev || sz < NM__AMIN || sz % NM__AALIGN ||
@@ -462,6 +461,6 @@ int nm_arena_check(nm_allocator_t *a) {
     if (listed != free_blocks)
         rc = _nm_set_error(NM_ERR_CORRUPT, "arena has %zu free blocks but %zu on its free lists", free_blocks, listed);
 out:
-    nm_mutex_unlock(&ar->lock);
+    nm_spin_unlock(&ar->lock);
     return rc;
 }
