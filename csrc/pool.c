@@ -59,6 +59,11 @@ struct nm__tcache {
     nm_atomic_t peak_net;
     intptr_t net;               /* allocs - frees of this cache (owner only)             */
     uintptr_t last_chunk;       /* a chunk base this thread already found in the registry */
+    void *hot;                  /* the object this thread freed last into a chunk it owns:
+                                   validated, its allocation bit clear (a second free is still
+                                   caught), on no list; the next allocation takes it as is.
+                                   Not in checked mode (its poison is verified on hand-out). */
+    size_t hot_idx;
     nm__tcache_t *next;
 };
 
@@ -237,6 +242,14 @@ static void NM_TLS_DTOR_CALL nm__thread_exit(void *arg);
 /* Returns chunks of `tc` to the pool's orphan list and frees the cache for reuse (lock held). */
 static void nm__tcache_release(nm_pool_t *pool, nm__tcache_t *tc) {
     nm__chunk_t *c = tc->owned, *next;
+    if (tc->hot) { /* back on its chunk's free list before the chunk is orphaned */
+        nm__chunk_t *hc = (nm__chunk_t *)((uintptr_t)tc->hot & pool->chunk_mask);
+        nm__link_open(pool, tc->hot);
+        *(void **)tc->hot = nm__encode(pool, tc->hot, hc->free);
+        nm__link_close(pool, tc->hot);
+        hc->free = tc->hot;
+        tc->hot = NULL;
+    }
     for (; c; c = next) {
         next = c->next_owned;
         nm_atomic_store_relaxed(&c->owner, 0);
@@ -322,17 +335,37 @@ static NM_NOINLINE nm__tcache_t *nm__tc_slow(nm_pool_t *pool, uintptr_t me) {
     return tc;
 }
 
-/* The calling thread's cache for `pool`: a hint slot checked against the cache's thread. */
+/* The last pool this thread used and its cache there: the common case is one thread-local
+ * compare.  The pool's id (unique for the process) guards against a destroyed pool whose memory
+ * now holds another pool; thread exit clears it. */
+typedef struct nm__tlast {
+    nm_pool_t *pool;
+    uint64_t id;
+    nm__tcache_t *tc;
+} nm__tlast_t;
+static NM_THREAD_LOCAL NM_TLS_FAST nm__tlast_t nm__tlast;
+
+/* The calling thread's cache for `pool`: the last one used, else a hint slot checked against
+ * the cache's thread, else the slow path. */
 NM_INLINE nm__tcache_t *nm__tc(nm_pool_t *pool) {
-    uintptr_t me = nm_thread_fast_id();
-    nm__tcache_t *tc = (nm__tcache_t *)nm_atomic_load_ptr_acquire(&pool->tcs[nm__tc_hash(me)]);
-    if (NM_LIKELY(tc != NULL && (uintptr_t)nm_atomic_load_relaxed(&tc->thread) == me)) return tc;
-    return nm__tc_slow(pool, me);
+    uintptr_t me;
+    nm__tcache_t *tc;
+    if (NM_LIKELY(nm__tlast.pool == pool && nm__tlast.id == pool->id)) return nm__tlast.tc;
+    me = nm_thread_fast_id();
+    tc = (nm__tcache_t *)nm_atomic_load_ptr_acquire(&pool->tcs[nm__tc_hash(me)]);
+    if (tc == NULL || (uintptr_t)nm_atomic_load_relaxed(&tc->thread) != me) tc = nm__tc_slow(pool, me);
+    if (tc != NULL) {
+        nm__tlast.pool = pool;
+        nm__tlast.id = pool->id;
+        nm__tlast.tc = tc;
+    }
+    return tc;
 }
 
 /* Thread exit: orphan the exiting thread's chunks in every pool still alive. */
 static void NM_TLS_DTOR_CALL nm__thread_exit(void *arg) {
     nm__tnode_t *n = (nm__tnode_t *)arg, *next;
+    nm__tlast.pool = NULL; /* its cache is about to be released */
     nm_mutex_lock(&nm__pools_lock);
     for (; n; n = next) {
         nm_pool_t *q = nm__pools;
@@ -728,6 +761,13 @@ NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, i
     void *slot;
     size_t idx;
     int reused = 0;
+    if (tc->hot) { /* validated when it was freed; its chunk is still this thread's */
+        slot = tc->hot;
+        idx = tc->hot_idx;
+        tc->hot = NULL;
+        c = (nm__chunk_t *)((uintptr_t)slot & pool->chunk_mask);
+        goto take;
+    }
     for (;;) {
         if (NM_UNLIKELY(!c || !nm__has_room(c))) {
             if (c) nm__collect(pool, c);
@@ -775,6 +815,7 @@ NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, i
         }
         break;
     }
+take:
     nm__bit_put(c->alloc_bits, idx, 1);
     {
         intptr_t net = ++tc->net;
@@ -875,6 +916,13 @@ NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p) {
     NM_ASAN_POISON(p, pool->object_size);
     if (NM_LIKELY((nm__tcache_t *)nm_atomic_load_relaxed(&c->owner) == tc)) {
         nm__bit_put(c->alloc_bits, idx, 0);
+        if (tc->hot == NULL && !(pool->flags & NM_POOL_CHECKED)) { /* kept for the next alloc */
+            tc->hot = p;
+            tc->hot_idx = idx;
+            nm__counter_inc(&tc->frees);
+            tc->net--;
+            return 0;
+        }
         nm__link_open(pool, p);
         *(void **)p = nm__encode(pool, p, c->free);
         nm__link_close(pool, p);

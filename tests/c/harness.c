@@ -234,6 +234,60 @@ static nm_allocator_t *plain_libc(void) {
 }
 #endif
 
+/* A thread's last freed object (kept for its next allocation) goes back to the chunk when the
+ * thread exits: 300 short-lived threads each allocating and freeing one object never need a
+ * second chunk. */
+static void one_object(void *arg) {
+    nm_pool_t *pool = (nm_pool_t *)arg;
+    void *o = nm_pool_alloc(pool);
+    if (o == NULL || nm_pool_free(pool, o) != NM_OK) abort();
+    if (nm_pool_free(pool, o) != NM_ERR_DOUBLE_FREE) abort(); /* the kept object is still guarded */
+    nm_clear_error();
+}
+
+static void check_pool_thread_exit(void) {
+    nm_pool_t *pool = nm_pool_create(NULL, 32, 16, 0);
+    nm_pool_stats_t st;
+    int i;
+    fprintf(stderr, "  pool: objects kept by exited threads\n");
+    CHECK(pool != NULL);
+    if (!pool) return;
+    for (i = 0; i < 300; i++) {
+        nm_thread_t *t = nm_thread_start(one_object, pool);
+        CHECK(t != NULL);
+        if (t) nm_thread_join(t);
+    }
+    nm_pool_stats(pool, &st);
+    CHECK(st.live == 0 && st.allocations == 300 && st.frees == 300 && st.chunks == 1);
+    /* and every slot of that chunk can be handed out again: as many as a fresh pool's chunk */
+    {
+        nm_pool_t *fresh = nm_pool_create(NULL, 32, 16, NM_POOL_QUIET);
+        size_t per_chunk = 0, again = 0;
+        nm_pool_stats_t fs;
+        void *objs[4096];
+        CHECK(fresh != NULL);
+        if (fresh) {
+            for (;;) {
+                void *o = nm_pool_alloc(fresh);
+                nm_pool_stats(fresh, &fs);
+                if (o == NULL || fs.chunks > 1 || per_chunk == 4096) break;
+                per_chunk++;
+            }
+            nm_pool_destroy(fresh); /* its objects are left live on purpose (QUIET) */
+        }
+        for (;;) {
+            void *o = nm_pool_alloc(pool);
+            if (o == NULL || again == 4096) break;
+            objs[again++] = o;
+            nm_pool_stats(pool, &st);
+            if (st.chunks > 1) break;
+        }
+        CHECK(per_chunk > 0 && again == per_chunk + 1); /* the last one opened a second chunk */
+        while (again) CHECK(nm_pool_free(pool, objs[--again]) == NM_OK);
+    }
+    nm_pool_destroy(pool);
+}
+
 /* ---- threads on one debug allocator: cross-thread frees, and destroy racing the last free -- */
 typedef struct { nm_allocator_t *dbg; nm_atomic_t *slots; int id; } dwork_t;
 
@@ -310,6 +364,7 @@ int main(void) {
     check_structures(nm_allocator_libc());
     check_threads();
     check_debug_threads();
+    check_pool_thread_exit();
     fprintf(stderr, "%d checks, %d failed\n", checks, failures);
     printf("%d passed, %d failed\n", checks - failures, failures);
     return failures ? 1 : 0;
