@@ -27,6 +27,28 @@ def test_interned_equality_is_pointer_equality():
     assert len(t) == 0 and c.released
 
 
+def test_every_byte_of_every_length_counts():
+    # the hash and the equality test read words (overlapping at the end): a difference in any
+    # one byte, at any length, must make a different string
+    t = StringTable()
+    held = []
+    for n in range(0, 70):
+        base = bytes((i * 7 + n) % 251 + 1 for i in range(n))
+        a = t.intern(base)
+        b = t.intern(bytes(base))
+        assert a.address == b.address
+        held += [a, b]
+        for k in range(n):
+            other = bytearray(base)
+            other[k] ^= 0x20
+            c = t.intern(bytes(other))
+            assert c.address != a.address and bytes(c) == bytes(other)
+            held.append(c)
+    for h in held:
+        h.release()
+    assert len(t) == 0
+
+
 def test_odd_strings():
     t = StringTable()
     cases = ["", "a\x00b", "\x00", "é漢字🙂", "x" * 1_000_000]
