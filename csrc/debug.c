@@ -60,6 +60,7 @@ typedef struct nm__dbg {
     nm_allocator_t *self;
     unsigned flags;
     size_t quarantine_cap;
+    size_t quarantine_max_bytes; /* 0: no byte bound */
     /* hash: user address -> record (live or quarantined) */
     nm__dent_t *tab;
     size_t mask, count;
@@ -499,6 +500,10 @@ static int nm__release(nm__dbg_t *d, nm__dblk_t *r) {
     d->q[at] = r;
     d->q_count++;
     d->q_bytes += r->size;
+    while (NM_UNLIKELY(d->q_bytes > d->quarantine_max_bytes && d->quarantine_max_bytes != 0)) {
+        int e = nm__evict(d); /* oldest first (this block last): the byte bound */
+        if (rc2 == NM_OK) rc2 = e;
+    }
     /* a canary error is about this block; otherwise re-raise the eviction's (another block) */
     return rc != NM_OK ? rc : rc2;
 }
@@ -628,6 +633,7 @@ nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t 
     d->self = a;
     d->flags = flags;
     d->quarantine_cap = quarantine;
+    d->quarantine_max_bytes = NM_DEBUG_QUARANTINE_BYTES;
     d->page = nm_os_page_size();
     d->vg = NM_VG_RUNNING() ? 1 : 0;
     a->malloc = nm__dbg_malloc;
@@ -644,6 +650,21 @@ nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t 
 nm_allocator_t *nm_debug_create(nm_allocator_t *base, unsigned flags) { return nm_debug_create_ex(base, flags, 1024); }
 
 int nm_debug_is(nm_allocator_t *a) { return a != NULL && a->malloc == nm__dbg_malloc; }
+
+static nm__dbg_t *nm__as_dbg(nm_allocator_t *a);
+int nm_debug_set_quarantine_bytes(nm_allocator_t *a, size_t max_bytes) {
+    nm__dbg_t *d = nm__as_dbg(a);
+    int rc = NM_OK;
+    if (d == NULL) return NM_ERR_INVALID;
+    nm_spin_lock(&d->lock);
+    d->quarantine_max_bytes = max_bytes;
+    while (d->q_bytes > max_bytes && max_bytes != 0) {
+        int e = nm__evict(d);
+        if (rc == NM_OK) rc = e;
+    }
+    nm_spin_unlock(&d->lock);
+    return rc;
+}
 
 static nm__dbg_t *nm__as_dbg(nm_allocator_t *a) {
     if (!nm_debug_is(a)) {

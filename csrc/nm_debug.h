@@ -30,6 +30,11 @@ typedef struct nm_debug_stats {
  * free and realloc of freed blocks.  Destroy with nm_allocator_destroy. */
 nm_allocator_t *nm_debug_create(nm_allocator_t *base, unsigned flags);
 nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t quarantine);
+/* The quarantine also holds at most this many bytes (default NM_DEBUG_QUARANTINE_BYTES): the
+ * oldest blocks leave first, and a block larger than the bound leaves at once (its poison
+ * verified), as ASan's quarantine does.  0: no byte bound. */
+#define NM_DEBUG_QUARANTINE_BYTES 67108864
+int nm_debug_set_quarantine_bytes(nm_allocator_t *a, size_t max_bytes);
 /* 1 when `a` is a debug allocator. */
 int nm_debug_is(nm_allocator_t *a);
 /* Verify every live block's canaries and every quarantined block's poison: NM_OK or the first

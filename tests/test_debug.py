@@ -130,6 +130,26 @@ def test_flush_gives_every_freed_block_back_to_base():
         lib.nm_allocator_destroy(base)
 
 
+def test_quarantine_is_bounded_in_bytes_too():
+    d = DebugAllocator(quarantine=1000, quarantine_bytes=10_000)
+    for _ in range(50):
+        d.malloc(1000).free()
+    st = d.debug_stats()
+    assert st.quarantined_bytes <= 10_000 and st.quarantined_blocks == 10
+    big = d.malloc(50_000)
+    addr = big.address
+    big.free()  # larger than the bound: leaves at once, its poison checked, the rest with it
+    st = d.debug_stats()
+    assert st.quarantined_bytes == 0 and st.quarantined_blocks == 0
+    assert d.malloc(50_000).address == addr  # it is the recycled block now
+    with pytest.raises(ValueError):
+        DebugAllocator(quarantine_bytes=-1)
+    unbounded = DebugAllocator(quarantine=64, quarantine_bytes=0)
+    for _ in range(64):
+        unbounded.malloc(100_000).free()
+    assert unbounded.debug_stats().quarantined_blocks == 64
+
+
 def test_double_free_and_invalid_free_at_c_level():
     d = DebugAllocator()
     t = d.cdata

@@ -84,25 +84,30 @@ class DebugStats(NamedTuple):
 
 
 class DebugAllocator(Allocator):
-    """``DebugAllocator(base=None, *, traceback_depth=1, quarantine=1024, guard_pages=False)``.
+    """``DebugAllocator(base=None, *, traceback_depth=1, quarantine=1024, guard_pages=False,
+    quarantine_bytes=64 MiB)``.
 
-    ``base`` is the Allocator the blocks come from (default: libc).  Errors found during
-    ``free()`` raise at once; :meth:`check` scans every block."""
+    ``base`` is the Allocator the blocks come from (default: libc).  Freed blocks wait in a
+    quarantine of at most ``quarantine`` blocks and ``quarantine_bytes`` bytes (0: no byte
+    bound; a larger block leaves at once, its poison checked), oldest leaving first.  Errors
+    found during ``free()`` raise at once; :meth:`check` scans every block."""
 
     _records_sites = True
 
     def __init__(self, base: Optional[Allocator] = None, *, traceback_depth: int = 1, quarantine: int = 1024,
-                 guard_pages: bool = False) -> None:
+                 guard_pages: bool = False, quarantine_bytes: int = 64 << 20) -> None:
         if base is not None and not isinstance(base, Allocator):
             raise E.InvalidTypeError(f"base must be a nativemem.Allocator, not {type(base).__name__}")
         depth = as_size(traceback_depth, "traceback_depth")
         if depth == 0:
             raise E.InvalidArgumentError("traceback_depth must be at least 1")
         q = as_size(quarantine, "quarantine")
+        qbytes = as_size(quarantine_bytes, "quarantine_bytes")
         flags = lib.NM_DEBUG_GUARD_PAGES if guard_pages else 0
         table = check_ptr(lib.nm_debug_create_ex(base.cdata if base is not None else ffi.NULL, flags, q),
                           "cannot create a debug allocator")
         super().__init__(table, name="debug", owned=True, keepalive=base, backend="debug")
+        lib.nm_debug_set_quarantine_bytes(table, qbytes)
         self.base = base
         self.traceback_depth = depth
         self.guard_pages = bool(guard_pages)

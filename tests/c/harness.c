@@ -147,6 +147,16 @@ static void check_structures(nm_allocator_t *base) {
         nm_free(dbg, p);
         CHECK(nm_free_checked(dbg, p) == NM_ERR_DOUBLE_FREE);
         nm_clear_error();
+        CHECK(nm_debug_set_quarantine_bytes(base, 100) == NM_ERR_INVALID); /* not a debug allocator */
+        nm_clear_error();
+        CHECK(nm_debug_set_quarantine_bytes(dbg, 100) == NM_OK);
+        p = nm_malloc(dbg, 150);
+        nm_free(dbg, p); /* over the byte bound: out of the quarantine at once */
+        {
+            nm_debug_stats_t st;
+            nm_debug_stats(dbg, &st);
+            CHECK(st.quarantined_blocks == 0 && st.quarantined_bytes == 0);
+        }
     }
     nm_allocator_destroy(dbg);
 
