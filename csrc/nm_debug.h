@@ -24,9 +24,9 @@ typedef struct nm_debug_stats {
     uint64_t next_serial;
 } nm_debug_stats_t;
 
-/* A debug allocator wrapping `base` (NULL: libc): canaries before and after every block, a live
- * list with allocation sites and serial numbers, 0xDD poisoning and a bounded quarantine of
- * `quarantine` freed blocks, detection of double/invalid frees, overflow, underflow, write after
+/* A debug allocator wrapping `base` (NULL: libc): canaries before and after every block, a record
+ * of every live block with its allocation site and serial number, 0xDD poisoning and a bounded
+ * quarantine of `quarantine` freed blocks (and NM_DEBUG_QUARANTINE_BYTES), detection of double/invalid frees, overflow, underflow, write after
  * free and realloc of freed blocks.  Destroy with nm_allocator_destroy. */
 nm_allocator_t *nm_debug_create(nm_allocator_t *base, unsigned flags);
 nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t quarantine);

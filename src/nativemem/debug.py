@@ -1,13 +1,14 @@
 """DebugAllocator: catch every class of native-memory bug and name the Python line.
 
 What ``PYTHONMALLOC=debug`` and tracemalloc give Python objects, for native memory: canaries
-before and after every block (an overflow of one byte is caught), a live list with the Python
-traceback (and the C site) of each allocation, 0xDD poisoning with a bounded quarantine (writes
+before and after every block (an overflow of one byte is caught), a record of every live block
+with the Python traceback (and the C site) of its allocation, 0xDD poisoning with a bounded quarantine (writes
 after free are found when a block leaves it, or by :meth:`DebugAllocator.check`), double and
 invalid frees, realloc of freed blocks, optional guard pages (an out-of-bounds access or a read
 after free faults at the instruction), leak reports and snapshots.
 
-tracemalloc: every block is also reported with ``PyTraceMalloc_Track`` in domain
+tracemalloc: every block allocated while tracemalloc traces (as for Python objects) is also
+reported with ``PyTraceMalloc_Track`` in domain
 :data:`TRACEMALLOC_DOMAIN` (0x6E6D, "nm"), so ``tracemalloc.take_snapshot()`` shows native
 memory allocated through nativemem next to Python objects (filter with
 ``tracemalloc.DomainFilter(True, nativemem.debug.TRACEMALLOC_DOMAIN)``).
