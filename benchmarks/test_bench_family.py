@@ -22,6 +22,15 @@ def test_base_pair(benchmark):
     benchmark(lambda: lib.nm_bench_pairs(base.cdata, 64, 20_000, ffi.NULL))
 
 
+@pytest.mark.parametrize("who", ["libc", "debug"])
+def test_debug_mixed_sizes(benchmark, who):
+    # sizes 16..512 with 256 live blocks: the recycled block rarely fits, fills grow with size
+    base = nativemem.allocator("libc")
+    a = base if who == "libc" else nativemem.DebugAllocator(base=base)
+    benchmark.group = "C mixed sizes 16-512B: debug allocator vs base"
+    benchmark(lambda: lib.nm_bench_mix(a.cdata, 16, 512, 256, 10_000, 7, ffi.NULL))
+
+
 def test_refcount_pair(benchmark):
     benchmark.group = "refcount inc+dec"
     benchmark(lambda: lib.nm_ref_bench_pairs(200_000))
