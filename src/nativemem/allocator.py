@@ -16,6 +16,11 @@ from ._ffi import MAX_ALLOC, as_size, check_ptr, ffi, lib, make_error, raise_las
 
 __all__ = ["Allocator", "Buffer", "AllocatorStats"]
 
+# Hot-path names bound once: a module global is one dict lookup, ``lib.x`` is two.
+_nm_malloc = lib.nm_malloc
+_nm_free_checked = lib.nm_free_checked
+_new = object.__new__
+
 
 class AllocatorStats(NamedTuple):
     """Counters kept by the C front door (``nm_malloc`` & co.) for one allocator table.
@@ -99,10 +104,17 @@ class Allocator:
         if self._records_sites:
             p = lib.nm_malloc_at(self._table, n, self._site(), 0)
         else:
-            p = lib.nm_malloc(self._table, n)
+            p = _nm_malloc(self._table, n)
         if not p:
             raise_last(f"malloc({n}) failed", size=n)
-        return Buffer._make(self, p, n)
+        b = _new(Buffer)  # Buffer._make, inlined: this is the hot path
+        b._allocator = self
+        b._cell = [p]
+        b._addr = 0
+        b._freed_ptr = None
+        b._size = n
+        b._exports = None
+        return b
 
     def calloc(self, count: int, size: int) -> "Buffer":
         """Allocate ``count * size`` zeroed bytes; the product is overflow-checked in C."""
@@ -311,7 +323,7 @@ class Buffer:
         if alloc._records_sites:
             rc = alloc._free_recorded(self, p)
         else:
-            rc = lib.nm_free_checked(alloc._table, p)
+            rc = _nm_free_checked(alloc._table, p)
         if rc:
             msg = ffi.string(lib.nm_last_error_message()).decode("utf-8", "replace")
             lib.nm_clear_error()
