@@ -233,11 +233,11 @@ void *nm_memalign(nm_allocator_t *a, size_t alignment, size_t size) {
 }
 
 /* The *_at variants set the site for the duration of the call only. */
-#define NM__WITH_SITE(expr)                                                              \
+#define NM__WITH_SITE(type, expr)                                                        \
     do {                                                                                 \
         const char *of = _nm_site_file;                                                  \
         int ol = _nm_site_line;                                                          \
-        void *r;                                                                         \
+        type r;                                                                          \
         _nm_site_file = file;                                                            \
         _nm_site_line = line;                                                            \
         r = (expr);                                                                      \
@@ -247,26 +247,19 @@ void *nm_memalign(nm_allocator_t *a, size_t alignment, size_t size) {
     } while (0)
 
 void *nm_malloc_at(nm_allocator_t *a, size_t size, const char *file, int line) {
-    NM__WITH_SITE(nm_malloc(a, size));
+    NM__WITH_SITE(void *, nm_malloc(a, size));
 }
 void *nm_calloc_at(nm_allocator_t *a, size_t n, size_t size, const char *file, int line) {
-    NM__WITH_SITE(nm_calloc(a, n, size));
+    NM__WITH_SITE(void *, nm_calloc(a, n, size));
 }
 void *nm_realloc_at(nm_allocator_t *a, void *p, size_t size, const char *file, int line) {
-    NM__WITH_SITE(nm_realloc(a, p, size));
+    NM__WITH_SITE(void *, nm_realloc(a, p, size));
 }
 void *nm_memalign_at(nm_allocator_t *a, size_t alignment, size_t size, const char *file, int line) {
-    NM__WITH_SITE(nm_memalign(a, alignment, size));
+    NM__WITH_SITE(void *, nm_memalign(a, alignment, size));
 }
 int nm_free_checked_at(nm_allocator_t *a, void *p, const char *file, int line) {
-    const char *of = _nm_site_file;
-    int ol = _nm_site_line, rc;
-    _nm_site_file = file;
-    _nm_site_line = line;
-    rc = nm_free_checked(a, p);
-    _nm_site_file = of;
-    _nm_site_line = ol;
-    return rc;
+    NM__WITH_SITE(int, nm_free_checked(a, p));
 }
 
 size_t nm_usable_size(nm_allocator_t *a, const void *p) {
@@ -304,8 +297,6 @@ nm_allocator_t *_nm_table_new(const char *name, size_t ctx_size) {
 void _nm_table_free(nm_allocator_t *a) { free(a); }
 
 static void nm__destroy_now(nm_allocator_t *a) { a->destroy(a); }
-
-
 
 void nm_allocator_destroy(nm_allocator_t *a) {
     intptr_t expected = 0;

@@ -61,7 +61,7 @@ typedef struct nm__dbg {
     unsigned flags;
     size_t quarantine_cap;
     size_t quarantine_max_bytes; /* 0: no byte bound */
-    /* hash: user address -> record (live or quarantined) */
+    /* hash: user address -> record (live, quarantined or recycled) */
     nm__dent_t *tab;
     size_t mask, count;
     unsigned shift;            /* 64 - log2(capacity) */
@@ -171,6 +171,12 @@ static void nm__del(nm__dbg_t *d, const nm__dblk_t *r) {
     }
     d->tab[i].key = 0;
     d->tab[i].rec = NULL;
+}
+
+/* The record in slot i when it is a live block allocated after serial `since`, else NULL. */
+NM_INLINE nm__dblk_t *nm__live_at(const nm__dbg_t *d, size_t i, uint64_t since) {
+    nm__dblk_t *r = d->tab[i].key ? d->tab[i].rec : NULL;
+    return r && r->state == NM__LIVE && r->serial > since ? r : NULL;
 }
 
 /* ---- canaries and poison ---------------------------------------------------------------------- */
@@ -317,6 +323,11 @@ static int nm__verify_poison(nm__dbg_t *d, nm__dblk_t *r) {
 }
 
 /* ---- raw blocks ---------------------------------------------------------------------------------- */
+/* Bytes asked of base for `size` user bytes at alignment `align` (>= 16), not in guard mode. */
+NM_INLINE size_t nm__raw_need(size_t size, size_t align) {
+    return size + 2 * NM__CANARY + (align > 16 ? align : 0);
+}
+
 static int nm__raw_alloc(nm__dbg_t *d, nm__dblk_t *r, size_t size, size_t align) {
     size_t need;
     if (align < 16) align = 16;
@@ -334,7 +345,7 @@ static int nm__raw_alloc(nm__dbg_t *d, nm__dblk_t *r, size_t size, size_t align)
         return 0;
     }
     if (size > NM_MAX_ALLOC - 2 * NM__CANARY - align) return -1;
-    need = size + 2 * NM__CANARY + (align > 16 ? align : 0);
+    need = nm__raw_need(size, align);
     r->raw = (char *)(align > 16 ? nm_memalign(d->base, align, need) : nm_malloc(d->base, need));
     if (r->raw == NULL) return -1;
     r->raw_size = need;
@@ -392,6 +403,22 @@ static int nm__evict(nm__dbg_t *d) {
     return rc;
 }
 
+/* Release the oldest blocks while the quarantine holds more than max_blocks or max_bytes;
+ * returns the first poison error found. */
+static int nm__shrink(nm__dbg_t *d, size_t max_blocks, size_t max_bytes) {
+    int rc = NM_OK;
+    while (d->q_count > 0 && (d->q_count > max_blocks || d->q_bytes > max_bytes)) {
+        int e = nm__evict(d);
+        if (rc == NM_OK) rc = e;
+    }
+    return rc;
+}
+
+/* The quarantine's byte bound (0: none) as a limit for nm__shrink. */
+NM_INLINE size_t nm__byte_limit(const nm__dbg_t *d) {
+    return d->quarantine_max_bytes ? d->quarantine_max_bytes : SIZE_MAX;
+}
+
 /* The ring grows by doubling up to the quarantine's capacity (1 << 24 records at most). */
 static NM_NOINLINE int nm__q_grow(nm__dbg_t *d) {
     size_t size = d->q_size ? d->q_size * 2 : 64, i;
@@ -411,7 +438,7 @@ static NM_NOINLINE int nm__q_grow(nm__dbg_t *d) {
 /* Allocate and record a block (lock held). */
 static void *nm__dalloc_locked(nm__dbg_t *d, size_t size, size_t align, int zero) {
     nm__dblk_t *r = d->recycled;
-    if (r != NULL && align <= 16 && r->raw_size == size + 2 * NM__CANARY) {
+    if (r != NULL && align <= 16 && r->raw_size == nm__raw_need(size, 16)) {
         /* same size as the recycled block (which had no extra alignment): reuse it in place */
         d->recycled = NULL;
         NM_ASAN_UNPOISON(r->raw, r->raw_size); /* as fresh memory: paint poisons the canaries again */
@@ -470,10 +497,12 @@ static int nm__bad_pointer(nm__dbg_t *d, const void *p, const char *what, int fr
     return _nm_set_error(NM_ERR_INVALID_FREE, "%s of %p: not a block of this debug allocator", what, p);
 }
 
-/* Free a live record (lock held); returns the first error found (canaries, eviction). */
+/* Free a live record and count it out of the table (lock held); returns the first error found
+ * (canaries, eviction). */
 static int nm__release(nm__dbg_t *d, nm__dblk_t *r) {
     int rc = nm__verify_canaries(d, r), rc2 = NM_OK;
     size_t at;
+    _nm_table_count_free_serial(d->self, r->size);
     NM__VG(d, NM_VG_FREELIKE(r->user, NM__CANARY));
     r->state = NM__QUARANTINED;
     r->free_file = _nm_site_file;
@@ -500,13 +529,14 @@ static int nm__release(nm__dbg_t *d, nm__dblk_t *r) {
     d->q[at] = r;
     d->q_count++;
     d->q_bytes += r->size;
-    while (NM_UNLIKELY(d->q_bytes > d->quarantine_max_bytes && d->quarantine_max_bytes != 0)) {
-        int e = nm__evict(d); /* oldest first (this block last): the byte bound */
+    if (NM_UNLIKELY(d->q_bytes > nm__byte_limit(d))) { /* oldest first, this block last */
+        int e = nm__shrink(d, SIZE_MAX, nm__byte_limit(d));
         if (rc2 == NM_OK) rc2 = e;
     }
     /* a canary error is about this block; otherwise re-raise the eviction's (another block) */
     return rc != NM_OK ? rc : rc2;
 }
+
 /* Deferred destruction, decided under the lock: nm_allocator_destroy with blocks live marks the
  * allocator dying; the free that releases the last block then tears it down, after unlocking.
  * Deciding under the lock (not with the front door's atomics) means no thread can still be in
@@ -530,9 +560,7 @@ static void nm__dbg_free(void *ctx, void *p) {
     if (NM_UNLIKELY(r == NULL || r->state != NM__LIVE)) {
         nm__bad_pointer(d, p, "free", NM_ERR_DOUBLE_FREE);
     } else {
-        size_t freed = r->size;
         nm__release(d, r);
-        _nm_table_count_free_serial(self, freed);
         last = nm__last_free_of_dying(d);
     }
     nm_spin_unlock(&d->lock);
@@ -562,9 +590,7 @@ static void *nm__dbg_realloc(void *ctx, void *p, size_t n) {
     q = nm__dalloc_locked(d, n, 16, 0);
     if (q != NULL) {
         memcpy(q, p, keep);
-        keep = r->size;
         nm__release(d, r);
-        _nm_table_count_free_serial(self, keep);
         last = nm__last_free_of_dying(d);
     }
     nm_spin_unlock(&d->lock);
@@ -587,7 +613,7 @@ static size_t nm__dbg_usable(void *ctx, const void *p) {
 static void nm__teardown(nm_allocator_t *a) {
     nm__dbg_t *d = (nm__dbg_t *)a->ctx;
     size_t i;
-    while (d->q_count) nm__evict(d);
+    nm__shrink(d, 0, 0);
     for (i = 0; d->tab && i <= d->mask; i++) /* leaks: give their memory back */
         if (d->tab[i].key) nm__raw_free(d, d->tab[i].rec);
     while (d->slabs) {
@@ -658,10 +684,7 @@ int nm_debug_set_quarantine_bytes(nm_allocator_t *a, size_t max_bytes) {
     if (d == NULL) return NM_ERR_INVALID;
     nm_spin_lock(&d->lock);
     d->quarantine_max_bytes = max_bytes;
-    while (d->q_bytes > max_bytes && max_bytes != 0) {
-        int e = nm__evict(d);
-        if (rc == NM_OK) rc = e;
-    }
+    rc = nm__shrink(d, SIZE_MAX, nm__byte_limit(d));
     nm_spin_unlock(&d->lock);
     return rc;
 }
@@ -685,13 +708,12 @@ static nm__dblk_t **nm__live_sorted(nm__dbg_t *d, uint64_t since, size_t *n) {
     size_t i, k = 0;
     *n = 0;
     for (i = 0; d->tab && i <= d->mask; i++)
-        if (d->tab[i].key && d->tab[i].rec->state == NM__LIVE && d->tab[i].rec->serial > since) k++;
+        if (nm__live_at(d, i, since)) k++;
     *n = k;
     v = (nm__dblk_t **)malloc((k ? k : 1) * sizeof *v);
     if (v == NULL) return NULL;
     for (i = 0, k = 0; d->tab && i <= d->mask; i++)
-        if (d->tab[i].key && d->tab[i].rec->state == NM__LIVE && d->tab[i].rec->serial > since)
-            v[k++] = d->tab[i].rec;
+        if (nm__live_at(d, i, since)) v[k++] = d->tab[i].rec;
     qsort(v, k, sizeof *v, nm__by_serial);
     return v;
 }
@@ -709,7 +731,7 @@ int nm_debug_check(nm_allocator_t *a) {
         free(v);
     } else {
         for (i = 0; d->tab && i <= d->mask && rc == NM_OK; i++)
-            if (d->tab[i].key && d->tab[i].rec->state == NM__LIVE) rc = nm__verify_canaries(d, d->tab[i].rec);
+            if (nm__live_at(d, i, 0)) rc = nm__verify_canaries(d, d->tab[i].rec);
     }
     for (i = 0; i < d->q_count && rc == NM_OK; i++) rc = nm__verify_poison(d, d->q[(d->q_first + i) % d->q_size]);
     if (rc == NM_OK && d->recycled && d->quarantine_cap > 0) rc = nm__verify_poison(d, d->recycled);
@@ -722,10 +744,7 @@ int nm_debug_flush(nm_allocator_t *a) {
     int rc = NM_OK;
     if (d == NULL) return NM_ERR_INVALID;
     nm_spin_lock(&d->lock);
-    while (d->q_count) {
-        int e = nm__evict(d);
-        if (rc == NM_OK) rc = e;
-    }
+    rc = nm__shrink(d, 0, 0);
     if (d->recycled) { /* flush means: every freed block back to base */
         nm__forget(d, d->recycled);
         d->recycled = NULL;
@@ -750,15 +769,14 @@ size_t nm_debug_blocks(nm_allocator_t *a, nm_debug_block_t *out, size_t cap, uin
     nm_spin_lock(&d->lock);
     if (cap == 0) { /* a count only */
         for (i = 0; d->tab && i <= d->mask; i++)
-            if (d->tab[i].key && d->tab[i].rec->state == NM__LIVE && d->tab[i].rec->serial > since) n++;
+            if (nm__live_at(d, i, since)) n++;
     } else if ((v = nm__live_sorted(d, since, &n)) != NULL) {
         for (i = 0; i < n && i < cap; i++) nm__export(&out[i], v[i]);
         free(v);
     } else { /* no memory to sort: unsorted, still complete */
         size_t k = 0;
         for (i = 0; d->tab && i <= d->mask; i++)
-            if (d->tab[i].key && d->tab[i].rec->state == NM__LIVE && d->tab[i].rec->serial > since)
-                if (k < cap) nm__export(&out[k++], d->tab[i].rec);
+            if (nm__live_at(d, i, since) && k < cap) nm__export(&out[k++], d->tab[i].rec);
     }
     nm_spin_unlock(&d->lock);
     return n;

@@ -26,8 +26,9 @@ typedef struct nm_debug_stats {
 
 /* A debug allocator wrapping `base` (NULL: libc): canaries before and after every block, a record
  * of every live block with its allocation site and serial number, 0xDD poisoning and a bounded
- * quarantine of `quarantine` freed blocks (and NM_DEBUG_QUARANTINE_BYTES), detection of double/invalid frees, overflow, underflow, write after
- * free and realloc of freed blocks.  Destroy with nm_allocator_destroy. */
+ * quarantine of `quarantine` freed blocks (and NM_DEBUG_QUARANTINE_BYTES), detection of
+ * double/invalid frees, overflow, underflow, write after free and realloc of freed blocks.
+ * Destroy with nm_allocator_destroy. */
 nm_allocator_t *nm_debug_create(nm_allocator_t *base, unsigned flags);
 nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t quarantine);
 /* The quarantine also holds at most this many bytes (default NM_DEBUG_QUARANTINE_BYTES): the

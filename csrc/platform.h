@@ -196,12 +196,12 @@ NM_INLINE void nm_mutex_unlock(nm_mutex_t *m)  { pthread_mutex_unlock(m); }
 #endif
 
 /* ---- spinlock -------------------------------------------------------------------------- */
-/* For critical sections of a few dozen instructions on a hot path (the debug allocator): one
- * atomic exchange to take it and a plain release store to drop it, about half a mutex's cost
- * uncontended.  A waiter spins with a pause instruction, then yields its time slice, so a holder
- * that was preempted (or is in a system call) gets the CPU back. */
+/* For critical sections of a few dozen instructions on a hot path (the debug allocator, the
+ * arena, the string table's shards): one atomic exchange to take it and a plain release store
+ * to drop it, about half a mutex's cost uncontended.  A waiter spins with a pause instruction,
+ * then yields its time slice, so a holder that was preempted (or is in a system call) gets the
+ * CPU back.  Zero is unlocked, so zeroed memory holds a ready lock. */
 typedef nm_atomic_t nm_spin_t;
-#define NM_SPIN_INIT 0
 void nm_spin_wait(nm_spin_t *s); /* the contended path (platform.c) */
 NM_INLINE void nm_spin_lock(nm_spin_t *s) {
     if (NM_UNLIKELY(nm_atomic_exchange(s, 1) != 0)) nm_spin_wait(s);

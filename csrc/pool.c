@@ -179,6 +179,14 @@ NM_INLINE void nm__link_close(const nm_pool_t *pool, void *slot) {
     NM_ASAN_POISON(slot, sizeof(void *));
 }
 
+/* Push `slot` on chunk c's free list, its link encoded (owner, or the pool lock held). */
+NM_INLINE void nm__push_free(const nm_pool_t *pool, nm__chunk_t *c, void *slot) {
+    nm__link_open(pool, slot);
+    *(void **)slot = nm__encode(pool, slot, c->free);
+    nm__link_close(pool, slot);
+    c->free = slot;
+}
+
 static const char *nm__sitef(const char *f) { return f ? f : "<unknown>"; }
 
 /* ---- chunk registry -------------------------------------------------------------------- */
@@ -243,11 +251,7 @@ static void NM_TLS_DTOR_CALL nm__thread_exit(void *arg);
 static void nm__tcache_release(nm_pool_t *pool, nm__tcache_t *tc) {
     nm__chunk_t *c = tc->owned, *next;
     if (tc->hot) { /* back on its chunk's free list before the chunk is orphaned */
-        nm__chunk_t *hc = (nm__chunk_t *)((uintptr_t)tc->hot & pool->chunk_mask);
-        nm__link_open(pool, tc->hot);
-        *(void **)tc->hot = nm__encode(pool, tc->hot, hc->free);
-        nm__link_close(pool, tc->hot);
-        hc->free = tc->hot;
+        nm__push_free(pool, (nm__chunk_t *)((uintptr_t)tc->hot & pool->chunk_mask), tc->hot);
         tc->hot = NULL;
     }
     for (; c; c = next) {
@@ -463,10 +467,7 @@ static void nm__collect(nm_pool_t *pool, nm__chunk_t *c) {
             while (!(t & 1u)) { t >>= 1; b++; }
             bits &= bits - 1;
             slot = c->objects + (w * NM__WBITS + b) * pool->stride;
-            nm__link_open(pool, slot);
-            *(void **)slot = nm__encode(pool, slot, c->free);
-            nm__link_close(pool, slot);
-            c->free = slot;
+            nm__push_free(pool, c, slot);
         }
     }
 }
@@ -919,14 +920,9 @@ NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p) {
         if (tc->hot == NULL && !(pool->flags & NM_POOL_CHECKED)) { /* kept for the next alloc */
             tc->hot = p;
             tc->hot_idx = idx;
-            nm__counter_inc(&tc->frees);
-            tc->net--;
-            return 0;
+        } else {
+            nm__push_free(pool, c, p);
         }
-        nm__link_open(pool, p);
-        *(void **)p = nm__encode(pool, p, c->free);
-        nm__link_close(pool, p);
-        c->free = p;
     } else {
         uintptr_t m = (uintptr_t)1 << (idx % NM__WBITS);
         if (nm__atomic_or(&c->remote_bits[idx / NM__WBITS], m) & m) return nm__bad_free(pool, c, p, idx);

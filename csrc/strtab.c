@@ -27,8 +27,7 @@ typedef struct nm__sentry {
 #define NM__ENTRY(s) ((nm__sentry_t *)((char *)(s) - offsetof(nm__sentry_t, data)))
 
 /* A shard: its lock (a spinlock: a probe is a few dozen instructions), table and counters,
- * which its lock guards (no atomic read-modify-write beside the lock's own), padded to a cache
- * line of its own so that threads on different shards do not share one. */
+ * which its lock guards (no atomic read-modify-write beside the lock's own). */
 typedef struct nm__shard {
     nm_spin_t lock;
     uint8_t *tags;
@@ -36,13 +35,18 @@ typedef struct nm__shard {
     size_t mask, used, count; /* used: live + deleted slots */
     uint64_t lookups, hits, inserts, removals;
     intptr_t bytes;
-    char pad[128 - sizeof(nm_spin_t) - 2 * sizeof(void *) - 3 * sizeof(size_t) - 4 * sizeof(uint64_t) -
-             sizeof(intptr_t)];
 } nm__shard_t;
+
+/* Shards 128 bytes apart: the hot head of one (lock and table, 48 bytes on 64-bit) never shares
+ * a cache line with the next one's, whatever the table's own alignment. */
+typedef union nm__shard_slot {
+    nm__shard_t s;
+    char spacing[128];
+} nm__shard_slot_t;
 
 struct nm_strtab {
     nm_allocator_t *a;
-    nm__shard_t shards[NM__SHARDS];
+    nm__shard_slot_t shards[NM__SHARDS];
 };
 
 /* 8 bytes at a time (the last word overlapping, short keys from two overlapping loads), each
@@ -159,7 +163,7 @@ const char *nm_strtab_intern(nm_strtab_t *t, const char *s, size_t n) {
         return NULL;
     }
     h = nm__strhash(s ? s : "", n);
-    sh = &t->shards[h % NM__SHARDS];
+    sh = &t->shards[h % NM__SHARDS].s;
     nm_spin_lock(&sh->lock);
     sh->lookups++;
     if (sh->mask == 0 || (sh->used + 1) * 10 > (sh->mask + 1) * 7) {
@@ -214,7 +218,7 @@ int nm_strtab_release(nm_strtab_t *t, const char *s) {
     /* fast path: not the last reference */
     while (refs > 1)
         if (nm_atomic_cas(&e->refs, &refs, refs - 1)) return NM_OK;
-    sh = &t->shards[e->shard];
+    sh = &t->shards[e->shard].s;
     nm_spin_lock(&sh->lock);
     refs = nm_atomic_add_acq_rel(&e->refs, -1);
     if (refs > 0) {
@@ -245,7 +249,7 @@ intptr_t nm_strtab_refs(const char *s) { return nm_atomic_load_relaxed(&NM__ENTR
 
 intptr_t nm_strtab_lookup_refs(nm_strtab_t *t, const char *s, size_t n) {
     uint64_t h = nm__strhash(s ? s : "", n);
-    nm__shard_t *sh = &t->shards[h % NM__SHARDS];
+    nm__shard_t *sh = &t->shards[h % NM__SHARDS].s;
     intptr_t refs = 0;
     int found = 0;
     size_t i;
@@ -262,9 +266,10 @@ size_t nm_strtab_count(nm_strtab_t *t) {
     size_t n = 0;
     int k;
     for (k = 0; k < NM__SHARDS; k++) {
-        nm_spin_lock(&t->shards[k].lock);
-        n += t->shards[k].count;
-        nm_spin_unlock(&t->shards[k].lock);
+        nm__shard_t *sh = &t->shards[k].s;
+        nm_spin_lock(&sh->lock);
+        n += sh->count;
+        nm_spin_unlock(&sh->lock);
     }
     return n;
 }
@@ -273,15 +278,16 @@ void nm_strtab_stats(nm_strtab_t *t, nm_strtab_stats_t *out) {
     int k;
     memset(out, 0, sizeof *out);
     for (k = 0; k < NM__SHARDS; k++) {
-        nm_spin_lock(&t->shards[k].lock);
-        out->entries += t->shards[k].count;
-        out->capacity += t->shards[k].mask ? t->shards[k].mask + 1 : 0;
-        out->bytes += (size_t)t->shards[k].bytes;
-        out->lookups += t->shards[k].lookups;
-        out->hits += t->shards[k].hits;
-        out->inserts += t->shards[k].inserts;
-        out->removals += t->shards[k].removals;
-        nm_spin_unlock(&t->shards[k].lock);
+        nm__shard_t *sh = &t->shards[k].s;
+        nm_spin_lock(&sh->lock);
+        out->entries += sh->count;
+        out->capacity += sh->mask ? sh->mask + 1 : 0;
+        out->bytes += (size_t)sh->bytes;
+        out->lookups += sh->lookups;
+        out->hits += sh->hits;
+        out->inserts += sh->inserts;
+        out->removals += sh->removals;
+        nm_spin_unlock(&sh->lock);
     }
     out->shards = NM__SHARDS;
 }
@@ -291,7 +297,7 @@ size_t nm_strtab_destroy(nm_strtab_t *t) {
     int k;
     if (t == NULL) return 0;
     for (k = 0; k < NM__SHARDS; k++) {
-        nm__shard_t *sh = &t->shards[k];
+        nm__shard_t *sh = &t->shards[k].s;
         for (i = 0; sh->tags && i <= sh->mask; i++)
             if (sh->tags[i] >= 0x80) {
                 sh->slots[i]->magic = 0;

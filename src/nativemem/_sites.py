@@ -18,12 +18,10 @@ __all__ = ["caller_site", "site_text", "PY_SITE_PREFIX"]
 #: Sites recorded from Python start with this marker so reports can tell them from C files.
 PY_SITE_PREFIX = "py:"
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
-_interned: Dict[Tuple[int, ...], Any] = {}  # (id(code), line, ...) -> char[] (kept for good)
+_interned: Dict[Tuple[int, ...], Any] = {}  # (id(code), f_lasti, ...) -> char[] (kept for good)
 _codes: Dict[int, Any] = {}  # id -> code object: alive, so an id in a key never means another
 _by_addr: Dict[int, str] = {}
 _lock = threading.Lock()
-
-
 _in_package: Dict[str, bool] = {}  # co_filename -> is a nativemem module (abspath costs a getcwd)
 
 

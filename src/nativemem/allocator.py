@@ -19,7 +19,6 @@ __all__ = ["Allocator", "Buffer", "AllocatorStats"]
 # Hot-path names bound once: a module global is one dict lookup, ``lib.x`` is two.
 _nm_malloc = lib.nm_malloc
 _nm_free_checked = lib.nm_free_checked
-_new = object.__new__
 
 
 class AllocatorStats(NamedTuple):
@@ -107,14 +106,7 @@ class Allocator:
             p = _nm_malloc(self._table, n)
         if not p:
             raise_last(f"malloc({n}) failed", size=n)
-        b = _new(Buffer)  # Buffer._make, inlined: this is the hot path
-        b._allocator = self
-        b._cell = [p]
-        b._addr = 0
-        b._freed_ptr = None
-        b._size = n
-        b._exports = None
-        return b
+        return _buffer(self, p, n)
 
     def calloc(self, count: int, size: int) -> "Buffer":
         """Allocate ``count * size`` zeroed bytes; the product is overflow-checked in C."""
@@ -122,7 +114,7 @@ class Allocator:
         n = as_size(size)
         p = lib.nm_calloc_at(self._table, c, n, self._site(), 0)
         check_ptr(p, f"calloc({c}, {n}) failed", size=c * n)
-        return Buffer._make(self, p, c * n)
+        return _buffer(self, p, c * n)
 
     def memalign(self, alignment: int, size: int) -> "Buffer":
         """Allocate ``size`` bytes aligned to ``alignment`` (a power of two, multiple of the pointer size)."""
@@ -133,7 +125,7 @@ class Allocator:
                 f"alignment {a} is not a power of two multiple of sizeof(void *) ({ffi.sizeof('void *')})")
         p = lib.nm_memalign_at(self._table, a, n, self._site(), 0)
         check_ptr(p, f"memalign({a}, {n}) failed", size=n)
-        return Buffer._make(self, p, n)
+        return _buffer(self, p, n)
 
     def realloc(self, buf: "Buffer", size: int) -> "Buffer":
         """Resize ``buf`` to ``size`` bytes; ``buf`` itself is updated and returned.
@@ -184,17 +176,6 @@ class Buffer:
     """
 
     __slots__ = ("_allocator", "_cell", "_addr", "_size", "_exports", "_freed_ptr", "__weakref__")
-
-    @classmethod
-    def _make(cls, allocator: Allocator, p: Any, size: int) -> "Buffer":
-        self = object.__new__(cls)
-        self._allocator = allocator
-        self._cell = [p]
-        self._addr = 0  # computed on first use (a cast costs more than the allocation)
-        self._freed_ptr = None
-        self._size = size
-        self._exports = None
-        return self
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # pragma: no cover - guidance only
         raise E.InvalidTypeError("Buffers come from Allocator.malloc/calloc/memalign")
@@ -373,3 +354,16 @@ class Buffer:
             self.free()
 
 
+
+
+def _buffer(allocator: Allocator, p: Any, size: int, _new: Any = object.__new__) -> Buffer:
+    """A Buffer owning block ``p`` of ``allocator`` (a plain function, not a classmethod: this is
+    on every malloc's path)."""
+    b = _new(Buffer)
+    b._allocator = allocator
+    b._cell = [p]
+    b._addr = 0  # computed on first use (a cast costs more than the allocation)
+    b._freed_ptr = None
+    b._size = size
+    b._exports = None
+    return b

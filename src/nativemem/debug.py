@@ -2,16 +2,16 @@
 
 What ``PYTHONMALLOC=debug`` and tracemalloc give Python objects, for native memory: canaries
 before and after every block (an overflow of one byte is caught), a record of every live block
-with the Python traceback (and the C site) of its allocation, 0xDD poisoning with a bounded quarantine (writes
-after free are found when a block leaves it, or by :meth:`DebugAllocator.check`), double and
-invalid frees, realloc of freed blocks, optional guard pages (an out-of-bounds access or a read
-after free faults at the instruction), leak reports and snapshots.
+with the Python traceback (and the C site) of its allocation, 0xDD poisoning with a bounded
+quarantine (writes after free are found when a block leaves it, or by
+:meth:`DebugAllocator.check`), double and invalid frees, realloc of freed blocks, optional guard
+pages (an out-of-bounds access or a read after free faults at the instruction), leak reports and
+snapshots.
 
 tracemalloc: every block allocated while tracemalloc traces (as for Python objects) is also
-reported with ``PyTraceMalloc_Track`` in domain
-:data:`TRACEMALLOC_DOMAIN` (0x6E6D, "nm"), so ``tracemalloc.take_snapshot()`` shows native
-memory allocated through nativemem next to Python objects (filter with
-``tracemalloc.DomainFilter(True, nativemem.debug.TRACEMALLOC_DOMAIN)``).
+reported with ``PyTraceMalloc_Track`` in domain :data:`TRACEMALLOC_DOMAIN` (0x6E6D, "nm"), so
+``tracemalloc.take_snapshot()`` shows native memory allocated through nativemem next to Python
+objects (filter with ``tracemalloc.DomainFilter(True, nativemem.debug.TRACEMALLOC_DOMAIN)``).
 
 Valgrind: blocks are announced with ``VALGRIND_MALLOCLIKE_BLOCK`` (canaries as redzones).  The
 package ships a suppression file for CPython's own reports: ``nativemem.debug.suppressions_path()``
@@ -52,7 +52,6 @@ def _hook_tracemalloc() -> None:
 
 
 _hook_tracemalloc()
-
 
 
 def suppressions_path() -> str:
@@ -148,10 +147,10 @@ class DebugAllocator(Allocator):
             lib.nmpy_trace(buf._address(), buf.size)
 
     def _free_recorded(self, buf: Buffer, p: Any) -> int:
-        # Frees record where they happened (for write-after-free reports).
+        # Frees record where they happened (for write-after-free reports): Allocator's, untracked.
         if _is_tracing():
             lib.nmpy_untrace(buf._address())
-        return int(lib.nm_free_checked_at(self._table, p, caller_site(self.traceback_depth), 0))
+        return Allocator._free_recorded(self, buf, p)
 
     # -- checks and reports -----------------------------------------------------------------------
     def check(self) -> None:

@@ -73,10 +73,21 @@ static void worker(void *arg) {
     for (i = 0; i < 1000; i++) nm_ref_dec(w->ref);
 }
 
+/* Run fn on n threads, thread i getting (char *)args + i * stride, and wait for them all. */
+static void run_threads(nm_thread_fn fn, void *args, size_t stride, int n) {
+    nm_thread_t *t[16];
+    int i;
+    for (i = 0; i < n && i < 16; i++) {
+        t[i] = nm_thread_start(fn, (char *)args + (size_t)i * stride);
+        CHECK(t[i] != NULL);
+    }
+    for (i = 0; i < n && i < 16; i++)
+        if (t[i]) nm_thread_join(t[i]);
+}
+
 static void check_threads(void) {
     enum { N = 4 };
     work_t w[N];
-    nm_thread_t *t[N];
     nm_atomic_t slots[256];
     nm_refcount_t ref;
     nm_pool_stats_t st;
@@ -91,10 +102,8 @@ static void check_threads(void) {
         nm_strtab_t *tab = nm_strtab_create(NULL);
         for (i = 0; i < N; i++) {
             w[i].pool = pool; w[i].tab = tab; w[i].ref = &ref; w[i].slots = slots; w[i].id = i + 1;
-            t[i] = nm_thread_start(worker, &w[i]);
-            CHECK(t[i] != NULL);
         }
-        for (i = 0; i < N; i++) if (t[i]) nm_thread_join(t[i]);
+        run_threads(worker, w, sizeof w[0], N);
         for (i = 0; i < 256; i++) if (slots[i]) CHECK(nm_pool_free(pool, (void *)slots[i]) == NM_OK);
         nm_pool_stats(pool, &st);
         CHECK(st.live == 0 && st.allocations == N * 20000 && st.frees == st.allocations);
@@ -244,9 +253,8 @@ static nm_allocator_t *plain_libc(void) {
 }
 #endif
 
-/* A thread's last freed object (kept for its next allocation) goes back to the chunk when the
- * thread exits: 300 short-lived threads each allocating and freeing one object never need a
- * second chunk. */
+/* A thread's last freed object (kept for its next allocation) goes back to its chunk when the
+ * thread exits. */
 static void one_object(void *arg) {
     nm_pool_t *pool = (nm_pool_t *)arg;
     void *o = nm_pool_alloc(pool);
@@ -255,46 +263,46 @@ static void one_object(void *arg) {
     nm_clear_error();
 }
 
-static void check_pool_thread_exit(void) {
-    nm_pool_t *pool = nm_pool_create(NULL, 32, 16, 0);
+/* Objects `pool` hands out before it holds more than `chunks` chunks (the last one included). */
+static size_t allocs_until_chunks(nm_pool_t *pool, int64_t chunks) {
     nm_pool_stats_t st;
+    size_t n = 0;
+    do {
+        if (nm_pool_alloc(pool) == NULL || ++n == 100000) break;
+        nm_pool_stats(pool, &st);
+    } while (st.chunks <= chunks);
+    return n;
+}
+
+static void check_pool_thread_exit(void) {
+    nm_pool_t *probe = nm_pool_create(NULL, 32, 16, NM_POOL_QUIET), *pool;
+    nm_pool_stats_t st;
+    size_t per_chunk;
     int i;
     fprintf(stderr, "  pool: objects kept by exited threads\n");
+    CHECK(probe != NULL);
+    if (!probe) return;
+    per_chunk = allocs_until_chunks(probe, 1) - 1; /* objects in one chunk */
+    nm_pool_destroy(probe);
+    /* The main thread owns chunk 1; a thread makes chunk 2, keeps one freed object in it and
+     * exits.  Every slot of both chunks is then handed out before a third chunk: the kept object
+     * went back to chunk 2's free list (else one slot would be stranded). */
+    pool = nm_pool_create(NULL, 32, 16, NM_POOL_QUIET);
     CHECK(pool != NULL);
     if (!pool) return;
-    for (i = 0; i < 300; i++) {
-        nm_thread_t *t = nm_thread_start(one_object, pool);
-        CHECK(t != NULL);
-        if (t) nm_thread_join(t);
-    }
+    CHECK(nm_pool_alloc(pool) != NULL);
+    run_threads(one_object, pool, 0, 1);
+    nm_pool_stats(pool, &st);
+    CHECK(st.chunks == 2 && st.live == 1);
+    CHECK(allocs_until_chunks(pool, 2) == 2 * per_chunk - 1 + 1); /* the last one opened chunk 3 */
+    nm_pool_destroy(pool);
+    /* 300 short-lived threads, one object each: their chunk is adopted again and again */
+    pool = nm_pool_create(NULL, 32, 16, 0);
+    CHECK(pool != NULL);
+    if (!pool) return;
+    for (i = 0; i < 300; i++) run_threads(one_object, pool, 0, 1);
     nm_pool_stats(pool, &st);
     CHECK(st.live == 0 && st.allocations == 300 && st.frees == 300 && st.chunks == 1);
-    /* and every slot of that chunk can be handed out again: as many as a fresh pool's chunk */
-    {
-        nm_pool_t *fresh = nm_pool_create(NULL, 32, 16, NM_POOL_QUIET);
-        size_t per_chunk = 0, again = 0;
-        nm_pool_stats_t fs;
-        void *objs[4096];
-        CHECK(fresh != NULL);
-        if (fresh) {
-            for (;;) {
-                void *o = nm_pool_alloc(fresh);
-                nm_pool_stats(fresh, &fs);
-                if (o == NULL || fs.chunks > 1 || per_chunk == 4096) break;
-                per_chunk++;
-            }
-            nm_pool_destroy(fresh); /* its objects are left live on purpose (QUIET) */
-        }
-        for (;;) {
-            void *o = nm_pool_alloc(pool);
-            if (o == NULL || again == 4096) break;
-            objs[again++] = o;
-            nm_pool_stats(pool, &st);
-            if (st.chunks > 1) break;
-        }
-        CHECK(per_chunk > 0 && again == per_chunk + 1); /* the last one opened a second chunk */
-        while (again) CHECK(nm_pool_free(pool, objs[--again]) == NM_OK);
-    }
     nm_pool_destroy(pool);
 }
 
@@ -322,7 +330,6 @@ static void free_one(void *arg) {
 static void check_debug_threads(void) {
     enum { N = 4 };
     dwork_t w[N];
-    nm_thread_t *t[N];
     nm_atomic_t slots[64];
     nm_debug_stats_t st;
     nm_allocator_t *dbg = nm_debug_create_ex(NULL, 0, 128);
@@ -331,10 +338,8 @@ static void check_debug_threads(void) {
     memset(slots, 0, sizeof slots);
     for (i = 0; i < N; i++) {
         w[i].dbg = dbg; w[i].slots = slots; w[i].id = i + 1;
-        t[i] = nm_thread_start(debug_worker, &w[i]);
-        CHECK(t[i] != NULL);
     }
-    for (i = 0; i < N; i++) if (t[i]) nm_thread_join(t[i]);
+    run_threads(debug_worker, w, sizeof w[0], N);
     for (i = 0; i < 64; i++) if (slots[i]) CHECK(nm_free_checked(dbg, (void *)slots[i]) == NM_OK);
     nm_debug_stats(dbg, &st);
     CHECK(st.live_blocks == 0 && st.total_allocs == N * 5000 && st.total_frees == st.total_allocs);
