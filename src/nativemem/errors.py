@@ -12,6 +12,7 @@ __all__ = [
     "DoubleFreeError", "CorruptionError", "UseAfterFreeError", "ReallocFreedError",
     "BufferOverflowError", "BufferUnderflowError", "HeapCorruptionError", "RefcountError",
     "BackendUnavailableError", "ClosedError", "BufferInUseError", "UnsupportedOperationError",
+    "CorruptionWarning",
 ]
 
 
@@ -104,3 +105,10 @@ class BufferInUseError(NativeMemError, BufferError):
 
 class UnsupportedOperationError(NativeMemError, NotImplementedError):
     """The operation is not available for this allocator or platform."""
+
+
+class CorruptionWarning(RuntimeWarning):
+    """Corruption or misuse found where no exception can be raised: while a finalizer, NumPy's
+    data free or a C caller freed a block.  Emitted through :mod:`warnings` at once (turn it into
+    an error with ``-W error::nativemem.CorruptionWarning``); the debug allocator's next
+    ``check()`` raises the same error, and ``python -m nativemem check`` exits 1."""
