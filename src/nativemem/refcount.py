@@ -9,13 +9,29 @@ new count (Movian's PROP_REF_TRACE); an underflow's error includes the trace.
 """
 from __future__ import annotations
 
-from typing import Callable, List, NamedTuple, Optional
+import operator
+from typing import Any, Callable, List, NamedTuple, NoReturn, Optional
 
 from . import errors as E
 from ._ffi import check_status, ffi, lib
 from ._sites import caller_site, site_text
 
 __all__ = ["RefCount", "RefEvent"]
+
+#: The largest ``trace_capacity`` (events kept per traced count), as the C core enforces.
+MAX_TRACE_CAPACITY = 65536
+
+
+def _trace_capacity(value: Any) -> int:
+    if isinstance(value, bool):
+        raise E.InvalidTypeError("trace_capacity must be an integer, not bool")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise E.InvalidTypeError(f"trace_capacity must be an integer, not {type(value).__name__}") from None
+    if not 1 <= n <= MAX_TRACE_CAPACITY:
+        raise E.InvalidSizeError(f"trace_capacity must be between 1 and {MAX_TRACE_CAPACITY} (got {n})")
+    return n
 
 
 class RefEvent(NamedTuple):
@@ -25,26 +41,43 @@ class RefEvent(NamedTuple):
 
 
 class RefCount:
-    """``RefCount(destructor=None, *, trace=False, trace_capacity=64)``."""
+    """``RefCount(destructor=None, *, trace=False, trace_capacity=64)``.
+
+    ``destructor`` is None or a callable taking no arguments; ``trace`` a bool; ``trace_capacity``
+    an int in 1..65536 (the events kept, oldest dropped first), checked even when ``trace`` is
+    False.  If the destructor raises, its exception propagates from the ``dec()`` that dropped the
+    last reference; the object is destroyed all the same (count 0, the destructor never runs
+    again, and a further ``dec()`` raises :class:`RefcountError`).  A RefCount cannot be copied
+    or pickled: share the object itself."""
 
     __slots__ = ("_r", "_destructor", "_traced", "__weakref__")
 
     def __init__(self, destructor: Optional[Callable[[], None]] = None, *, trace: bool = False,
                  trace_capacity: int = 64) -> None:
         if destructor is not None and not callable(destructor):
-            raise E.InvalidTypeError("destructor must be callable (with no arguments) or None")
+            raise E.InvalidTypeError(f"destructor must be callable (with no arguments) or None, "
+                                     f"not {type(destructor).__name__}")
+        if not isinstance(trace, bool):
+            raise E.InvalidTypeError(f"trace must be a bool, not {type(trace).__name__}")
+        cap = _trace_capacity(trace_capacity)
         self._r = ffi.new("nm_refcount_t *")
         lib.nm_ref_init(self._r, ffi.NULL, ffi.NULL)
         self._destructor = destructor
-        self._traced = bool(trace)
+        self._traced = trace
         if trace:
-            check_status(lib.nm_ref_trace_enable(self._r, trace_capacity))
+            check_status(lib.nm_ref_trace_enable(self._r, cap))
 
     def __del__(self) -> None:
         try:
             lib.nm_ref_trace_disable(self._r)
         except Exception:  # interpreter shutdown
             pass
+
+    def _no_copy(self, *args: Any) -> NoReturn:
+        # A copy would share the C count (and its trace, freed by whichever copy dies first).
+        raise E.InvalidTypeError("a RefCount cannot be copied or pickled; share the object itself")
+
+    __copy__ = __deepcopy__ = __reduce__ = __reduce_ex__ = _no_copy
 
     @classmethod
     def immortal(cls) -> "RefCount":
