@@ -93,3 +93,182 @@ def test_pytest_plugin_fails_leaking_tests(tmp_path):
     assert "test_leaks" in r.stdout and "77 bytes" in r.stdout and "test_x.py:9" in r.stdout
     r = run_python(args, cwd=str(tmp_path))  # off unless asked
     assert r.returncode == 0 and "3 passed" in r.stdout
+
+
+# -- usage errors, silent corruption, report hygiene --------------------------------------------
+
+def _check(args, cwd=None):
+    return run_python(["-m", "nativemem", "check"] + [str(a) for a in args], timeout=60, cwd=cwd)
+
+
+def test_check_missing_script_is_a_usage_error(tmp_path):
+    r = _check(["missing.py"], cwd=str(tmp_path))
+    assert r.returncode == 2, r.stderr
+    assert "nativemem check: cannot run missing.py: No such file" in r.stderr
+    assert "Traceback" not in r.stderr and "no leaks" not in r.stderr
+    r = _check([tmp_path], cwd=str(tmp_path))  # a directory without __main__.py
+    assert r.returncode == 2 and "cannot run" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_check_unwritable_json_fails_before_running_the_script(tmp_path):
+    marker = tmp_path / "ran"
+    script = tmp_path / "s.py"
+    script.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    for target in (tmp_path / "nonexistent" / "x.json", tmp_path):  # missing directory; a directory
+        r = _check(["--json", target, script])
+        assert r.returncode == 2, r.stderr
+        assert f"cannot write the JSON report to {target}" in r.stderr and "Traceback" not in r.stderr
+        assert not marker.exists()  # refused before the script ran
+    r = _check(["--json", tmp_path / "ok.json", script])  # a good path is probed, not left empty
+    assert r.returncode == 0 and marker.exists() and json.loads((tmp_path / "ok.json").read_text())
+
+
+def test_check_json_write_failing_at_the_end_exits_2(tmp_path):
+    # The script removes the report's directory: the write at the end fails.
+    d = tmp_path / "out"
+    d.mkdir()
+    script = tmp_path / "s.py"
+    script.write_text(f"import os\nos.rmdir({str(d)!r})\n")
+    r = _check(["--json", d / "r.json", script])
+    assert r.returncode == 2, r.stderr
+    assert "cannot write the JSON report to" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_check_json_path_is_relative_to_the_starting_directory(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    script = tmp_path / "s.py"
+    script.write_text("import os\nos.chdir('elsewhere')\n")
+    r = _check(["--json", "r.json", script], cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "r.json").exists() and not (tmp_path / "elsewhere" / "r.json").exists()
+
+
+def test_check_rejects_out_of_range_options(tmp_path):
+    from nativemem._ffi import MAX_ALLOC
+    script = tmp_path / "s.py"
+    script.write_text("pass\n")
+    for opt, value, low in [("--quarantine", 10 ** 30, 0), ("--quarantine", -1, 0), ("--quarantine", MAX_ALLOC + 1, 0),
+                            ("--traceback-depth", 0, 1), ("--traceback-depth", -3, 1),
+                            ("--traceback-depth", 10 ** 30, 1)]:
+        r = _check([f"{opt}={value}", script])
+        assert r.returncode == 2, (opt, value, r.stderr)
+        assert f"argument {opt}: must be between {low} and {MAX_ALLOC}" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and "no leaks" not in r.stderr
+    r = _check(["--quarantine", "many", script])
+    assert r.returncode == 2 and "argument --quarantine: invalid integer: 'many'" in r.stderr
+    r = _check(["--quarantine", "0", "--traceback-depth", "1", script])
+    assert r.returncode == 0, r.stderr
+
+
+FINALIZER_OVERFLOW = textwrap.dedent("""
+    import ctypes, nativemem
+    b = nativemem.allocator().malloc(16)
+    ctypes.memset(b.address + 16, 0x41, 1)
+    del b
+""")
+
+SWALLOWED_OVERFLOW = textwrap.dedent("""
+    import ctypes, nativemem
+    b = nativemem.allocator().malloc(16)
+    ctypes.memset(b.address + 16, 0x41, 1)
+    try:
+        b.free()
+    except nativemem.BufferOverflowError:
+        print("swallowed")
+""")
+
+
+def test_check_overflow_freed_by_a_finalizer_is_not_silent(tmp_path):
+    for name, text in (("fin.py", FINALIZER_OVERFLOW), ("swallow.py", SWALLOWED_OVERFLOW)):
+        script = tmp_path / name
+        script.write_text(text)
+        out = tmp_path / "r.json"
+        r = _check(["--json", out, script])
+        assert r.returncode == 1, (name, r.stderr)
+        assert "no corruption" not in r.stderr
+        assert "buffer overflow" in r.stderr.lower() or "corruption error(s) found by the debug allocator" in r.stderr
+        data = json.loads(out.read_text())
+        assert data["errors_found"] and data["leaked_blocks"] == 0
+
+
+WARNS = textwrap.dedent("""
+    import gc, warnings, nativemem
+    warnings.warn("buffer overflow: block 0x1 (16 bytes), during the run", nativemem.CorruptionWarning)
+    warnings.warn("buffer overflow: block 0x1 (16 bytes), during the run", nativemem.CorruptionWarning)  # same line
+
+    class Cycle:
+        def __del__(self):
+            warnings.warn("write after free: found by the final collection", nativemem.CorruptionWarning)
+
+    gc.disable()
+    c = Cycle()
+    c.self = c
+    del c
+""")
+
+
+def test_check_counts_and_shows_every_corruption_warning(tmp_path):
+    script = tmp_path / "warns.py"
+    script.write_text(WARNS)
+    out = tmp_path / "r.json"
+    r = _check(["--json", out, script])
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count("CorruptionWarning: buffer overflow: block 0x1") == 4  # shown twice, reported twice
+    assert "CorruptionWarning: write after free: found by the final collection" in r.stderr
+    assert "no corruption" not in r.stderr
+    found = json.loads(out.read_text())["errors_found"]
+    assert len(found) == 3 and all(f.startswith("CorruptionWarning: ") for f in found)
+
+
+def test_check_counts_escaping_and_unraisable_nativemem_errors(tmp_path):
+    script = tmp_path / "esc.py"
+    script.write_text(textwrap.dedent("""
+        import nativemem
+        class Holder:
+            def __del__(self):
+                raise nativemem.DoubleFreeError("double free in a finalizer")
+        h = Holder()
+        del h
+        nativemem.allocator().malloc(-1)
+    """))
+    out = tmp_path / "r.json"
+    r = _check(["--json", out, script])
+    assert r.returncode == 1
+    assert "InvalidSizeError" in r.stderr and "DoubleFreeError: double free in a finalizer" in r.stderr
+    data = json.loads(out.read_text())
+    assert len(data["errors_found"]) == 2 and data["script_failed"]
+
+
+def test_check_sites_have_no_runpy_frames(tmp_path):
+    script = tmp_path / "deep.py"
+    script.write_text(textwrap.dedent("""
+        import builtins, nativemem
+        def inner():
+            return nativemem.allocator().malloc(24)
+        def outer():
+            return inner()
+        builtins.keep = [nativemem.allocator().malloc(8), outer()]
+    """))
+    out = tmp_path / "r.json"
+    r = _check(["--traceback-depth", "3", "--json", out, script])
+    assert r.returncode == 1
+    assert "<frozen" not in r.stderr and "runpy.py" not in r.stderr and "checkcli.py" not in r.stderr, r.stderr
+    sites = {g["site"]: g["traceback"] for g in json.loads(out.read_text())["sites"]}
+    assert [f.split(" in ")[1] for f in sites[next(s for s in sites if "inner" in s)]] == ["inner", "outer", "<module>"]
+    assert [f.split(" in ")[1] for f in sites[next(s for s in sites if "<module>" in s)]] == ["<module>"]
+
+
+def test_check_script_failure_is_not_reported_as_clean(tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text("import sys\nsys.exit('giving up')\n")
+    r = _check([script])
+    assert r.returncode == 1
+    assert "giving up" in r.stderr and "the script failed" in r.stderr and "no leaks, no corruption" not in r.stderr
+
+
+def test_check_script_imports_its_siblings(tmp_path):
+    (tmp_path / "helper_mod_for_check.py").write_text("VALUE = 7\n")
+    script = tmp_path / "main.py"
+    script.write_text("import helper_mod_for_check\nassert helper_mod_for_check.VALUE == 7\n")
+    r = _check([script])  # cwd is not the script's directory
+    assert r.returncode == 0, r.stderr

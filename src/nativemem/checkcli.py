@@ -1,72 +1,272 @@
-"""``python -m nativemem check [--json FILE] [--traceback-depth N] script.py [args]``.
+"""``python -m nativemem check [--json FILE] [--traceback-depth N] [--quarantine N] script.py [args]``.
 
 Runs the script with a DebugAllocator as nativemem's default allocator (so pools, COW buffers
 and ``nativemem.allocator()`` use it), then prints the blocks still allocated, grouped by Python
 allocation site, and any corruption found.  Exits 1 when there were leaks or corruption (2 for a
-usage error; the script's own failure is reported and also exits 1), so it can gate CI.
+usage error: a script that cannot be read, a bad option, a JSON report that cannot be written;
+the script's own failure is reported and also exits 1), so it can gate CI.
+
+Corruption is never silent: besides the errors ``check()`` and ``flush()`` raise at the end, it
+counts every ``nativemem.CorruptionWarning`` emitted while the script runs (they are still shown
+on stderr), every NativeMemError the script lets escape or that is raised where it cannot
+propagate (a finalizer), and any error the debug allocator counted that never reached the user
+(a ``free()`` whose exception the script swallowed).
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
+import re
 import runpy
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+import traceback
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
+
+_FRAME_FILE = re.compile(r"^(.*):\d+ in ")
+
+
+def _int_option(lowest: int) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer in [lowest, MAX_ALLOC], else an error naming the limits."""
+    from ._ffi import MAX_ALLOC
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+        if not lowest <= n <= MAX_ALLOC:
+            raise argparse.ArgumentTypeError(
+                f"must be between {lowest} and {MAX_ALLOC} (the largest size nativemem accepts), not {n}")
+        return n
+    parse.__name__ = "integer"  # argparse names the type in its own messages
+    return parse
+
+
+def _script_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be run (None when it can be opened)."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "__main__.py")):
+            return f"cannot run {path}: it is a directory without __main__.py"
+        return None
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        return f"cannot run {path}: {exc.strerror or exc}"
+    return None
+
+
+def _json_problem(path: str) -> Optional[str]:
+    """Why the JSON report could not be written to ``path`` (None when it can); leaves no file."""
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        return f"cannot write the JSON report to {path}: {exc.strerror or exc}"
+    if not existed:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    return None
+
+
+def _harness_frame(frame: str, harness_files: "set[str]") -> bool:
+    """A frame of the machinery that runs the script (runpy, this module), not of the script."""
+    m = _FRAME_FILE.match(frame)
+    file = m.group(1) if m else frame
+    if file.startswith("<frozen "):
+        return True
+    try:
+        return os.path.normcase(os.path.abspath(file)) in harness_files
+    except (OSError, ValueError):
+        return False
+
+
+def _clean_sites(report: Dict[str, Any], depth: int) -> None:
+    """Drop runpy's and check's own frames from every site's traceback, keeping ``depth`` frames."""
+    harness = {os.path.normcase(os.path.abspath(f)) for f in
+               (__file__, os.path.join(os.path.dirname(__file__), "__main__.py"), getattr(runpy, "__file__", None))
+               if f}
+    for g in report["sites"]:
+        tb = g.get("traceback") or []
+        kept = [f for f in tb if not _harness_frame(f, harness)]
+        g["traceback"] = (kept or tb[:1])[:depth]
+
+
+def _format_leaks(report: Dict[str, Any], limit: int = 20) -> str:
+    # as DebugAllocator.report, on the cleaned tracebacks
+    lines = [f"nativemem: {report['leaked_blocks']} block(s), {report['leaked_bytes']} bytes still allocated "
+             f"(peak {report['peak_bytes']} bytes, {report['total_allocs']} allocations)"]
+    for g in report["sites"][:limit]:
+        lines.append(f"  {g['bytes']:>10} bytes in {g['blocks']:>5} block(s) at {g['site']}")
+        for frame in g["traceback"][1:]:
+            lines.append(f"{'':>36}{frame}")
+    if len(report["sites"]) > limit:
+        lines.append(f"  ... {len(report['sites']) - limit} more sites")
+    return "\n".join(lines)
+
+
+class _Watch:
+    """Records CorruptionWarnings (still showing them on ``out``) and NativeMemErrors raised
+    where they cannot propagate (sys.unraisablehook), while installed."""
+
+    def __init__(self, out: TextIO) -> None:
+        from .errors import CorruptionWarning, NativeMemError
+        self.out = out
+        self.found: List[str] = []
+        self.debug_kind = 0  # how many of them the debug allocator's counter also counted
+        self._warning = CorruptionWarning
+        self._error = NativeMemError
+
+    def counts_in_debug(self, exc_type: type) -> bool:
+        from .errors import CorruptionError, InvalidFreeError
+        return issubclass(exc_type, (CorruptionError, InvalidFreeError, self._warning))
+
+    def add(self, text: str, exc_type: type) -> None:
+        self.found.append(text)
+        if self.counts_in_debug(exc_type):
+            self.debug_kind += 1
+
+    def __enter__(self) -> "_Watch":
+        self._catch = warnings.catch_warnings()
+        self._catch.__enter__()  # restores the filters and showwarning on exit
+        warnings.simplefilter("always", self._warning)
+        self._show = warnings.showwarning
+        warnings.showwarning = self._showwarning
+        self._unraisable = sys.unraisablehook
+        sys.unraisablehook = self._unraisablehook
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.unraisablehook = self._unraisable
+        self._catch.__exit__(*exc)
+
+    def _showwarning(self, message: Any, category: type, filename: str, lineno: int,
+                     file: Optional[TextIO] = None, line: Optional[str] = None) -> None:
+        if not issubclass(category, self._warning):
+            self._show(message, category, filename, lineno, file, line)
+            return
+        self.add(f"{category.__name__}: {message}", category)
+        try:
+            self.out.write(warnings.formatwarning(message, category, filename, lineno, line))
+            self.out.flush()
+        except Exception:  # a closed stream must not hide the record
+            pass
+
+    def _unraisablehook(self, u: Any) -> None:
+        if u.exc_type is not None and issubclass(u.exc_type, (self._error, self._warning)):
+            self.add(f"{u.exc_type.__name__}: {u.exc_value} (raised where it could not propagate: "
+                     f"{u.err_msg or 'Exception ignored in'} {u.object!r})", u.exc_type)
+        self._unraisable(u)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m nativemem check", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    ap.add_argument("--traceback-depth", type=int, default=1, metavar="N", help="Python frames per site")
-    ap.add_argument("--quarantine", type=int, default=1024, help="freed blocks held back to catch writes after free")
+    ap.add_argument("--traceback-depth", type=_int_option(1), default=1, metavar="N",
+                    help="Python frames per site (at least 1)")
+    ap.add_argument("--quarantine", type=_int_option(0), default=1024, metavar="N",
+                    help="freed blocks held back to catch writes after free (0: none)")
     ap.add_argument("script")
     ap.add_argument("args", nargs=argparse.REMAINDER)
     ns = ap.parse_args(list(argv) if argv is not None else None)
+    out = sys.stderr  # the script may replace sys.stderr; the report goes where the user looks
+
+    problem = _script_problem(ns.script)
+    json_path = os.path.abspath(ns.json) if ns.json else None  # the script may chdir
+    if problem is None and ns.json:
+        problem = _json_problem(ns.json)
+    if problem is not None:
+        out.write(ap.format_usage())
+        print(f"nativemem check: {problem}", file=out)
+        return 2
 
     import nativemem
-    dbg = nativemem.DebugAllocator(traceback_depth=max(1, ns.traceback_depth), quarantine=max(0, ns.quarantine))
-    old = nativemem.set_default_allocator(dbg)
+    from ._ffi import MAX_ALLOC
+    depth = ns.traceback_depth
+    capture = depth
+    if depth > 1:  # also capture the frames of runpy and of check itself, dropped from the report
+        f, below = sys._getframe(), 4
+        while f is not None:
+            below += 1
+            f = f.f_back
+        capture = min(depth + below, MAX_ALLOC)
+    dbg = nativemem.DebugAllocator(traceback_depth=capture, quarantine=ns.quarantine)
+    errors_before = dbg.debug_stats().errors
     errors: List[str] = []
-    old_argv = sys.argv
-    sys.argv = [ns.script] + list(ns.args)
     script_failed = False
-    try:
-        runpy.run_path(ns.script, run_name="__main__")
-    except SystemExit as exc:
-        script_failed = exc.code not in (None, 0)
-    except nativemem.NativeMemError as exc:
-        errors.append(f"{type(exc).__name__}: {exc}")
-    except BaseException as exc:  # the script's own failure
-        import traceback
-        traceback.print_exc()
-        script_failed = True
-        del exc
-    finally:
-        sys.argv = old_argv
-        nativemem.set_default_allocator(old)
-    import gc
-    gc.collect()  # objects the script dropped free their blocks now
-    try:
-        dbg.check()
-    except nativemem.NativeMemError as exc:
-        errors.append(f"{type(exc).__name__}: {exc}")
-    try:
-        dbg.flush()
-    except nativemem.NativeMemError as exc:
-        errors.append(f"{type(exc).__name__}: {exc}")
+    status: Any = 0
+    old_argv, old_path0 = sys.argv, None
+    sys.argv = [ns.script] + list(ns.args)
+    if not os.path.isdir(ns.script):  # as `python script.py`: its directory comes first on sys.path
+        old_path0 = os.path.dirname(os.path.abspath(ns.script))
+        sys.path.insert(0, old_path0)
+    with _Watch(out) as watch:
+        old = nativemem.set_default_allocator(dbg)
+        try:
+            runpy.run_path(ns.script, run_name="__main__")
+        except SystemExit as exc:
+            status = exc.code
+            if status is not None and not isinstance(status, int):
+                print(status, file=out)  # as the interpreter does for sys.exit("message")
+                status = 1
+            script_failed = status not in (None, 0)
+        except BaseException as exc:  # the script's own failure
+            script_failed = True
+            status = f"{type(exc).__name__} escaped"
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=out)
+            if isinstance(exc, (nativemem.NativeMemError, nativemem.CorruptionWarning)):
+                watch.add(f"{type(exc).__name__}: {exc}", type(exc))
+            del exc
+        finally:
+            sys.argv = old_argv
+            if old_path0 is not None and old_path0 in sys.path:
+                sys.path.remove(old_path0)
+            nativemem.set_default_allocator(old)
+        gc.collect()  # objects the script dropped free their blocks now
+    errors.extend(watch.found)
+    unseen = dbg.debug_stats().errors - errors_before - watch.debug_kind
+    if unseen > 0:
+        errors.append(f"{unseen} corruption error(s) found by the debug allocator while the script ran were "
+                      f"never reported to it (a free() whose exception the script caught, or a Buffer freed by "
+                      f"its finalizer, where nothing can raise); free() the blocks explicitly and let the "
+                      f"exception propagate to see which block and where it was allocated")
+    for final in (dbg.check, dbg.flush):
+        try:
+            final()
+        except nativemem.NativeMemError as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            if text not in errors:  # flush() may find again what check() found in the quarantine
+                errors.append(text)
+
     report: Dict[str, Any] = dbg.report_json()
+    _clean_sites(report, depth)
     report["errors_found"] = errors
     report["script_failed"] = script_failed
-    out = sys.stderr
     if report["leaked_blocks"]:
-        dbg.report(file=out)
+        print(_format_leaks(report), file=out)
     for e in errors:
         print(f"nativemem check: {e}", file=out)
+    if script_failed:
+        print(f"nativemem check: the script failed ({status if isinstance(status, str) else f'exit status {status}'})",
+              file=out)
     if not report["leaked_blocks"] and not errors:
-        print(f"nativemem check: no leaks, no corruption ({report['total_allocs']} allocations, "
-              f"peak {report['peak_bytes']} bytes)", file=out)
-    if ns.json:
-        with open(ns.json, "w") as f:
-            json.dump(report, f, indent=1)
+        what = "no leaks, no corruption" if not script_failed else "no leaks or corruption in what it ran"
+        print(f"nativemem check: {what} ({report['total_allocs']} allocations, peak {report['peak_bytes']} bytes)",
+              file=out)
+    if json_path:
+        try:
+            text = json.dumps(report, indent=1)
+            with open(json_path, "w") as f:
+                f.write(text)
+        except (OSError, ValueError, TypeError) as exc:
+            print(f"nativemem check: cannot write the JSON report to {ns.json}: "
+                  f"{getattr(exc, 'strerror', None) or exc}", file=out)
+            return 2
     return 1 if (report["leaked_blocks"] or errors or script_failed) else 0
