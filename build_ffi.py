@@ -57,38 +57,20 @@ extra = os.environ.get("NATIVEMEM_CFLAGS")  # e.g. "-fsanitize=address" for sani
 if extra:
     CFLAGS += extra.split()
 
-# Helpers compiled only into the extension, for the CPython C API that csrc/ never uses:
-# tracemalloc's Track/Untrack (they take the GIL themselves, so cffi may release it around them).
-PY_HELPERS_CDEF = """
-void nmpy_set_tracemalloc(void *track, void *untrack);
-int nmpy_trace(uintptr_t address, size_t size);
-int nmpy_untrace(uintptr_t address);
+# The Python layer (csrc/python/*.c): CPython extension types on the 3.11 limited API, compiled
+# into this same extension; nativemem._ffi calls nmpy_init() once to register them as the module
+# nativemem._core.  csrc/*.c (the C core) never includes Python.h.
+PY_LAYER_CDEF = """
+int nmpy_init(void);
 """
-# The functions come as addresses from ctypes.pythonapi at import (nativemem.debug): linking
-# them would tie the abi3 extension to symbols the stable ABI (python3.dll) does not export.
-PY_HELPERS_SRC = r"""
-#define NMPY_TRACEMALLOC_DOMAIN 0x6E6D /* nativemem.debug.TRACEMALLOC_DOMAIN */
-typedef int (*nmpy_track_fn)(unsigned int domain, uintptr_t ptr, size_t size);
-typedef int (*nmpy_untrack_fn)(unsigned int domain, uintptr_t ptr);
-static nmpy_track_fn nmpy__track;
-static nmpy_untrack_fn nmpy__untrack;
-static void nmpy_set_tracemalloc(void *track, void *untrack) {
-    nmpy__track = (nmpy_track_fn)track;
-    nmpy__untrack = (nmpy_untrack_fn)untrack;
-}
-static int nmpy_trace(uintptr_t address, size_t size) {
-    return nmpy__track ? nmpy__track(NMPY_TRACEMALLOC_DOMAIN, address, size) : -2;
-}
-static int nmpy_untrace(uintptr_t address) {
-    return nmpy__untrack ? nmpy__untrack(NMPY_TRACEMALLOC_DOMAIN, address) : -2;
-}
-"""
+SOURCES += sorted(os.path.relpath(os.path.join(CSRC, "python", f), HERE).replace("\\", "/")
+                  for f in os.listdir(os.path.join(CSRC, "python")) if f.endswith(".c"))
 
 ffibuilder = FFI()
-ffibuilder.cdef(read_cdef() + PY_HELPERS_CDEF)
+ffibuilder.cdef(read_cdef() + PY_LAYER_CDEF)
 ffibuilder.set_source(
     "nativemem._native",
-    '#include "nativemem.h"\n' + PY_HELPERS_SRC,
+    '#include "nativemem.h"\nint nmpy_init(void);\n',
     sources=SOURCES,
     include_dirs=["csrc"],
     define_macros=DEFINES,

@@ -5,6 +5,7 @@ It maps C status codes to the exception tree and validates sizes before they rea
 from __future__ import annotations
 
 import operator
+import os
 import re
 from typing import Any, NoReturn
 
@@ -98,13 +99,53 @@ def as_size(value: Any, what: str = "size") -> int:
 
 
 def as_address(ptr: Any, what: str = "pointer") -> int:
-    """Accept a cffi pointer, an int address, or an object with an ``address`` attribute."""
+    """Accept a cffi pointer or array, an int address, or a ctypes pointer / object; return the int."""
     if isinstance(ptr, ffi.CData):
-        return int(ffi.cast("uintptr_t", ptr))
+        kind = ffi.typeof(ptr).kind
+        if kind in ("pointer", "array"):
+            return int(ffi.cast("uintptr_t", ptr))
+        raise E.InvalidTypeError(
+            f"{what} must be a pointer, not a cffi {ffi.typeof(ptr).cname} value (pass ffi.addressof(...))")
     if isinstance(ptr, bool):
         raise E.InvalidTypeError(f"{what} must be a cffi pointer or an int address, not bool")
     if isinstance(ptr, int):
         if ptr < 0 or ptr >= (1 << SIZE_T_BITS):
             raise E.InvalidFreeError(f"{what} {ptr:#x} is not a valid address")
         return ptr
+    import ctypes
+    if isinstance(ptr, ctypes._Pointer) or isinstance(ptr, ctypes.c_void_p):
+        return int(ctypes.cast(ptr, ctypes.c_void_p).value or 0)
+    if isinstance(ptr, (ctypes.Structure, ctypes.Union, ctypes.Array, ctypes._SimpleCData)):
+        return ctypes.addressof(ptr)
     raise E.InvalidTypeError(f"{what} must be a cffi pointer or an int address, not {type(ptr).__name__}")
+
+
+# ---- the Python layer: extension types compiled into the same extension (csrc/python/) -------
+def _pythonapi_address(name: str) -> int:
+    """Address of a CPython function outside the limited API (0 when absent): found at run time so
+    the abi3 extension links nothing beyond the stable ABI."""
+    import ctypes
+    try:
+        return ctypes.cast(getattr(ctypes.pythonapi, name), ctypes.c_void_p).value or 0
+    except (AttributeError, OSError):  # pragma: no cover - PyPy, a stripped interpreter
+        return 0
+
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _in_package(filename: str) -> bool:
+    """True for a nativemem module's file (its frames are skipped in allocation sites)."""
+    try:
+        return os.path.dirname(os.path.abspath(filename)) == _PKG_DIR
+    except (TypeError, ValueError):
+        return False
+
+
+if lib.nmpy_init() != 0:  # pragma: no cover
+    raise ImportError("nativemem: the Python layer (nativemem._core) failed to initialise")
+from . import _core  # noqa: E402  (registered by nmpy_init)
+
+_core._configure(E, make_error, as_address, _PKG_DIR, _pythonapi_address("PyTraceMalloc_Track"),
+                 _pythonapi_address("PyTraceMalloc_Untrack"), _pythonapi_address("PyFrame_GetLasti"))
+_core._in_package = _in_package

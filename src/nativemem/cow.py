@@ -12,8 +12,8 @@ import sys
 from typing import Any, Optional, Union
 
 from . import errors as E
-from ._ffi import as_size, check_ptr, check_status, ffi, lib
-from .allocator import _EXPORT_BASE, Allocator, _max_refcount
+from ._ffi import _core, as_size, check_ptr, check_status, ffi, lib
+from .allocator import Allocator
 
 __all__ = ["CowBuffer", "CowString"]
 
@@ -32,7 +32,12 @@ class CowBuffer:
             n = as_size(data_or_size)
             c = lib.nm_cow_create(a, n)
         elif isinstance(data_or_size, (bytes, bytearray, memoryview)):
-            mv = memoryview(data_or_size).cast("B")
+            try:
+                mv = memoryview(data_or_size).cast("B")
+            except TypeError as exc:  # non-contiguous (mv[::2]) or a released view
+                raise E.InvalidArgumentError(f"CowBuffer needs contiguous bytes-like data: {exc}") from None
+            except ValueError as exc:
+                raise E.InvalidArgumentError(f"CowBuffer cannot read this data: {exc}") from None
             c = lib.nm_cow_create_copy(a, ffi.from_buffer(mv), mv.nbytes)
         else:
             raise E.InvalidTypeError(f"CowBuffer takes a size or bytes-like data, not {type(data_or_size).__name__}")
@@ -41,7 +46,7 @@ class CowBuffer:
     def _init(self, c: Any, allocator: Optional[Allocator]) -> None:
         self._c = c
         self._allocator = allocator
-        self._exports: list = []
+        self._exports: list = []  # nativemem._core.View objects: exports counted exactly
 
     @classmethod
     def _wrap(cls, c: Any, allocator: Optional[Allocator]) -> "CowBuffer":
@@ -57,8 +62,10 @@ class CowBuffer:
 
     def _views_alive(self) -> bool:
         ex = self._exports
-        if ex and _max_refcount(ex) > _EXPORT_BASE:
+        if any(v.exports for v in ex):
             return True
+        for v in ex:  # nothing exports them now: they may never export this memory again
+            v.invalidate()
         ex.clear()
         return False
 
@@ -107,10 +114,13 @@ class CowBuffer:
     def view(self) -> memoryview:
         """A zero-copy view: read-only while shared, writable for a sole owner."""
         c = self._live()
-        ex = ffi.buffer(ffi.cast("char *", lib.nm_cow_data(c)), lib.nm_cow_size(c))
-        self._exports.append(ex)
-        mv = memoryview(ex)
-        return mv.toreadonly() if lib.nm_cow_refs(c) > 1 else mv
+        v = _core.View(self, int(ffi.cast("uintptr_t", lib.nm_cow_data(c))), int(lib.nm_cow_size(c)),
+                       lib.nm_cow_refs(c) > 1)
+        ex = self._exports
+        if len(ex) > 32:
+            ex[:] = [x for x in ex if x.exports]
+        ex.append(v)
+        return memoryview(v)
 
     def __buffer__(self, flags: int) -> memoryview:  # PEP 688 (Python >= 3.12)
         return self.view()
@@ -133,6 +143,21 @@ class CowBuffer:
     def __exit__(self, *exc: Any) -> None:
         if self._c is not None:
             self.release()
+
+    def __copy__(self) -> "CowBuffer":
+        """copy.copy: another handle on the same memory (as share())."""
+        return self.share()
+
+    def __deepcopy__(self, memo: Any) -> "CowBuffer":
+        """copy.deepcopy: a new buffer with the same bytes, from the same allocator."""
+        c = self._live()
+        a = self._allocator.cdata if self._allocator is not None else ffi.NULL
+        n = check_ptr(lib.nm_cow_create_copy(a, lib.nm_cow_data(c), lib.nm_cow_size(c)),
+                      "deepcopy: cannot copy the buffer", size=int(lib.nm_cow_size(c)))
+        return type(self)._wrap(n, self._allocator)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(f"cannot pickle a nativemem {type(self).__name__}; pickle bytes(buffer)")
 
     def __del__(self) -> None:
         c = getattr(self, "_c", None)

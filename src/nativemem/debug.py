@@ -23,35 +23,17 @@ import json
 import os
 import sys
 import threading
-from tracemalloc import is_tracing as _is_tracing
 from typing import Any, Dict, IO, List, NamedTuple, Optional
 
 from . import errors as E
 from ._ffi import as_size, check_ptr, ffi, lib, make_error
-from ._sites import PY_SITE_PREFIX, caller_site
-from .allocator import Allocator, Buffer
+from ._sites import PY_SITE_PREFIX
+from .allocator import Allocator
 
 __all__ = ["DebugAllocator", "Leak", "DebugStats", "TRACEMALLOC_DOMAIN", "suppressions_path"]
 
 #: tracemalloc domain under which nativemem's debug allocator reports native blocks.
 TRACEMALLOC_DOMAIN = 0x6E6D
-
-
-def _hook_tracemalloc() -> None:
-    """Hand CPython's PyTraceMalloc_Track/Untrack to the extension, which calls them per block
-    (they take the GIL themselves).  Found at run time, so the abi3 build links nothing beyond
-    the stable ABI; absent (PyPy, a stripped interpreter), tracking is a no-op."""
-    import ctypes
-    try:
-        track = ctypes.cast(ctypes.pythonapi.PyTraceMalloc_Track, ctypes.c_void_p).value
-        untrack = ctypes.cast(ctypes.pythonapi.PyTraceMalloc_Untrack, ctypes.c_void_p).value
-    except (AttributeError, OSError):  # pragma: no cover
-        return
-    if track and untrack:
-        lib.nmpy_set_tracemalloc(ffi.cast("void *", track), ffi.cast("void *", untrack))
-
-
-_hook_tracemalloc()
 
 
 def suppressions_path() -> str:
@@ -92,8 +74,6 @@ class DebugAllocator(Allocator):
     bound; a larger block leaves at once, its poison checked), oldest leaving first.  Errors
     found during ``free()`` raise at once; :meth:`check` scans every block."""
 
-    _records_sites = True
-
     def __init__(self, base: Optional[Allocator] = None, *, traceback_depth: int = 1, quarantine: int = 1024,
                  guard_pages: bool = False, quarantine_bytes: int = 64 << 20) -> None:
         if base is not None and not isinstance(base, Allocator):
@@ -101,56 +81,20 @@ class DebugAllocator(Allocator):
         depth = as_size(traceback_depth, "traceback_depth")
         if depth == 0:
             raise E.InvalidArgumentError("traceback_depth must be at least 1")
+        if depth > 1000:
+            raise E.InvalidArgumentError(f"traceback_depth {depth} is more than 1000 frames")
         q = as_size(quarantine, "quarantine")
         qbytes = as_size(quarantine_bytes, "quarantine_bytes")
+        if not isinstance(guard_pages, bool):
+            raise E.InvalidTypeError(f"guard_pages must be a bool, not {type(guard_pages).__name__}")
         flags = lib.NM_DEBUG_GUARD_PAGES if guard_pages else 0
         table = check_ptr(lib.nm_debug_create_ex(base.cdata if base is not None else ffi.NULL, flags, q),
                           "cannot create a debug allocator")
-        super().__init__(table, name="debug", owned=True, keepalive=base, backend="debug")
         lib.nm_debug_set_quarantine_bytes(table, qbytes)
+        super().__init__(table, name="debug", owned=True, keepalive=base, backend="debug", _sites=True,
+                         _depth=depth)
         self.base = base
-        self.traceback_depth = depth
-        self.guard_pages = bool(guard_pages)
-
-    def _site(self) -> Any:
-        return caller_site(self.traceback_depth)
-
-    # -- allocation: as Allocator, plus tracemalloc ------------------------------------------------
-    def malloc(self, size: int) -> Buffer:
-        buf = super().malloc(size)
-        self._track(buf)
-        return buf
-
-    def calloc(self, count: int, size: int) -> Buffer:
-        buf = super().calloc(count, size)
-        self._track(buf)
-        return buf
-
-    def memalign(self, alignment: int, size: int) -> Buffer:
-        buf = super().memalign(alignment, size)
-        self._track(buf)
-        return buf
-
-    def realloc(self, buf: Buffer, size: int) -> Buffer:
-        old = buf._address() if not buf.freed else None
-        out = super().realloc(buf, size)
-        if old is not None and _is_tracing():
-            lib.nmpy_untrace(old)
-        self._track(out)
-        return out
-
-    @staticmethod
-    def _track(buf: Buffer) -> None:
-        # tracemalloc sees the block in TRACEMALLOC_DOMAIN; like Python objects, only blocks
-        # allocated while it traces (asking costs less than the call it saves)
-        if _is_tracing():
-            lib.nmpy_trace(buf._address(), buf.size)
-
-    def _free_recorded(self, buf: Buffer, p: Any) -> int:
-        # Frees record where they happened (for write-after-free reports): Allocator's, untracked.
-        if _is_tracing():
-            lib.nmpy_untrace(buf._address())
-        return Allocator._free_recorded(self, buf, p)
+        self.guard_pages = guard_pages
 
     # -- checks and reports -----------------------------------------------------------------------
     def check(self) -> None:

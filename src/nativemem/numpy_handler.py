@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-from typing import Any, Iterator, List
+from typing import Any, Iterator, Optional
 
 from . import errors as E
-from ._ffi import ffi, lib
+from ._ffi import _core
 from .allocator import Allocator
 
 __all__ = ["numpy_allocator"]
 
-_keep: List[Any] = []  # handler structs and allocators referenced by live arrays' capsules
 _SET_HANDLER_INDEX = 304  # PyDataMem_SetHandler in NumPy's C-API table (numpy_api.py, since 1.22)
 
 
@@ -42,19 +41,22 @@ def _set_handler_fn() -> Any:
 
 
 @contextlib.contextmanager
-def numpy_allocator(alloc: Allocator, name: str = "nativemem") -> Iterator[Allocator]:
-    """Within the block, NumPy allocates array data from ``alloc``."""
+def numpy_allocator(alloc: Allocator, name: Optional[str] = None) -> Iterator[Allocator]:
+    """Within the block, NumPy allocates array data from ``alloc``.
+
+    The handler is a capsule owning its C struct and one reference on ``alloc``; NumPy holds the
+    capsule in every array made in the block, so both live exactly as long as the last of them.
+    Its name is ``nativemem:<allocator name>`` (or ``name``)."""
     if not isinstance(alloc, Allocator):
         raise E.InvalidTypeError(f"numpy_allocator needs a nativemem.Allocator, not {type(alloc).__name__}")
+    if name is not None and not isinstance(name, str):
+        raise E.InvalidTypeError(f"name must be a str, not {type(name).__name__}")
     set_handler = _set_handler_fn()
-    h = ffi.new("nm_numpy_handler_t *")
-    lib.nm_numpy_handler_init(h, alloc.cdata, f"nativemem:{name}:{alloc.name}".encode()[:120])
-    new_capsule = ctypes.pythonapi.PyCapsule_New
-    new_capsule.restype = ctypes.py_object
-    new_capsule.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-    capsule = new_capsule(int(ffi.cast("uintptr_t", h)), b"mem_handler", None)
-    _keep.append((h, alloc))  # arrays made in the block point at both for their whole life
+    label = name if name is not None else f"nativemem:{alloc.name}"
+    capsule = _core.numpy_handler_capsule(alloc, alloc._table_address,
+                                          label.encode("utf-8", "replace")[:120].decode("utf-8", "ignore"))
     old = set_handler(capsule)
+    del capsule
     try:
         yield alloc
     finally:

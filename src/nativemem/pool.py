@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import ctypes
 import operator
-import threading
+import sys
 import warnings
-import weakref
 from typing import Any, Iterable, List, NamedTuple, Optional
 
 from . import errors as E
-from ._ffi import as_address, as_size, check_ptr, check_status, ffi, lib, raise_last
-from ._sites import caller_site, site_text
+from ._ffi import _core, as_size, check_ptr, check_status, ffi, lib
+from ._sites import site_text
 from .allocator import Allocator
 
 __all__ = ["Pool", "PoolStats", "PoolObject", "ObjectPool"]
@@ -52,17 +51,16 @@ def _flag(value: Any, what: str) -> bool:
     return value
 
 
-def _destroy(p: Any) -> None:
-    lib.nm_pool_destroy(p)
-
-
-class Pool:
+class Pool(_core.Pool):
     """A pool of ``object_size``-byte objects carved from chunks of ``objects_per_chunk``.
 
-    ``alignment`` (a power of two from the pointer size to 4096) aligns every object;
-    ``zero`` zeroes objects when handed out; ``checked`` records allocation sites, poisons
-    freed objects (0xDD) and verifies the poison on reuse; ``bughunt`` makes one backend
-    allocation per object so Valgrind/ASan see each one.  Thread safe.
+    ``alloc()`` returns an object's address as an int (cffi's ``ffi.cast`` and ctypes'
+    ``from_address`` take it); ``free(address)`` gives it back.  ``alignment`` (a power of two
+    from the pointer size to 4096) aligns every object; ``zero`` zeroes objects when handed out;
+    ``checked`` records allocation sites, poisons freed objects (0xDD) and verifies the poison on
+    reuse; ``bughunt`` makes one backend allocation per object so Valgrind/ASan see each one.
+    Thread safe.  The pool (and the allocator its chunks come from) lives as long as anything
+    can reach it, a bound ``pool.alloc`` included; ``close()`` destroys it at once.
     """
 
     def __init__(self, object_size: int, *, objects_per_chunk: int = 256, alignment: int = 64,
@@ -94,8 +92,6 @@ class Pool:
             raise E.InvalidTypeError(f"allocator must be a nativemem.Allocator, not {type(allocator).__name__}")
         p = lib.nm_pool_create_ex(allocator.cdata, size, per, align, flags)
         check_ptr(p, f"cannot create a pool of {size}-byte objects")
-        self._p: Any = p
-        self._allocator = allocator
         self.object_size = size
         self.alignment = align
         self.objects_per_chunk = int(lib.nm_pool_objects_per_chunk(p))
@@ -103,135 +99,48 @@ class Pool:
         self.checked = checked
         self.bughunt = bughunt
         self.name = name if name is not None else f"pool{size}"
-        self._close_lock = threading.Lock()
-        # Safety net: a forgotten pool is destroyed when collected (never at interpreter exit,
-        # where objects may still be in use by other finalizers).
-        self._finalizer = weakref.finalize(self, _destroy, p)
-        self._finalizer.atexit = False
-        self._bind()
+        self._bind(int(ffi.cast("uintptr_t", p)), allocator, self.name, size, bool(checked or bughunt))
 
-    # -- the hot path: closures over the C pool, rebound to raise ClosedError after close()
-    def _bind(self) -> None:
-        p = self._p
-        c_alloc, c_alloc_at, c_free = lib.nm_pool_alloc, lib.nm_pool_alloc_at, lib.nm_pool_free
-        cast = ffi.cast
-        CData = ffi.CData
-        name = self.name
-
-        def closed() -> None:
-            raise E.ClosedError(f"pool {name!r} is closed")
-
-        def kill() -> None:
-            nonlocal p
-            p = None
-
-        if self.checked:
-            def alloc() -> Any:
-                """Allocate one object; returns a cffi ``void *``."""
-                if p is None:
-                    closed()
-                r = c_alloc_at(p, caller_site(), 0)
-                if not r:
-                    raise_last(f"{name}: allocation failed")
-                return r
-        else:
-            def alloc() -> Any:
-                """Allocate one object; returns a cffi ``void *``."""
-                if p is None:
-                    closed()
-                r = c_alloc(p)
-                if not r:
-                    raise_last(f"{name}: allocation failed")
-                return r
-
-        def free(ptr: Any) -> None:
-            """Return an object (a cffi pointer or an int address) to the pool."""
-            if p is None:
-                closed()
-            if type(ptr) is not CData:
-                ptr = cast("void *", as_address(ptr))
-            try:
-                rc = c_free(p, ptr)
-            except TypeError:
-                ptr = cast("void *", as_address(ptr))
-                rc = c_free(p, ptr)
-            if rc:
-                check_status(rc, address=int(cast("uintptr_t", ptr)))
-
-        self.alloc = alloc
-        self.free = free
-        self._kill = kill
-
-    def _closed(self, *args: Any, **kwargs: Any) -> Any:
-        raise E.ClosedError(f"pool {self.name!r} is closed")
-
-    # -- allocation -------------------------------------------------------------------
-    def alloc(self) -> Any:  # replaced per instance by _bind (documented here)
-        """Allocate one object; returns a cffi ``void *``."""
-        raise E.ClosedError("pool is closed")
-
-    def free(self, ptr: Any) -> None:  # replaced per instance by _bind
-        """Return an object (a cffi pointer or an int address) to the pool."""
-        raise E.ClosedError("pool is closed")
+    @property
+    def _p(self) -> Any:
+        return ffi.cast("nm_pool_t *", self._pool_address)
 
     def _live(self) -> Any:
-        p = self._p
-        if p is None:
-            raise E.ClosedError(f"pool {self.name!r} is closed")
-        return p
-
-    def alloc_many(self, n: int) -> List[Any]:
-        """Allocate ``n`` objects in one C call; returns a list of cffi ``void *``."""
-        p = self._live()
-        count = as_size(n, "n")
-        out = ffi.new("void *[]", count)
-        if self.checked:
-            lib.nm_site_set(caller_site(), 0)
-        got = lib.nm_pool_alloc_many(p, out, count)
-        if got != count:
-            if got:
-                lib.nm_pool_free_many(p, out, got)
-            raise_last(f"{self.name}: alloc_many({count}) failed after {got} objects")
-        return ffi.unpack(out, count)
-
-    def free_many(self, ptrs: Any) -> None:
-        """Free every pointer in ``ptrs`` (a sequence of cffi pointers / int addresses, or the
-        list returned by :meth:`alloc_many`, or a cffi pointer array) in one C call.  Every valid
-        pointer is freed; the first bad one is then raised, its index in the message."""
-        p = self._live()
-        if isinstance(ptrs, ffi.CData) and ffi.typeof(ptrs).kind == "array" and ffi.typeof(ptrs).item.kind == "pointer":
-            arr, n = ffi.cast("void **", ptrs), len(ptrs)
-        else:
-            if isinstance(ptrs, (str, bytes)) or not hasattr(ptrs, "__iter__"):
-                raise E.InvalidTypeError(f"free_many expects a sequence of pointers, not {type(ptrs).__name__}")
-            try:  # fast path: a list of cffi pointers converts in C
-                arr = ffi.new("void *[]", ptrs if isinstance(ptrs, list) else list(ptrs))
-            except TypeError:
-                arr = ffi.new("void *[]", [x if (type(x) is ffi.CData and ffi.typeof(x).kind == "pointer")
-                                           else ffi.cast("void *", as_address(x)) for x in ptrs])
-            n = len(arr)
-        check_status(lib.nm_pool_free_many(p, arr, n))
-
-    def owns(self, ptr: Any) -> bool:
-        """True when ``ptr`` is the start of a live object of this pool (never reads foreign memory)."""
-        p = self._live()
-        try:
-            addr = as_address(ptr)
-        except E.InvalidFreeError:
-            return False
-        return bool(lib.nm_pool_owns(p, ffi.cast("void *", addr)))
+        return self._p
 
     def view(self, ptr: Any) -> memoryview:
-        """A writable memoryview of the live object at ``ptr`` (``object_size`` bytes).  It must
-        not be used after the object is freed."""
-        p = self._live()
-        addr = as_address(ptr)
-        if not lib.nm_pool_owns(p, ffi.cast("void *", addr)):
-            raise E.InvalidArgumentError(f"{addr:#x} is not a live object of pool {self.name!r}", address=addr)
-        return memoryview(ffi.buffer(ffi.cast("char *", addr), self.object_size))
+        """A writable memoryview of the live object at ``ptr`` (``object_size`` bytes).  While it
+        (or anything made from it) is alive, freeing the object or closing the pool raises
+        BufferInUseError."""
+        v = self._view(ptr)
+        try:
+            return memoryview(v)
+        finally:
+            self._prune_views()
+
+    def _prune_views(self) -> None:
+        views = self._views
+        if views is not None and len(views) > 64:
+            views[:] = [v for v in views if v.exports or sys.getrefcount(v) > 3]
+
+    def _forget_views(self, address: int) -> None:
+        """Called by free(): refuse while a view of ``address`` is exported, else drop its views."""
+        views = self._views
+        if not views:
+            return
+        mine = [v for v in views if v.address == address]
+        for v in mine:
+            if v.exports:
+                raise E.BufferInUseError(
+                    f"object {address:#x} of pool {self.name!r} has {v.exports} live view(s); release them "
+                    f"before free()", address=address, size=self.object_size)
+        for v in mine:
+            v.invalidate()
+        views[:] = [v for v in views if v.valid]
 
     # -- introspection ----------------------------------------------------------------
     def stats(self) -> PoolStats:
+        """Counters: allocations, frees, live, peak, chunks, reserved bytes."""
         p = self._live()
         out = ffi.new("nm_pool_stats_t *")
         lib.nm_pool_stats(p, out)
@@ -265,29 +174,20 @@ class Pool:
         check_status(lib.nm_pool_check(self._live()))
 
     @property
-    def closed(self) -> bool:
-        return self._p is None
-
-    @property
     def cdata(self) -> Any:
-        """The ``nm_pool_t *`` for C code."""
+        """The ``nm_pool_t *`` for C code (ClosedError once closed)."""
         return self._live()
 
     # -- lifetime -----------------------------------------------------------------------
     def close(self) -> None:
         """Destroy the pool and give its chunks back to the allocator.  Live objects are
-        reported with a ResourceWarning (with sites in checked mode) and become invalid."""
-        with self._close_lock:
-            p = self._p
-            if p is None:
-                return
-            leaks = self._list(p)
-            self._p = None
-            self._kill()
-            self.alloc = self._closed  # type: ignore[method-assign]
-            self.free = self._closed  # type: ignore[method-assign]
-            self._finalizer.detach()
-            lib.nm_pool_destroy(p)
+        reported with a ResourceWarning (with sites in checked mode) and become invalid.
+        BufferInUseError while a view of an object is alive."""
+        if self.closed:
+            return
+        leaks = self._list(self._live())
+        if not self._close():
+            return
         if leaks:
             shown = "\n".join(f"  {o.address:#x} ({o.size} bytes)" + (f" allocated at {o.site}" if o.site else "")
                               for o in leaks[:20])
@@ -303,7 +203,7 @@ class Pool:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._p is None else f"live={self.stats().live}"
+        state = "closed" if self.closed else f"live={self.stats().live}"
         return f"<nativemem.Pool {self.name!r} object_size={self.object_size} {state}>"
 
 
@@ -351,40 +251,30 @@ class ObjectPool:
         self._bind()
 
     def _bind(self) -> None:
-        alloc, free = self.pool.alloc, self.pool.free
+        self._closed = False
+
+    def new(self) -> Any:
+        """A zeroed object from the pool: a typed cffi pointer, or a ctypes instance living at a
+        pool address.  The object keeps the pool alive; give it back with :meth:`delete`."""
+        if self._closed:
+            raise E.ClosedError(f"object pool {self.pool.name!r} is closed")
+        addr = self.pool.alloc()
         if self._ctypes is not None:
-            from_address = self._ctypes.from_address
-            addressof = ctypes.addressof
-            cast = ffi.cast
-            cls = self._ctypes
+            obj = self._ctypes.from_address(addr)
+            obj._nativemem_pool = self.pool  # the chunk lives as long as the instance
+            return obj
+        pool = self.pool
+        # a no-op destructor whose closure holds the pool: the pointer keeps its chunk alive
+        return self._ffi.gc(self._ffi.cast(self._ptype, addr), lambda _p, _pool=pool: None)
 
-            def new() -> Any:
-                """A zeroed instance at a pool address."""
-                return from_address(int(cast("uintptr_t", alloc())))
-
-            def delete(obj: Any) -> None:
-                """Return an instance made by new() to the pool."""
-                if not isinstance(obj, cls):
-                    raise E.InvalidTypeError(f"delete expects a {cls.__name__}, not {type(obj).__name__}")
-                free(addressof(obj))
+    def delete(self, obj: Any) -> None:
+        """Return an object made by :meth:`new` to the pool."""
+        if self._ctypes is not None:
+            if not isinstance(obj, self._ctypes):
+                raise E.InvalidTypeError(f"delete expects a {self._ctypes.__name__}, not {type(obj).__name__}")
+            self.pool.free(ctypes.addressof(obj))
         else:
-            ucast, ptype = self._ffi.cast, self._ptype
-
-            def new() -> Any:
-                """A zeroed, typed pointer to a pool object."""
-                return ucast(ptype, alloc())
-
-            def delete(p: Any) -> None:
-                """Return a pointer made by new() to the pool."""
-                free(p)
-        self.new = new
-        self.delete = delete
-
-    def new(self) -> Any:  # replaced per instance by _bind
-        raise E.ClosedError("object pool is closed")
-
-    def delete(self, p: Any) -> None:  # replaced per instance by _bind
-        raise E.ClosedError("object pool is closed")
+            self.pool.free(obj)
 
     def stats(self) -> PoolStats:
         return self.pool.stats()
@@ -393,9 +283,18 @@ class ObjectPool:
         return self.pool.live_objects()
 
     def close(self) -> None:
-        self.pool.close()
-        self.new = self.pool._closed  # type: ignore[method-assign]
-        self.delete = self.pool._closed  # type: ignore[method-assign]
+        """No new objects.  The pool itself is destroyed now when no object is live; otherwise
+        (with a ResourceWarning naming them) when the last object made by :meth:`new` is gone."""
+        if self._closed:
+            return
+        self._closed = True
+        live = self.pool.live_objects() if not self.pool.closed else []
+        if not live:
+            self.pool.close()
+            return
+        shown = "\n".join(f"  {o.address:#x}" + (f" allocated at {o.site}" if o.site else "") for o in live[:20])
+        warnings.warn(f"object pool {self.pool.name!r} closed with {len(live)} live object(s); its memory is "
+                      f"returned when they are gone:\n{shown}", ResourceWarning, stacklevel=2)
 
     def __enter__(self) -> "ObjectPool":
         return self
