@@ -140,5 +140,35 @@ else
   note "SKIP Python suite under Valgrind: valgrind or an importable nativemem missing"
 fi
 
+# 7. The Python layer and the regression tests of the Python face under AddressSanitizer: the
+# extension built with -fsanitize=address in its own venv, libasan preloaded, CPython on malloc.
+# Tests that corrupt memory on purpose (to see nativemem catch it) are deselected: ASan stops
+# them first, which is right.
+ASAN_SO=$(gcc -print-file-name=libasan.so 2>/dev/null || true)
+if [ -n "$ASAN_SO" ] && [ -f "$ASAN_SO" ] && "$PY" -m venv "$OUT/vasan" 2>/dev/null; then
+  "$OUT/vasan/bin/pip" install -q --upgrade pip >/dev/null 2>&1
+  "$OUT/vasan/bin/pip" install -q setuptools wheel cffi pytest hypothesis numpy >/dev/null 2>&1
+  if NATIVEMEM_CFLAGS="-fsanitize=address -fno-omit-frame-pointer" \
+       "$OUT/vasan/bin/pip" install -q --no-build-isolation "$ROOT" >"$OUT/asanbuild.log" 2>&1; then
+    TESTS=()
+    for t in test_allocator test_pool test_strtab test_cow test_numpy_handler test_threads_stress test_prop \
+             test_pool_asan test_bad_input test_hostile test_fork test_prop_deep test_debug test_usage_errors; do
+      [ -f "$ROOT/tests/$t.py" ] && TESTS+=("$ROOT/tests/$t.py")
+    done
+    if (cd "$OUT" && LD_PRELOAD="$ASAN_SO" ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 PYTHONMALLOC=malloc \
+        timeout 900 "$OUT/vasan/bin/python" -m pytest -q -p no:cacheprovider "${TESTS[@]}" \
+        -k "not overflow and not underflow and not write_after_free and not use_after_free_write and not corrupt and not guard_pages and not canary" \
+        >"$OUT/asanpy.out" 2>&1); then
+      note "Python suite under ASan: $(tail -n 1 "$OUT/asanpy.out")"
+    else
+      bad "Python suite under ASan"; grep -m1 -A30 "ERROR: AddressSanitizer" "$OUT/asanpy.out" || tail -n 30 "$OUT/asanpy.out"
+    fi
+  else
+    bad "ASan build of the extension"; tail -n 20 "$OUT/asanbuild.log"
+  fi
+else
+  note "SKIP Python suite under ASan: no libasan or no venv"
+fi
+
 if [ $FAIL -ne 0 ]; then echo "C checks: FAILED"; exit 1; fi
 echo "C checks: all passed"

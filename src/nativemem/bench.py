@@ -284,6 +284,19 @@ def _py_workloads(quick: bool) -> List[Workload]:
     # outside nativemem, and this module is inside it
     user_pair = eval(compile("lambda: dbg.malloc(64).free()", "<user code>", "eval"), {"dbg": dbg})
     w.fns["nativemem DebugAllocator Buffer"] = lambda: _per_call(user_pair, n)
+
+    def traced_bytearray() -> float:
+        # what Python offers for finding who allocated what: tracemalloc over bytearray
+        import tracemalloc
+        was = tracemalloc.is_tracing()
+        if not was:
+            tracemalloc.start()
+        try:
+            return _per_call(lambda: bytearray(64), n)
+        finally:
+            if not was:
+                tracemalloc.stop()
+    w.fns["bytearray under tracemalloc"] = traced_bytearray
     w._keep = (dbg,)  # type: ignore[attr-defined]
     pool = nativemem.Pool(64)
     w.fns["nativemem Pool.alloc/free"] = lambda: _per_call(lambda: pool.free(pool.alloc()), n)
