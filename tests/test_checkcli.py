@@ -95,6 +95,29 @@ def test_pytest_plugin_fails_leaking_tests(tmp_path):
     assert r.returncode == 0 and "3 passed" in r.stdout
 
 
+def test_pytest_plugin_fails_a_test_that_corrupts_memory(tmp_path):
+    # The overflow is found when the forgotten Buffer is freed by its finalizer: nothing can
+    # raise there, so it must still fail the test (CorruptionWarning, and the debug allocator's
+    # error count).
+    (tmp_path / "test_y.py").write_text(textwrap.dedent("""
+        import ctypes, nativemem
+
+        def test_overflow():
+            b = nativemem.allocator().malloc(16)
+            ctypes.memset(b.address + 16, 0x41, 1)
+            del b
+
+        def test_fine():
+            nativemem.allocator().malloc(16).free()
+    """))
+    load = [] if _entry_point_installed() else ["-p", "nativemem.pytest_plugin"]
+    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider"] + load + [str(tmp_path / "test_y.py"), "--nativemem-leaks"]
+    r = run_python(args, cwd=str(tmp_path))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "1 failed, 1 passed" in r.stdout
+    assert "corruption" in r.stdout and "test_overflow" in r.stdout
+
+
 # -- usage errors, silent corruption, report hygiene --------------------------------------------
 
 def _check(args, cwd=None):

@@ -155,6 +155,16 @@ class Prop:
             except Exception:
                 pass
 
+    def __copy__(self) -> "Prop":
+        """copy.copy: another handle with its own reference (as ref())."""
+        return self.ref()
+
+    def __deepcopy__(self, memo: Any) -> "Prop":
+        raise E.InvalidTypeError("a Prop cannot be deep-copied (it is a node of a tree); use ref() for a handle")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise E.InvalidTypeError("a Prop cannot be pickled")
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Prop) and self._p is not None and self._p == other._p
 

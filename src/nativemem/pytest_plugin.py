@@ -36,22 +36,44 @@ def pytest_unconfigure(config: Any) -> None:
         _STATE.pop("dbg")
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: Any) -> Any:
     dbg = _STATE.get("dbg")
     if dbg is None:
-        yield
-        return
+        return (yield)
+    import warnings
+
+    import nativemem
     mark = dbg.snapshot()
-    outcome = yield
-    gc.collect()
+    errors_before = dbg.debug_stats().errors
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", nativemem.CorruptionWarning)
+        try:
+            result = yield
+        finally:
+            gc.collect()  # forgotten Buffers are freed (and checked) now, inside the record
+    corruption = [w for w in caught if issubclass(w.category, nativemem.CorruptionWarning)]
+    for w in caught:  # the test's other warnings go on to pytest's own record
+        if w not in corruption:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    problems = [f"  {w.message}" for w in corruption]
+    try:
+        dbg.check()
+    except nativemem.NativeMemError as exc:
+        problems.append(f"  {type(exc).__name__}: {exc}")
+    new_errors = dbg.debug_stats().errors - errors_before
+    if new_errors and not problems:
+        problems.append(f"  the debug allocator found {new_errors} corruption/misuse error(s) during the test")
+    if problems:
+        pytest.fail("nativemem found memory corruption during the test:\n" + "\n".join(problems), pytrace=False)
     leaks = dbg.leaks(since=mark)
     marker: Optional[Any] = item.get_closest_marker("nativemem_leaks")
     allow = int(marker.kwargs.get("allow", 0)) if marker else 0
-    if len(leaks) > allow and outcome.excinfo is None:
+    if len(leaks) > allow:
         lines = [f"{len(leaks)} native block(s) ({sum(lk.size for lk in leaks)} bytes) allocated through "
                  f"nativemem during the test are still allocated (allowed: {allow}):"]
         for lk in leaks[:20]:
             lines.append(f"  {lk.size} bytes at {lk.address:#x}, allocated at {lk.site}")
             lines.extend(f"      {fr}" for fr in lk.traceback[1:])
         pytest.fail("\n".join(lines), pytrace=False)
+    return result
