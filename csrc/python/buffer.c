@@ -476,7 +476,7 @@ static PyObject *Allocator_bind(PyObject *self, PyObject *args) {
     PyObject *name, *keep, *backend;
     int owned, sites, depth;
     if (!PyArg_ParseTuple(args, "KUpOUpi", &addr, &name, &owned, &keep, &backend, &sites, &depth)) return NULL;
-    if (a->table != NULL || a->closed) return nmpy_raisef(PyExc_RuntimeError, "allocator is already bound");
+    if (a->table != NULL || a->closed) return nmpy_raisef(nmpy.InvalidArgumentError, "allocator is already bound");
     if (addr == 0) return nmpy_raisef(nmpy.InvalidArgumentError, "NULL allocator table");
     if (depth < 1) return nmpy_raisef(nmpy.InvalidArgumentError, "traceback depth must be at least 1");
     a->table = (nm_allocator_t *)(uintptr_t)addr;

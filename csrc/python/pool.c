@@ -245,7 +245,7 @@ static PyObject *Pool_bind(PyObject *self, PyObject *args) {
     Py_ssize_t size;
     int checked;
     if (!PyArg_ParseTuple(args, "KOUnp", &addr, &alloc, &name, &size, &checked)) return NULL;
-    if (p->pool || p->closed) return nmpy_raisef(PyExc_RuntimeError, "pool is already bound");
+    if (p->pool || p->closed) return nmpy_raisef(nmpy.InvalidArgumentError, "pool is already bound");
     p->pool = (nm_pool_t *)(uintptr_t)addr;
     NMPY_XSETREF(p->allocator, Py_NewRef(alloc));
     NMPY_XSETREF(p->name, Py_NewRef(name));

@@ -172,7 +172,7 @@ static PyObject *Strtab_bind(PyObject *self, PyObject *args) {
     unsigned long long addr;
     PyObject *alloc;
     if (!PyArg_ParseTuple(args, "KO", &addr, &alloc)) return NULL;
-    if (t->t || t->closed) return nmpy_raisef(PyExc_RuntimeError, "string table is already bound");
+    if (t->t || t->closed) return nmpy_raisef(nmpy.InvalidArgumentError, "string table is already bound");
     t->t = (nm_strtab_t *)(uintptr_t)addr;
     NMPY_XSETREF(t->allocator, Py_NewRef(alloc));
     Py_RETURN_NONE;
