@@ -28,6 +28,38 @@ int nm_last_error(void) { return nm__err_code; }
 const char *nm_last_error_message(void) { return nm__err_code ? nm__err_msg : ""; }
 void nm_clear_error(void) { nm__err_code = NM_OK; nm__err_msg[0] = '\0'; }
 
+/* ---- reports nobody can return ------------------------------------------------------ */
+static nm_atomic_t nm__report_hook;                /* nm_report_fn as a word; 0: stderr */
+static NM_THREAD_LOCAL unsigned nm__reported_seq;  /* err_seq of the last error handed on */
+
+/* The context of the allocator nm_free_checked is freeing through on this thread (NULL outside
+ * it): an allocator that keeps errors nobody was told of (debug.c's pending error) leaves those
+ * the caller gets alone.  Declared in debug.c (nm_internal.h is not part of this change). */
+NM_THREAD_LOCAL NM_TLS_FAST void *_nm_checked_ctx;
+
+void nm_set_report_hook(nm_report_fn fn) { nm_atomic_store_release(&nm__report_hook, (intptr_t)fn); }
+nm_report_fn nm_get_report_hook(void) { return (nm_report_fn)nm_atomic_load_acquire(&nm__report_hook); }
+
+/* Hand the thread's error, reported by allocator `name` on a path with no caller to return it
+ * to, to the hook (or stderr).  Once per error: a wrapper's nm_free (faulty.c) sees the error its
+ * base's nm_free already handed on.  Also called by debug.c (declared there), which hands on its
+ * own reports: see nm__free. */
+NM_NOINLINE void _nm_report(const char *name) {
+    char msg[sizeof nm__err_msg];
+    int code = nm__err_code;
+    nm_report_fn fn;
+    if (code == NM_OK || nm__err_seq == nm__reported_seq) return;
+    nm__reported_seq = nm__err_seq;
+    memcpy(msg, nm__err_msg, sizeof msg); /* the hook may call into nativemem, which may set errors */
+    fn = nm_get_report_hook();
+    if (fn != NULL) {
+        fn(name ? name : "?", code, msg);
+    } else {
+        fprintf(stderr, "nativemem: %s\n", msg);
+        fflush(stderr);
+    }
+}
+
 const char *nm_strerror(int code) {
     switch (code) {
     case NM_OK: return "no error";
@@ -124,6 +156,22 @@ static NM_NOINLINE void *nm__fail(nm_allocator_t *a, size_t size, unsigned seq) 
     return _nm_oom(a->name, size);
 }
 
+/* nm__fail for memalign: the message names the alignment and the size. */
+static NM_NOINLINE void *nm__fail_aligned(nm_allocator_t *a, size_t alignment, size_t size, unsigned seq) {
+    const char *name = a->name ? a->name : "?";
+    nm_atomic_add_relaxed(&a->st_failures, 1);
+    if ((a->flags & NM_ALLOC_REPORTS) && nm__err_seq != seq && nm__err_code != NM_ERR_NOMEM) return NULL;
+    if (nm_atomic_load_relaxed(&nm__oom_policy) == NM_OOM_ABORT) {
+        fprintf(stderr, "nativemem: out of memory in memalign(alignment=%zu, size=%zu) from %s; aborting "
+                "(oom policy 'abort')\n", alignment, size, name);
+        fflush(stderr);
+        abort();
+    }
+    _nm_set_error(NM_ERR_NOMEM, "out of memory: memalign(alignment=%zu, size=%zu) from allocator '%s'", alignment,
+                  size, name);
+    return NULL;
+}
+
 static NM_NOINLINE void *nm__too_big(nm_allocator_t *a, size_t n, size_t size) {
     nm_atomic_add_relaxed(&a->st_failures, 1);
     if (size == (size_t)-1)
@@ -172,6 +220,8 @@ void *nm_realloc(nm_allocator_t *a, void *p, size_t size) {
     seq = (a->flags & NM_ALLOC_REPORTS) ? nm__err_seq : 0;
     q = a->realloc(a->ctx, p, size);
     if (NM_UNLIKELY(q == NULL)) return nm__fail(a, size, seq);
+    /* it succeeded, yet reported (corruption found releasing the old block): nobody else hears it */
+    if (NM_UNLIKELY((a->flags & NM_ALLOC_REPORTS) && nm__err_seq != seq)) _nm_report(a->name);
     if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS)) && a->usable_size) {
         intptr_t live, peak;
         size_t new_bytes = (a->flags & NM_ALLOC_EXACT_SIZE) ? size : a->usable_size(a->ctx, q);
@@ -183,51 +233,101 @@ void *nm_realloc(nm_allocator_t *a, void *p, size_t size) {
     return q;
 }
 
-void nm_free(nm_allocator_t *a, void *p) {
-    if (p == NULL) return;
-    if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS))) {
-        size_t bytes = a->usable_size ? a->usable_size(a->ctx, p) : 0;
-        unsigned seq;
-        if (!(a->flags & NM_ALLOC_REPORTS)) { /* plain backends report nothing: no TLS access */
+/* nm_free and nm_free_checked: free p (not NULL) and return NM_OK or the error the allocator
+ * reported meanwhile; `report`: hand that error on (_nm_report), as no caller will get it. */
+NM_INLINE int nm__free(nm_allocator_t *a, void *p, int report) {
+    unsigned flags = a->flags, seq;
+    size_t bytes = 0;
+    if (flags & NM_ALLOC_SELF_STATS) {
+        /* It may tear its table down in this very free (the last block after a deferred destroy),
+         * so it hands on what it reports itself, before that (debug.c: when _nm_checked_ctx is
+         * not its context); nm_free stays one tail call. */
+        if (report) {
             a->free(a->ctx, p);
-            nm__count_free(a, bytes);
-            return;
+            return NM_OK;
         }
         seq = nm__err_seq;
         a->free(a->ctx, p);
+        return nm__err_seq != seq ? nm__err_code : NM_OK;
+    }
+    if (!(flags & NM_ALLOC_NO_STATS)) bytes = a->usable_size ? a->usable_size(a->ctx, p) : 0;
+    if (!(flags & NM_ALLOC_REPORTS)) { /* plain backends report nothing: no TLS access */
+        a->free(a->ctx, p);
+        if (!(flags & NM_ALLOC_NO_STATS)) nm__count_free(a, bytes);
+        return NM_OK;
+    }
+    seq = nm__err_seq;
+    a->free(a->ctx, p);
+    if (NM_UNLIKELY(nm__err_seq != seq)) {
+        int code = nm__err_code;
+        /* reported before the block is counted out: a deferred destroy cannot finish (and free
+         * the name) in between */
+        if (report) _nm_report(a->name);
         /* An allocator that detects a bad free (debug, arena) sets an error and frees nothing;
          * corruption found while freeing (a damaged canary) is reported but the block is freed. */
-        if (NM_UNLIKELY(nm__err_seq != seq) &&
-            (nm__err_code == NM_ERR_INVALID_FREE || nm__err_code == NM_ERR_DOUBLE_FREE))
-            return;
-        nm__count_free(a, bytes);
-        return;
+        if (!(flags & NM_ALLOC_NO_STATS) && code != NM_ERR_INVALID_FREE && code != NM_ERR_DOUBLE_FREE)
+            nm__count_free(a, bytes);
+        return code;
     }
-    a->free(a->ctx, p);
+    if (!(flags & NM_ALLOC_NO_STATS)) nm__count_free(a, bytes);
+    return NM_OK;
+}
+
+void nm_free(nm_allocator_t *a, void *p) {
+    if (p != NULL) (void)nm__free(a, p, 1);
 }
 
 int nm_free_checked(nm_allocator_t *a, void *p) {
-    unsigned seq = nm__err_seq;
-    nm_free(a, p);
-    return nm__err_seq != seq ? nm__err_code : NM_OK;
+    void *outer;
+    int rc;
+    if (p == NULL) return NM_OK;
+    if (!(a->flags & NM_ALLOC_REPORTS)) return nm__free(a, p, 0);
+    outer = _nm_checked_ctx; /* a free inside a free (a wrapper's base) restores the outer one */
+    _nm_checked_ctx = a->ctx;
+    rc = nm__free(a, p, 0);
+    _nm_checked_ctx = outer;
+    return rc;
+}
+
+/* The largest alignment a block can have.  A block aligned to A starts at a nonzero multiple of
+ * A, so at an address >= A: on 64-bit targets no mainstream platform gives a process addresses
+ * of 2^56 and more (x86-64 with 5-level paging and RISC-V Sv57 stop below 2^56, arm64 and POWER
+ * below 2^53).  On 32-bit targets the size limit below is the tighter one. */
+#if UINTPTR_MAX > 0xFFFFFFFFu
+#define NM__MAX_ALIGN ((size_t)1 << 55)
+#else
+#define NM__MAX_ALIGN NM_MAX_ALLOC
+#endif
+
+static NM_NOINLINE void *nm__bad_align(nm_allocator_t *a, size_t alignment, size_t size) {
+    const char *name = a->name ? a->name : "?";
+    nm_atomic_add_relaxed(&a->st_failures, 1);
+    if (!_nm_is_pow2(alignment) || alignment % sizeof(void *) != 0)
+        _nm_set_error(NM_ERR_INVALID,
+                      "memalign(alignment=%zu, size=%zu) from '%s': the alignment is not a power of two multiple "
+                      "of sizeof(void *) (%zu)", alignment, size, name, sizeof(void *));
+    else if (alignment > NM__MAX_ALIGN)
+        _nm_set_error(NM_ERR_INVALID,
+                      "memalign(alignment=%zu, size=%zu) from '%s': no block can be aligned to more than %zu bytes "
+                      "(it would start beyond the address space a process gets)", alignment, size, name,
+                      (size_t)NM__MAX_ALIGN);
+    else
+        _nm_set_error(NM_ERR_OVERFLOW,
+                      "memalign(alignment=%zu, size=%zu) from '%s': size plus alignment exceeds the maximum "
+                      "allocation (%zu)", alignment, size, name, (size_t)NM_MAX_ALLOC);
+    return NULL;
 }
 
 void *nm_memalign(nm_allocator_t *a, size_t alignment, size_t size) {
     void *p;
     unsigned seq;
-    if (NM_UNLIKELY(!_nm_is_pow2(alignment) || alignment % sizeof(void *) != 0)) {
-        nm_atomic_add_relaxed(&a->st_failures, 1);
-        _nm_set_error(NM_ERR_INVALID,
-                      "alignment %zu is not a power of two multiple of sizeof(void *) (%zu)", alignment,
-                      sizeof(void *));
-        return NULL;
-    }
-    if (NM_UNLIKELY(size > NM_MAX_ALLOC || alignment > NM_MAX_ALLOC - size))
-        return nm__too_big(a, size, (size_t)-1);
+    if (NM_UNLIKELY(!_nm_is_pow2(alignment) || alignment % sizeof(void *) != 0 || alignment > NM__MAX_ALIGN ||
+                    size > NM_MAX_ALLOC || alignment > NM_MAX_ALLOC - size))
+        return nm__bad_align(a, alignment, size);
     if (size == 0) size = 1;
     seq = (a->flags & NM_ALLOC_REPORTS) ? nm__err_seq : 0;
     p = a->memalign(a->ctx, alignment, size);
-    if (NM_UNLIKELY(p == NULL)) return nm__fail(a, size, seq);
+    if (NM_UNLIKELY(p == NULL)) return nm__fail_aligned(a, alignment, size, seq);
     if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS))) nm__count_alloc(a, nm__block_bytes(a, p, size));
     return p;
 }
@@ -298,11 +398,22 @@ void _nm_table_free(nm_allocator_t *a) { free(a); }
 
 static void nm__destroy_now(nm_allocator_t *a) { a->destroy(a); }
 
+/* Destroy a table that may report (debug.c verifies its quarantine while tearing down): what it
+ * reports has no caller to go to.  The name is copied first: the table goes with the call. */
+static NM_NOINLINE void nm__destroy_reporting(nm_allocator_t *a) {
+    char name[64];
+    unsigned seq = nm__err_seq;
+    snprintf(name, sizeof name, "%s", a->name ? a->name : "?");
+    nm__destroy_now(a);
+    if (nm__err_seq != seq) _nm_report(name);
+}
+
 void nm_allocator_destroy(nm_allocator_t *a) {
     intptr_t expected = 0;
     if (a == NULL || (a->flags & NM_ALLOC_STATIC) || a->destroy == NULL) return;
     if (a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS)) { /* the latter defer by themselves */
-        nm__destroy_now(a);
+        if (a->flags & NM_ALLOC_REPORTS) nm__destroy_reporting(a);
+        else nm__destroy_now(a);
         return;
     }
     /* Defer while blocks are live; the last nm_free finishes the job (see nm__count_free). */

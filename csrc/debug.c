@@ -10,8 +10,11 @@
  *   guard-page mode:      [pages: pad, head canary, user, tail slack][no-access page]
  *
  * Freed blocks are poisoned with 0xDD and kept in a bounded FIFO quarantine (a ring of records);
- * the poison is verified when a block leaves it (and on check), so a write after free is
- * reported with the block's allocation and free sites.  One lock protects everything (thread
+ * the oldest one out of it is kept as the "recycled" block for the next allocation of its size.
+ * The poison is verified when a freed block is handed out again or given back to base (and on
+ * check), so a write after free is reported with the block's allocation and free sites.  Errors
+ * found by a free whose caller cannot be told (nm_free, not nm_free_checked) are kept as the
+ * pending error, which the next nm_debug_check returns.  One lock protects everything (thread
  * safe); the hot path is kept short because it runs inside it: records come from slabs, the
  * address hash is open addressing without tombstones (backward-shift deletion), the live set is
  * the hash itself (reports sort by serial), and the 16-byte canaries are single stores.
@@ -26,12 +29,14 @@
 #define NM__TAIL_BYTE   0xFC
 #define NM__FREE_BYTE   0xDD
 #define NM__NEW_BYTE    0xCB
-#define NM__RECENT      4096  /* addresses released from quarantine, for late double frees */
+#define NM__RECENT      4096  /* blocks given back to base, for late double frees (a power of 2) */
 #define NM__SLAB        63    /* records per slab */
 
-/* LIVE: allocated.  QUARANTINED: freed, poisoned, in the ring.  RECYCLED: left the ring (its
- * poison verified) and kept, still in the hash, to serve the next allocation of its size. */
-enum { NM__LIVE = 1, NM__QUARANTINED = 2, NM__RECYCLED = 3 };
+/* LIVE: allocated.  QUARANTINED: freed, poisoned, in the ring.  RECYCLED: left the ring and kept,
+ * still in the hash and still poisoned, to serve the next allocation of its size (its poison is
+ * verified then, or when it goes back to base).  RECYCLED_BARE: the same without poison (no
+ * quarantine: freed blocks are not filled). */
+enum { NM__LIVE = 1, NM__QUARANTINED = 2, NM__RECYCLED = 3, NM__RECYCLED_BARE = 4 };
 
 typedef struct nm__dblk {
     char *raw;                 /* what base (or the OS) gave                          */
@@ -49,6 +54,14 @@ typedef struct nm__dslab {
     nm__dblk_t recs[NM__SLAB];
 } nm__dslab_t;
 
+/* A block given back to base: enough to name its sites in a late double free. */
+typedef struct nm__drecent {
+    uintptr_t user;            /* 0: unused */
+    size_t size;
+    const char *file, *free_file;
+    int line, free_line;
+} nm__drecent_t;
+
 typedef struct nm__dent {
     uintptr_t key;             /* user address; 0: empty */
     nm__dblk_t *rec;
@@ -60,7 +73,7 @@ typedef struct nm__dbg {
     nm_allocator_t *self;
     unsigned flags;
     size_t quarantine_cap;
-    size_t quarantine_max_bytes; /* 0: no byte bound */
+    size_t byte_limit;         /* quarantine byte bound; SIZE_MAX: none */
     /* hash: user address -> record (live, quarantined or recycled) */
     nm__dent_t *tab;
     size_t mask, count;
@@ -69,14 +82,24 @@ typedef struct nm__dbg {
     nm__dblk_t **q;
     size_t q_size, q_first, q_count, q_bytes;
     uint64_t serial, errors;    /* live/peak/total counts: the table's own counters (self) */
-    uintptr_t recent[NM__RECENT];
+    nm__drecent_t *recent;     /* ring of NM__RECENT, allocated by the first release to base */
     size_t recent_pos;
     nm__dblk_t *spare;         /* free records */
     nm__dblk_t *recycled;      /* one block out of the quarantine, kept for reuse (or NULL) */
+    size_t recycled_bytes;     /* its size (0: none), counted against the byte bound */
     nm__dslab_t *slabs;
     size_t page;
     int vg;                    /* running under Valgrind: issue client requests */
+    int pending_code;          /* the first error no caller was told of (NM_OK: none) */
+    char pending_msg[512];     /* (cold: last) */
 } nm__dbg_t;
+
+/* From alloc.c (declared here: nm_internal.h is not part of this change).  nm_free_checked sets
+ * _nm_checked_ctx to the context it frees through: its caller gets the error.  _nm_report hands
+ * the thread's error to the report hook (or stderr).  nm_free leaves the reports of a free to
+ * this allocator (it may tear its table down in the free), which hands them on itself. */
+extern NM_THREAD_LOCAL NM_TLS_FAST void *_nm_checked_ctx;
+void _nm_report(const char *name);
 
 /* Valgrind client requests cost a few ns each even outside Valgrind: only under it. */
 #define NM__VG(d, request) do { if ((d)->vg) { request; } } while (0)
@@ -353,70 +376,117 @@ static int nm__raw_alloc(nm__dbg_t *d, nm__dblk_t *r, size_t size, size_t align)
     return 0;
 }
 
-static void nm__raw_free(nm__dbg_t *d, nm__dblk_t *r) {
+/* Returns the error base reported freeing the block (NM_OK for libc): it is this allocator's to
+ * hand on (with its own, and counted with them), after its lock is dropped -- a report hook may
+ * call back into it. */
+static int nm__raw_free(nm__dbg_t *d, nm__dblk_t *r) {
+    int rc;
     if (d->flags & NM_DEBUG_GUARD_PAGES) {
         nm_os_unmap(r->raw, r->raw_size);
-    } else {
-        NM_ASAN_UNPOISON(r->raw, r->raw_size);
-        NM__VG(d, NM_VG_UNDEFINED(r->raw, r->raw_size));
-        nm_free(d->base, r->raw);
+        return NM_OK;
     }
+    NM_ASAN_UNPOISON(r->raw, r->raw_size);
+    NM__VG(d, NM_VG_UNDEFINED(r->raw, r->raw_size));
+    if (NM_LIKELY(!(d->base->flags & NM_ALLOC_REPORTS))) { /* libc & co. report nothing */
+        nm_free(d->base, r->raw);
+        return NM_OK;
+    }
+    rc = nm_free_checked(d->base, r->raw);
+    if (NM_UNLIKELY(rc != NM_OK)) d->errors++;
+    return rc;
 }
 
 /* ---- quarantine -------------------------------------------------------------------------------- */
-static void nm__remember(nm__dbg_t *d, const void *p) { d->recent[d->recent_pos++ % NM__RECENT] = (uintptr_t)p; }
-
-/* Drop a record for good: out of the hash, memory back to base, address remembered. */
-static void nm__forget(nm__dbg_t *d, nm__dblk_t *r) {
-    nm__del(d, r);
-    nm__remember(d, r->user);
-    nm__raw_free(d, r);
-    nm__rec_free(d, r);
-}
-
-/* A block leaving the quarantine: kept as the recycled block (in the hash, so a late double
- * free still names its sites), and the one kept before goes back to base.  The next allocation
- * of the same size reuses it without calling base or touching the hash -- base's LIFO caches
- * would hand out the same address anyway.  Guard-page blocks are unmapped at once. */
-static void nm__retire(nm__dbg_t *d, nm__dblk_t *r) {
-    if (d->flags & NM_DEBUG_GUARD_PAGES) {
-        nm__forget(d, r);
-        return;
+/* Remember a block given back to base, with its sites, for a late double free. */
+static void nm__remember(nm__dbg_t *d, const nm__dblk_t *r) {
+    nm__drecent_t *e;
+    if (NM_UNLIKELY(d->recent == NULL)) {
+        d->recent = (nm__drecent_t *)calloc(NM__RECENT, sizeof *d->recent);
+        if (d->recent == NULL) return; /* a late double free then reads as an invalid free */
     }
-    if (d->recycled) nm__forget(d, d->recycled);
-    NM_ASAN_POISON(r->user, r->size); /* already, unless there is no quarantine */
-    r->state = NM__RECYCLED;
-    d->recycled = r;
+    e = &d->recent[d->recent_pos++ % NM__RECENT];
+    e->user = (uintptr_t)r->user;
+    e->size = r->size;
+    e->file = r->file;
+    e->line = r->line;
+    e->free_file = r->free_file;
+    e->free_line = r->free_line;
 }
 
-/* Release the oldest quarantined block; returns its poison check's result. */
+/* Drop a record for good: out of the hash, memory back to base, block remembered; returns what
+ * base reported. */
+static int nm__forget(nm__dbg_t *d, nm__dblk_t *r) {
+    int rc;
+    nm__del(d, r);
+    nm__remember(d, r);
+    rc = nm__raw_free(d, r);
+    nm__rec_free(d, r);
+    return rc;
+}
+
+/* The quarantine's byte bound as a limit (SIZE_MAX: none). */
+NM_INLINE size_t nm__byte_limit(const nm__dbg_t *d) { return d->byte_limit; }
+
+/* Give the recycled block (if any) back to base, its poison verified; returns that check. */
+static int nm__drop_recycled(nm__dbg_t *d) {
+    nm__dblk_t *r = d->recycled;
+    int rc, e;
+    if (r == NULL) return NM_OK;
+    d->recycled = NULL;
+    d->recycled_bytes = 0;
+    rc = r->state == NM__RECYCLED ? nm__verify_poison(d, r) : NM_OK;
+    e = nm__forget(d, r);
+    return rc != NM_OK ? rc : e;
+}
+
+/* A freed block straight back to base, its poison (if any) verified; returns the first error. */
+static NM_NOINLINE int nm__give_back(nm__dbg_t *d, nm__dblk_t *r, int poisoned) {
+    int rc = poisoned ? nm__verify_poison(d, r) : NM_OK, e = nm__forget(d, r);
+    return rc != NM_OK ? rc : e;
+}
+
+/* A block leaving the quarantine (poisoned; not with quarantine 0): kept as the recycled block (in
+ * the hash, so a late double free still names its sites), and the one kept before goes back to
+ * base.  The next allocation of the same size reuses it without calling base or touching the
+ * hash -- base's LIFO caches would hand out the same address anyway.  Its poison is verified
+ * when it is handed out or goes back to base, not now: each freed block's poison is read once.
+ * It counts against the byte bound (callers see to that: nm__shrink, the no-quarantine path of
+ * nm__release).  Guard-page blocks go back at once.  Returns the first poison error found. */
+NM_INLINE int nm__retire(nm__dbg_t *d, nm__dblk_t *r, int poisoned) {
+    int rc = NM_OK;
+    if (NM_UNLIKELY(d->flags & NM_DEBUG_GUARD_PAGES)) return nm__give_back(d, r, poisoned);
+    if (d->recycled != NULL) rc = nm__drop_recycled(d);
+    NM_ASAN_POISON(r->user, r->size); /* already, unless there is no quarantine */
+    r->state = poisoned ? NM__RECYCLED : NM__RECYCLED_BARE;
+    d->recycled = r;
+    d->recycled_bytes = r->size;
+    return rc;
+}
+
+/* Move the oldest quarantined block out of the ring; returns the first poison error found. */
 static int nm__evict(nm__dbg_t *d) {
     nm__dblk_t *r;
-    int rc;
     if (d->q_count == 0) return NM_OK;
     r = d->q[d->q_first];
     if (++d->q_first == d->q_size) d->q_first = 0;
     d->q_count--;
     d->q_bytes -= r->size;
-    rc = nm__verify_poison(d, r);
-    nm__retire(d, r);
-    return rc;
+    return nm__retire(d, r, 1);
 }
 
-/* Release the oldest blocks while the quarantine holds more than max_blocks or max_bytes;
- * returns the first poison error found. */
+/* Release the oldest blocks while the quarantine holds more than max_blocks, or it and the
+ * recycled block more than max_bytes (the recycled block left the ring before any block in it:
+ * it goes first, and the last one out goes too if it does not fit); returns the first poison
+ * error found. */
 static int nm__shrink(nm__dbg_t *d, size_t max_blocks, size_t max_bytes) {
-    int rc = NM_OK;
-    while (d->q_count > 0 && (d->q_count > max_blocks || d->q_bytes > max_bytes)) {
-        int e = nm__evict(d);
+    int rc = NM_OK, e;
+    for (;;) {
+        if (d->recycled != NULL && d->q_bytes + d->recycled_bytes > max_bytes) e = nm__drop_recycled(d);
+        else if (d->q_count > 0 && (d->q_count > max_blocks || d->q_bytes > max_bytes)) e = nm__evict(d);
+        else break;
         if (rc == NM_OK) rc = e;
     }
     return rc;
-}
-
-/* The quarantine's byte bound (0: none) as a limit for nm__shrink. */
-NM_INLINE size_t nm__byte_limit(const nm__dbg_t *d) {
-    return d->quarantine_max_bytes ? d->quarantine_max_bytes : SIZE_MAX;
 }
 
 /* The ring grows by doubling up to the quarantine's capacity (1 << 24 records at most). */
@@ -439,9 +509,20 @@ static NM_NOINLINE int nm__q_grow(nm__dbg_t *d) {
 static void *nm__dalloc_locked(nm__dbg_t *d, size_t size, size_t align, int zero) {
     nm__dblk_t *r = d->recycled;
     if (r != NULL && align <= 16 && r->raw_size == nm__raw_need(size, 16)) {
-        /* same size as the recycled block (which had no extra alignment): reuse it in place */
+        /* same size as the recycled block (which had no extra alignment): reuse it in place, once
+         * its poison is verified (a damaged one goes back to base; the allocation fails with the
+         * report, as a checked pool's does) */
         d->recycled = NULL;
+        d->recycled_bytes = 0;
         NM_ASAN_UNPOISON(r->raw, r->raw_size); /* as fresh memory: paint poisons the canaries again */
+        if (r->state == NM__RECYCLED) { /* the check inline; nm__verify_poison locates and reports */
+            NM__VG(d, NM_VG_DEFINED(r->user, r->size));
+            if (NM_UNLIKELY(!nm__all_bytes((const unsigned char *)r->user, r->size, NM__FREE_BYTE))) {
+                nm__verify_poison(d, r);
+                nm__forget(d, r);
+                return NULL;
+            }
+        }
         NM__VG(d, NM_VG_UNDEFINED(r->raw, r->raw_size));
     } else {
         r = nm__rec_new(d);
@@ -483,18 +564,54 @@ static void *nm__dbg_malloc(void *ctx, size_t n) { return nm__dalloc((nm__dbg_t 
 static void *nm__dbg_calloc(void *ctx, size_t n, size_t s) { return nm__dalloc((nm__dbg_t *)ctx, n * s, 16, 1); }
 static void *nm__dbg_memalign(void *ctx, size_t a, size_t n) { return nm__dalloc((nm__dbg_t *)ctx, n, a, 0); }
 
-/* Classify a pointer that is not a live block (lock held); sets and returns the error. */
-static int nm__bad_pointer(nm__dbg_t *d, const void *p, const char *what, int freed_code) {
+/* A site as "file:line" in buf, or "an unknown site" when none was recorded. */
+static const char *nm__site(char *buf, size_t n, const char *file, int line) {
+    if (file == NULL) return "an unknown site";
+    snprintf(buf, n, "%s:%d", file, line);
+    return buf;
+}
+
+/* Classify a pointer that is not a live block (lock held): a freed one (freed_code: a double
+ * free, or realloc of a freed block) names the block's allocation and free sites, whether it is
+ * in the quarantine, the recycled block, or already back in base; sets and returns the error. */
+static NM_NOINLINE int nm__bad_pointer(nm__dbg_t *d, const void *p, int freed_code) {
+    const char *what = freed_code == NM_ERR_DOUBLE_FREE ? "double free" : "realloc";
+    const char *freed = freed_code == NM_ERR_DOUBLE_FREE ? "first freed" : "freed";
     nm__dblk_t *r = nm__find(d, p);
+    char at[240], fat[240];
     size_t i;
     d->errors++;
     if (r && r->state != NM__LIVE)
-        return _nm_set_error(freed_code, "%s of %p: block (%zu bytes) already freed; allocated at %s:%d, freed at %s:%d",
-                             what, p, r->size, nm__s(r->file), r->line, nm__s(r->free_file), r->free_line);
-    for (i = 0; i < NM__RECENT; i++)
-        if (d->recent[i] == (uintptr_t)p)
-            return _nm_set_error(freed_code, "%s of %p: block already freed (no longer in the quarantine)", what, p);
-    return _nm_set_error(NM_ERR_INVALID_FREE, "%s of %p: not a block of this debug allocator", what, p);
+        return _nm_set_error(freed_code, "%s of %p: block (%zu bytes) already freed; allocated at %s, %s at %s (serial "
+                             "%llu; %s)", what, p, r->size, nm__site(at, sizeof at, r->file, r->line), freed,
+                             nm__site(fat, sizeof fat, r->free_file, r->free_line), (unsigned long long)r->serial,
+                             r->state == NM__QUARANTINED ? "in the quarantine" : "kept for reuse");
+    for (i = 1; d->recent && i <= NM__RECENT; i++) { /* newest first */
+        const nm__drecent_t *e = &d->recent[(d->recent_pos - i) % NM__RECENT];
+        if (e->user == (uintptr_t)p)
+            return _nm_set_error(freed_code, "%s of %p: block (%zu bytes) already freed; allocated at %s, %s at %s "
+                                 "(given back to the base allocator since)", what, p, e->size,
+                                 nm__site(at, sizeof at, e->file, e->line), freed,
+                                 nm__site(fat, sizeof fat, e->free_file, e->free_line));
+    }
+    return _nm_set_error(NM_ERR_INVALID_FREE, "%s of %p: not a block of this debug allocator",
+                         freed_code == NM_ERR_DOUBLE_FREE ? "free" : "realloc", p);
+}
+
+/* Keep the thread's error, just reported by a free or realloc whose caller will not get it, as
+ * the pending error for nm_debug_check -- the first one only (lock held). */
+static NM_NOINLINE void nm__pend(nm__dbg_t *d) {
+    if (d->pending_code != NM_OK || nm_last_error() == NM_OK) return;
+    d->pending_code = nm_last_error();
+    snprintf(d->pending_msg, sizeof d->pending_msg, "%s", nm_last_error_message());
+}
+
+/* A free just reported an error (lock held): 1 when its caller will not get it (nm_free, not
+ * nm_free_checked), which makes it pending and to be handed on once the lock is dropped. */
+static NM_NOINLINE int nm__unreturned(nm__dbg_t *d) {
+    if (_nm_checked_ctx == (void *)d) return 0;
+    nm__pend(d);
+    return 1;
 }
 
 /* Free a live record and count it out of the table (lock held); returns the first error found
@@ -511,9 +628,10 @@ static int nm__release(nm__dbg_t *d, nm__dblk_t *r) {
         if (d->q_size < d->quarantine_cap && nm__q_grow(d) == 0) {
         } else if (d->q_count > 0) {
             rc2 = nm__evict(d);
-        } else {                                     /* no quarantine (or no memory for one) */
-            nm__retire(d, r);
-            return rc;
+        } else {                   /* no quarantine (or no memory for one): kept if within the bound */
+            if (NM_UNLIKELY(r->size > nm__byte_limit(d))) rc2 = nm__give_back(d, r, 0);
+            else rc2 = nm__retire(d, r, 0);
+            return rc != NM_OK ? rc : rc2;
         }
     }
     if (d->flags & NM_DEBUG_GUARD_PAGES) {
@@ -529,11 +647,12 @@ static int nm__release(nm__dbg_t *d, nm__dblk_t *r) {
     d->q[at] = r;
     d->q_count++;
     d->q_bytes += r->size;
-    if (NM_UNLIKELY(d->q_bytes > nm__byte_limit(d))) { /* oldest first, this block last */
+    if (NM_UNLIKELY(d->q_bytes + d->recycled_bytes > nm__byte_limit(d))) { /* oldest first, this block last */
         int e = nm__shrink(d, SIZE_MAX, nm__byte_limit(d));
         if (rc2 == NM_OK) rc2 = e;
     }
-    /* a canary error is about this block; otherwise re-raise the eviction's (another block) */
+    /* a canary error is about this block; otherwise re-raise the eviction's (another block).
+     * (The free and realloc paths learn of errors from d->errors, which keeps this cheap.) */
     return rc != NM_OK ? rc : rc2;
 }
 
@@ -550,21 +669,39 @@ NM_INLINE int nm__last_free_of_dying(nm__dbg_t *d) {
 }
 static void nm__teardown(nm_allocator_t *a);
 
+static NM_NOINLINE void nm__teardown_reporting(nm__dbg_t *d, int report);
+
+/* The end of a free that reported an error (lock held): unlock, hand the error on unless the
+ * caller gets it, tear down if it was the last free of a dying allocator. */
+static NM_NOINLINE void nm__free_reported(nm__dbg_t *d, int last) {
+    nm_allocator_t *self = d->self;
+    int report = nm__unreturned(d);
+    nm_spin_unlock(&d->lock);
+    if (report) _nm_report(self->name);
+    if (last) nm__teardown_reporting(d, report);
+}
+
 static void nm__dbg_free(void *ctx, void *p) {
     nm__dbg_t *d = (nm__dbg_t *)ctx;
-    nm_allocator_t *self = d->self;
     nm__dblk_t *r;
-    int last = 0;
+    uint64_t errors;
+    int last;
     nm_spin_lock(&d->lock);
     r = nm__find(d, p);
     if (NM_UNLIKELY(r == NULL || r->state != NM__LIVE)) {
-        nm__bad_pointer(d, p, "free", NM_ERR_DOUBLE_FREE);
-    } else {
-        nm__release(d, r);
-        last = nm__last_free_of_dying(d);
+        nm__bad_pointer(d, p, NM_ERR_DOUBLE_FREE);
+        nm__free_reported(d, 0);
+        return;
     }
+    errors = d->errors; /* every report counts: cheaper than carrying codes through the hot path */
+    nm__release(d, r);
+    if (NM_UNLIKELY(d->errors != errors)) {
+        nm__free_reported(d, nm__last_free_of_dying(d));
+        return;
+    }
+    last = nm__last_free_of_dying(d);
     nm_spin_unlock(&d->lock);
-    if (NM_UNLIKELY(last)) nm__teardown(self);
+    if (NM_UNLIKELY(last)) nm__teardown_reporting(d, _nm_checked_ctx != (void *)d);
 }
 
 static void *nm__dbg_realloc(void *ctx, void *p, size_t n) {
@@ -577,7 +714,7 @@ static void *nm__dbg_realloc(void *ctx, void *p, size_t n) {
     nm_spin_lock(&d->lock);
     r = nm__find(d, p);
     if (r == NULL || r->state != NM__LIVE) {
-        nm__bad_pointer(d, p, "realloc", NM_ERR_REALLOC_FREED);
+        nm__bad_pointer(d, p, NM_ERR_REALLOC_FREED);
         nm_spin_unlock(&d->lock);
         return NULL;
     }
@@ -589,8 +726,11 @@ static void *nm__dbg_realloc(void *ctx, void *p, size_t n) {
     /* always move, so stale pointers to the old block are caught (it goes to the quarantine) */
     q = nm__dalloc_locked(d, n, 16, 0);
     if (q != NULL) {
+        uint64_t errors = d->errors;
         memcpy(q, p, keep);
         nm__release(d, r);
+        /* the realloc succeeds: an error found releasing the old block reaches no caller */
+        if (NM_UNLIKELY(d->errors != errors)) nm__pend(d);
         last = nm__last_free_of_dying(d);
     }
     nm_spin_unlock(&d->lock);
@@ -613,7 +753,8 @@ static size_t nm__dbg_usable(void *ctx, const void *p) {
 static void nm__teardown(nm_allocator_t *a) {
     nm__dbg_t *d = (nm__dbg_t *)a->ctx;
     size_t i;
-    nm__shrink(d, 0, 0);
+    nm__shrink(d, 0, 0); /* errors stay in the thread's error: nm_allocator_destroy hands them on */
+    nm__drop_recycled(d);
     for (i = 0; d->tab && i <= d->mask; i++) /* leaks: give their memory back */
         if (d->tab[i].key) nm__raw_free(d, d->tab[i].rec);
     while (d->slabs) {
@@ -623,7 +764,17 @@ static void nm__teardown(nm_allocator_t *a) {
     }
     free(d->tab);
     free(d->q);
+    free(d->recent);
     _nm_table_free(a);
+}
+
+/* The last free after a deferred destroy tears the allocator down; what that finds (a quarantined
+ * block's poison) is handed on unless the free's caller gets it (`report` 0). */
+static NM_NOINLINE void nm__teardown_reporting(nm__dbg_t *d, int report) {
+    const char *name = d->self->name; /* static: it outlives the table */
+    unsigned seq = _nm_error_seq();
+    nm__teardown(d->self);
+    if (report && _nm_error_seq() != seq) _nm_report(name);
 }
 
 /* The table's destroy (NM_ALLOC_SELF_STATS: nm_allocator_destroy calls it directly): now when
@@ -654,12 +805,13 @@ nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t 
     }
     a = _nm_table_new("debug", sizeof(nm__dbg_t));
     if (a == NULL) return NULL;
+    a->name = "debug"; /* static: a free that tears the table down still names it in a report */
     d = (nm__dbg_t *)a->ctx;
     d->base = base ? base : nm_allocator_libc();
     d->self = a;
     d->flags = flags;
     d->quarantine_cap = quarantine;
-    d->quarantine_max_bytes = NM_DEBUG_QUARANTINE_BYTES;
+    d->byte_limit = NM_DEBUG_QUARANTINE_BYTES;
     d->page = nm_os_page_size();
     d->vg = NM_VG_RUNNING() ? 1 : 0;
     a->malloc = nm__dbg_malloc;
@@ -683,7 +835,7 @@ int nm_debug_set_quarantine_bytes(nm_allocator_t *a, size_t max_bytes) {
     int rc = NM_OK;
     if (d == NULL) return NM_ERR_INVALID;
     nm_spin_lock(&d->lock);
-    d->quarantine_max_bytes = max_bytes;
+    d->byte_limit = max_bytes ? max_bytes : SIZE_MAX;
     rc = nm__shrink(d, SIZE_MAX, nm__byte_limit(d));
     nm_spin_unlock(&d->lock);
     return rc;
@@ -734,21 +886,23 @@ int nm_debug_check(nm_allocator_t *a) {
             if (nm__live_at(d, i, 0)) rc = nm__verify_canaries(d, d->tab[i].rec);
     }
     for (i = 0; i < d->q_count && rc == NM_OK; i++) rc = nm__verify_poison(d, d->q[(d->q_first + i) % d->q_size]);
-    if (rc == NM_OK && d->recycled && d->quarantine_cap > 0) rc = nm__verify_poison(d, d->recycled);
+    if (rc == NM_OK && d->recycled && d->recycled->state == NM__RECYCLED) rc = nm__verify_poison(d, d->recycled);
+    if (rc == NM_OK && d->pending_code != NM_OK) { /* nothing newer: the error nobody was told of */
+        rc = _nm_set_error(d->pending_code, "%s", d->pending_msg);
+        d->pending_code = NM_OK;
+    }
     nm_spin_unlock(&d->lock);
     return rc;
 }
 
 int nm_debug_flush(nm_allocator_t *a) {
     nm__dbg_t *d = nm__as_dbg(a);
-    int rc = NM_OK;
+    int rc = NM_OK, e;
     if (d == NULL) return NM_ERR_INVALID;
     nm_spin_lock(&d->lock);
     rc = nm__shrink(d, 0, 0);
-    if (d->recycled) { /* flush means: every freed block back to base */
-        nm__forget(d, d->recycled);
-        d->recycled = NULL;
-    }
+    e = nm__drop_recycled(d); /* flush means: every freed block back to base */
+    if (rc == NM_OK) rc = e;
     nm_spin_unlock(&d->lock);
     return rc;
 }

@@ -42,6 +42,18 @@ void nm_clear_error(void);
 /* Text for a status code ("double free", ...). */
 const char *nm_strerror(int code);
 
+/* ---- reports nobody can return: a free that finds corruption but cannot return an error ---- */
+/* Called (on the freeing thread, after the allocator's lock is dropped) when an allocator reports
+ * an error during nm_free, during a successful nm_realloc (corruption found while releasing the
+ * old block) or during nm_allocator_destroy: paths with no caller to hand the error to.
+ * nm_free_checked never calls it: its caller gets the code.  `message` is the thread's error
+ * message (a copy, valid during the call); the thread's error stays set.  With no hook (NULL, the
+ * default) the message goes to stderr as "nativemem: <message>".  Process-wide; thread-safe. */
+typedef void (*nm_report_fn)(const char *allocator_name, int code, const char *message);
+void nm_set_report_hook(nm_report_fn fn);
+/* The hook now installed (NULL: none), e.g. to chain to it or restore it. */
+nm_report_fn nm_get_report_hook(void);
+
 /* ---- out-of-memory policy (Movian's mymalloc aborts; nativemem raises by default) ------ */
 enum nm_oom_policy { NM_OOM_RAISE = 0, NM_OOM_ABORT = 1 };
 void nm_set_oom_policy(int policy);

@@ -17,7 +17,9 @@ static void *nm__np_realloc(void *ctx, void *p, size_t n) {
 }
 static void nm__np_free(void *ctx, void *p, size_t size) {
     (void)size;
-    nm_free((nm_allocator_t *)ctx, p); /* a debug allocator's report stays in the thread error */
+    /* nm_free, not nm_free_checked: NumPy cannot take an error, so what the allocator finds goes
+     * to the report hook (or stderr), and a debug allocator keeps it for its next check */
+    nm_free((nm_allocator_t *)ctx, p);
 }
 
 void nm_numpy_handler_init(nm_numpy_handler_t *h, nm_allocator_t *a, const char *name) {

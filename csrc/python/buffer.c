@@ -21,25 +21,23 @@ static PyObject *nmpy__closed(NmAllocator *a) {
 }
 
 /* ---- Buffer ----------------------------------------------------------------------------- */
-static PyObject *nmpy__buffer_new(NmAllocator *a, void *p, Py_ssize_t size) {
-    NmBuffer *b = PyObject_GC_New(NmBuffer, nmpy.Buffer);
-    if (b == NULL) {
-        int code = nm_free_checked(a->table, p);
-        (void)code;
-        nm_clear_error();
-        return NULL;
+static void nmpy__destroy_table(NmAllocator *a);
+
+/* A closed allocator's table goes when nothing uses it any more: no Buffer, and no C-level user
+ * (a debug allocator or arena on it, a pool, a string table, a NumPy handler). */
+static void nmpy__maybe_destroy(NmAllocator *a) {
+    if (a->closed && a->buffers == 0 && a->users == 0) nmpy__destroy_table(a);
+}
+
+void nmpy_alloc_use(PyObject *o) {
+    if (o && PyObject_TypeCheck(o, nmpy.Allocator)) ((NmAllocator *)o)->users++;
+}
+void nmpy_alloc_unuse(PyObject *o) {
+    if (o && PyObject_TypeCheck(o, nmpy.Allocator)) {
+        NmAllocator *a = (NmAllocator *)o;
+        a->users--;
+        nmpy__maybe_destroy(a);
     }
-    Py_INCREF((PyObject *)a);
-    b->alloc = a;
-    b->ptr = (char *)p;
-    b->addr = (uintptr_t)p;
-    b->size = size;
-    b->exports = 0;
-    b->weakreflist = NULL;
-    a->buffers++;
-    PyObject_GC_Track((PyObject *)b);
-    nmpy_trace((uintptr_t)p, (size_t)size);
-    return (PyObject *)b;
 }
 
 static PyObject *nmpy__freed(NmBuffer *b) {
@@ -47,33 +45,36 @@ static PyObject *nmpy__freed(NmBuffer *b) {
                         b->size);
 }
 
-static void nmpy__destroy_table(NmAllocator *a);
-
-/* Free b's block; status returned (0 ok).  The Buffer is marked freed first, so nothing that
- * runs afterwards (a warning's Python code) can see a half-freed state. */
-static int nmpy__release_block(NmBuffer *b, int from_python) {
+/* Free b's block (no Python code runs here); status returned (0 ok).  The Buffer is marked freed
+ * first, so whatever runs afterwards (a warning's Python code) sees a consistent state. */
+static int nmpy__release_block(NmBuffer *b, const char *site, int with_site) {
     NmAllocator *a = b->alloc;
     char *p = b->ptr;
     int rc;
     b->ptr = NULL;
     a->buffers--;
     nmpy_untrace((uintptr_t)p);
-    if (a->sites && from_python) {
-        int failed = 0;
-        const char *site = nmpy_site(a->depth, &failed);
-        if (failed) PyErr_Clear();
-        rc = nm_free_checked_at(a->table, p, site, 0);
-    } else {
-        rc = nm_free_checked(a->table, p);
+    rc = with_site ? nm_free_checked_at(a->table, p, site, 0) : nm_free_checked(a->table, p);
+    if (rc) { /* keep the message: destroying the table below must not lose it */
+        nmpy__maybe_destroy(a);
+        return rc;
     }
-    if (a->closed && a->buffers == 0) nmpy__destroy_table(a); /* closed: the table goes with us */
+    nmpy__maybe_destroy(a);
     return rc;
 }
 
 static PyObject *Buffer_free(PyObject *self, PyObject *unused) {
     NmBuffer *b = (NmBuffer *)self;
-    int rc;
+    const char *site = NULL;
+    int rc, with_site = 0;
     (void)unused;
+    /* the site first: taking it may run Python code (a collection, another thread) */
+    if (b->ptr != NULL && b->alloc->sites) {
+        int failed = 0;
+        site = nmpy_site(b->alloc->depth, &failed);
+        if (failed) return NULL;
+        with_site = 1;
+    }
     if (b->ptr == NULL)
         return PyErr_Format(nmpy.DoubleFreeError, "double free of Buffer at %p (%zd bytes): freed before",
                             (void *)b->addr, b->size);
@@ -82,7 +83,7 @@ static PyObject *Buffer_free(PyObject *self, PyObject *unused) {
                             "Buffer at %p has %zd live export(s) (memoryview, array, ctypes object); release "
                             "them before free()",
                             (void *)b->addr, b->exports);
-    rc = nmpy__release_block(b, 1);
+    rc = nmpy__release_block(b, site, with_site);
     if (rc) return nmpy_raise(rc, NULL, b->addr, b->size);
     Py_RETURN_NONE;
 }
@@ -116,7 +117,7 @@ static void Buffer_dealloc(PyObject *self) {
     PyObject_GC_UnTrack(self);
     if (b->weakreflist) PyObject_ClearWeakRefs(self);
     if (b->ptr) { /* forgotten: freed here (no export can be alive: each holds a reference) */
-        int rc = nmpy__release_block(b, 0);
+        int rc = nmpy__release_block(b, NULL, 0);
         if (rc) {
             const char *msg = nm_last_error_message();
             char copy[1024];
@@ -205,14 +206,19 @@ static PyObject *Buffer_exit(PyObject *self, PyObject *args) {
 }
 
 /* copy.copy / copy.deepcopy: a new block from the same allocator with the same bytes. */
-static PyObject *nmpy__alloc_block(NmAllocator *a, Py_ssize_t size);
+enum { NMPY_MALLOC, NMPY_CALLOC, NMPY_MEMALIGN };
+static PyObject *nmpy__allocate(NmAllocator *a, int op, size_t x, size_t y, Py_ssize_t size);
 static PyObject *Buffer_copy(PyObject *self, PyObject *unused) {
     NmBuffer *b = (NmBuffer *)self, *c;
     (void)unused;
     if (b->ptr == NULL) return nmpy__freed(b);
-    c = (NmBuffer *)nmpy__alloc_block(b->alloc, b->size);
+    c = (NmBuffer *)nmpy__allocate(b->alloc, NMPY_MALLOC, (size_t)b->size, 0, b->size);
     if (c == NULL) return NULL;
-    memcpy(c->ptr, b->ptr, (size_t)b->size);
+    if (b->ptr == NULL || b->size < c->size) { /* freed or shrunk while the copy was made */
+        Py_DECREF((PyObject *)c);
+        return nmpy__freed(b);
+    }
+    memcpy(c->ptr, b->ptr, (size_t)c->size);
     return (PyObject *)c;
 }
 static PyObject *Buffer_deepcopy(PyObject *self, PyObject *memo) {
@@ -341,18 +347,46 @@ static const char *nmpy__site_for(NmAllocator *a, int *failed) {
     return a->sites ? nmpy_site(a->depth, failed) : NULL;
 }
 
-static PyObject *nmpy__alloc_block(NmAllocator *a, Py_ssize_t size) {
+/* One allocation from Python.  What may run Python code (a collection, finalizers, another
+ * thread: allocating the Buffer object, taking the site) comes first; then the state check and
+ * the C call, with nothing between them that can run Python. */
+static PyObject *nmpy__allocate(NmAllocator *a, int op, size_t x, size_t y, Py_ssize_t size) {
+    NmBuffer *b = PyObject_GC_New(NmBuffer, nmpy.Buffer);
+    const char *site = NULL;
     void *p;
+    if (b == NULL) return NULL;
+    b->alloc = NULL;
+    b->ptr = NULL;
+    b->addr = 0;
+    b->size = size;
+    b->exports = 0;
+    b->weakreflist = NULL;
     if (a->sites) {
         int failed;
-        const char *site = nmpy__site_for(a, &failed);
-        if (failed) return NULL;
-        p = nm_malloc_at(a->table, (size_t)size, site, 0);
-    } else {
-        p = nm_malloc(a->table, (size_t)size);
+        site = nmpy_site(a->depth, &failed);
+        if (failed) goto fail;
     }
-    if (NM_UNLIKELY_PY(p == NULL)) return nmpy_raise_last("malloc failed", 0, size);
-    return nmpy__buffer_new(a, p, size);
+    if (NM_UNLIKELY_PY(a->table == NULL || a->closed)) { nmpy__closed(a); goto fail; }
+    switch (op) {
+    case NMPY_MALLOC: p = a->sites ? nm_malloc_at(a->table, x, site, 0) : nm_malloc(a->table, x); break;
+    case NMPY_CALLOC: p = nm_calloc_at(a->table, x, y, site, 0); break;
+    default: p = nm_memalign_at(a->table, x, y, site, 0); break;
+    }
+    if (NM_UNLIKELY_PY(p == NULL)) {
+        nmpy_raise_last("allocation failed", 0, size);
+        goto fail;
+    }
+    Py_INCREF((PyObject *)a);
+    b->alloc = a;
+    b->ptr = (char *)p;
+    b->addr = (uintptr_t)p;
+    a->buffers++;
+    PyObject_GC_Track((PyObject *)b);
+    nmpy_trace((uintptr_t)p, (size_t)size);
+    return (PyObject *)b;
+fail:
+    Py_DECREF((PyObject *)b);
+    return NULL;
 }
 
 static PyObject *Allocator_malloc(PyObject *self, PyObject *arg) {
@@ -368,32 +402,22 @@ static PyObject *Allocator_malloc(PyObject *self, PyObject *arg) {
     } else if ((n = nmpy_size_arg(arg, "size")) < 0) {
         return NULL;
     }
-    NMPY_LIVE(a);
-    return nmpy__alloc_block(a, n);
+    return nmpy__allocate(a, NMPY_MALLOC, (size_t)n, 0, n);
 }
 
 static PyObject *Allocator_calloc(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     NmAllocator *a = (NmAllocator *)self;
     Py_ssize_t c, n;
-    void *p;
-    int failed;
-    const char *site;
     if (nargs != 2) return PyErr_Format(PyExc_TypeError, "calloc(count, size) takes 2 arguments (%zd given)", nargs);
     if ((c = nmpy_size_arg(args[0], "count")) < 0 || (n = nmpy_size_arg(args[1], "size")) < 0) return NULL;
-    NMPY_LIVE(a);
-    site = nmpy__site_for(a, &failed);
-    if (failed) return NULL;
-    p = nm_calloc_at(a->table, (size_t)c, (size_t)n, site, 0);
-    if (p == NULL) return nmpy_raise_last("calloc failed", 0, -1);
-    return nmpy__buffer_new(a, p, c * n);
+    if (c != 0 && n > PY_SSIZE_T_MAX / c)
+        return PyErr_Format(nmpy.SizeOverflowError, "calloc(%zd, %zd): element count times size overflows", c, n);
+    return nmpy__allocate(a, NMPY_CALLOC, (size_t)c, (size_t)n, c * n);
 }
 
 static PyObject *Allocator_memalign(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     NmAllocator *a = (NmAllocator *)self;
     Py_ssize_t al, n;
-    void *p;
-    int failed;
-    const char *site;
     if (nargs != 2)
         return PyErr_Format(PyExc_TypeError, "memalign(alignment, size) takes 2 arguments (%zd given)", nargs);
     if ((al = nmpy_size_arg(args[0], "alignment")) < 0 || (n = nmpy_size_arg(args[1], "size")) < 0) return NULL;
@@ -401,12 +425,7 @@ static PyObject *Allocator_memalign(PyObject *self, PyObject *const *args, Py_ss
         return PyErr_Format(nmpy.InvalidAlignmentError,
                             "alignment %zd is not a power of two multiple of sizeof(void *) (%zd)", al,
                             NMPY_PTR_ALIGN);
-    NMPY_LIVE(a);
-    site = nmpy__site_for(a, &failed);
-    if (failed) return NULL;
-    p = nm_memalign_at(a->table, (size_t)al, (size_t)n, site, 0);
-    if (p == NULL) return nmpy_raise_last("memalign failed", 0, n);
-    return nmpy__buffer_new(a, p, n);
+    return nmpy__allocate(a, NMPY_MEMALIGN, (size_t)al, (size_t)n, n);
 }
 
 static int nmpy__owned_buffer(NmAllocator *a, PyObject *o, const char *op) {
@@ -442,12 +461,14 @@ static PyObject *Allocator_realloc(PyObject *self, PyObject *const *args, Py_ssi
     if ((n = nmpy_size_arg(args[1], "size")) < 0) return NULL;
     if (!nmpy__owned_buffer(a, args[0], "realloc")) return NULL;
     b = (NmBuffer *)args[0];
+    site = nmpy__site_for(a, &failed); /* may run Python code: every check comes after it */
+    if (failed) return NULL;
+    if (a->table == NULL || a->closed) return nmpy__closed(a);
     if (b->ptr == NULL)
         return PyErr_Format(nmpy.UseAfterFreeError, "realloc of Buffer at %p (%zd bytes), which was already freed",
                             (void *)b->addr, b->size);
-    if (b->exports > 0) { /* it must not move: only a resize within the block */
-        size_t usable = nm_usable_size(a->table, b->ptr);
-        if ((size_t)n <= usable && n <= b->size) {
+    if (b->exports > 0) { /* it must not move: only a shrink within the block */
+        if (n <= b->size) {
             b->size = n;
             return Py_NewRef(args[0]);
         }
@@ -456,9 +477,6 @@ static PyObject *Allocator_realloc(PyObject *self, PyObject *const *args, Py_ssi
                             "%zd bytes)",
                             (void *)b->addr, b->exports, b->size);
     }
-    if (a->table == NULL) return nmpy__closed(a);
-    site = nmpy__site_for(a, &failed);
-    if (failed) return NULL;
     q = nm_realloc_at(a->table, b->ptr, (size_t)n, site, 0);
     if (q == NULL) return nmpy_raise_last("realloc failed", b->addr, n);
     nmpy_untrace(b->addr);
@@ -486,11 +504,13 @@ static PyObject *Allocator_bind(PyObject *self, PyObject *args) {
     a->owned = owned;
     a->sites = sites;
     a->depth = depth;
+    nmpy_alloc_use(keep); /* a debug allocator or arena drawing from another allocator */
     Py_RETURN_NONE;
 }
 
 static void nmpy__destroy_table(NmAllocator *a) {
     nm_allocator_t *t = a->table;
+    if (t == NULL) return;
     a->table = NULL;
     if (t && a->owned) nm_allocator_destroy(t); /* deferred by the C core while blocks live */
 }
@@ -500,8 +520,9 @@ static PyObject *Allocator_close(PyObject *self, PyObject *unused) {
     (void)unused;
     if (a->closed) Py_RETURN_NONE;
     a->closed = 1;
-    /* Buffers still alive free through the table: it goes with the last of them */
-    if (a->buffers == 0) nmpy__destroy_table(a);
+    /* Buffers still alive free through the table, and C-level users may still allocate from it:
+     * it goes with the last of them */
+    nmpy__maybe_destroy(a);
     Py_RETURN_NONE;
 }
 
@@ -584,7 +605,12 @@ static void Allocator_dealloc(PyObject *self) {
     if (a->weakreflist) PyObject_ClearWeakRefs(self);
     /* Nothing can reach us any more, so no Buffer is left (each held a reference). */
     nmpy__destroy_table(a);
-    Py_CLEAR(a->keepalive);
+    if (a->keepalive) { /* our table drew from it: now it may go */
+        PyObject *k = a->keepalive;
+        a->keepalive = NULL;
+        nmpy_alloc_unuse(k);
+        Py_DECREF(k);
+    }
     Py_CLEAR(a->name);
     Py_CLEAR(a->backend);
     tfree(self);

@@ -33,6 +33,7 @@ typedef struct {
     PyObject *name;          /* str                                                     */
     PyObject *backend;       /* str                                                     */
     Py_ssize_t buffers;      /* live Buffers made here (they hold a reference on us)    */
+    Py_ssize_t users;        /* C-level users that may still allocate from the table    */
     int owned;               /* destroy the table with us                               */
     int closed;              /* close() was called: no new blocks                       */
     int sites;               /* record Python allocation sites (debug allocator)        */
@@ -90,6 +91,10 @@ int nmpy_address_arg(PyObject *o, const char *what, uintptr_t *out);
 /* Report corruption found where nothing can raise (finalizers): CorruptionWarning, or
  * sys.unraisablehook when the warning itself fails. Keeps any current exception. */
 void nmpy_report(int code, const char *message);
+/* A C-level user of an Allocator (no-op for other objects): the table is not destroyed by
+ * close() while one remains. */
+void nmpy_alloc_use(PyObject *o);
+void nmpy_alloc_unuse(PyObject *o);
 PyObject *nmpy_view_new(PyObject *owner, void *ptr, Py_ssize_t size, int readonly, Py_ssize_t *counter);
 
 /* ---- sites (sites.c) --------------------------------------------------------------------- */

@@ -10,6 +10,7 @@ static void nmpy__capsule_free(PyObject *cap) {
     PyObject *owner = (PyObject *)PyCapsule_GetContext(cap);
     if (h == NULL) PyErr_Clear();
     PyMem_Free(h);
+    nmpy_alloc_unuse(owner);
     Py_XDECREF(owner);
 }
 
@@ -28,6 +29,7 @@ static PyObject *core_numpy_capsule(PyObject *self, PyObject *args) {
     cap = PyCapsule_New(h, nmpy__capsule_name, nmpy__capsule_free);
     if (cap == NULL) { PyMem_Free(h); return NULL; }
     if (PyCapsule_SetContext(cap, Py_NewRef(owner)) < 0) { Py_DECREF(owner); Py_DECREF(cap); return NULL; }
+    nmpy_alloc_use(owner); /* arrays allocate through it until the capsule goes */
     return cap;
 }
 

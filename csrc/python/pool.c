@@ -36,27 +36,41 @@ static PyObject *Pool_alloc(PyObject *self, PyObject *unused) {
     NmPool *p = (NmPool *)self;
     void *r;
     (void)unused;
-    POOL_LIVE(p);
-    if (p->checked) {
+    if (p->checked) { /* the site first: taking it may run Python code (which may close us) */
         int failed = 0;
         const char *site = nmpy_site(1, &failed);
         if (failed) return NULL;
+        POOL_LIVE(p);
         r = nm_pool_alloc_at(p->pool, site, 0);
     } else {
+        POOL_LIVE(p);
         r = nm_pool_alloc(p->pool);
     }
     if (r == NULL) return nmpy_raise_last("pool allocation failed", 0, p->object_size);
     return PyLong_FromSize_t((size_t)(uintptr_t)r);
 }
 
-/* Objects with views: the Python side refuses the free while one is exported and forgets the
- * views of this object (so none of them exports freed memory later). */
+/* Objects with views: refuse the free while one is exported, and forget the views of this object
+ * (so none of them exports freed memory later).  Pure C: no Python code runs in here. */
 static int nmpy__pool_views_allow_free(NmPool *p, uintptr_t addr) {
-    PyObject *r;
-    if (p->views == NULL || PyList_Size(p->views) == 0) return 1;
-    r = PyObject_CallMethod((PyObject *)p, "_forget_views", "K", (unsigned long long)addr);
-    if (r == NULL) return 0;
-    Py_DECREF(r);
+    Py_ssize_t i, n;
+    if (p->views == NULL || (n = PyList_Size(p->views)) == 0) return 1;
+    for (i = 0; i < n; i++) {
+        NmView *v = (NmView *)PyList_GetItem(p->views, i);
+        if ((uintptr_t)v->ptr == addr && v->exports > 0) {
+            PyErr_Format(nmpy.BufferInUseError,
+                         "object %p of pool %R has %zd live view(s); release them before free()", (void *)addr,
+                         p->name, v->exports);
+            return 0;
+        }
+    }
+    for (i = n - 1; i >= 0; i--) {
+        NmView *v = (NmView *)PyList_GetItem(p->views, i);
+        if ((uintptr_t)v->ptr == addr || v->ptr == NULL) {
+            v->ptr = NULL;
+            if (PyList_SetSlice(p->views, i, i + 1, NULL) < 0) return 0;
+        }
+    }
     return 1;
 }
 
@@ -77,7 +91,6 @@ static PyObject *Pool_free(PyObject *self, PyObject *arg) {
     }
     POOL_LIVE(p);
     if (p->views && !nmpy__pool_views_allow_free(p, addr)) return NULL;
-    POOL_LIVE(p); /* the Python above may have closed it */
     rc = nm_pool_free(p->pool, (void *)addr);
     if (rc) return nmpy_raise(rc, NULL, addr, p->object_size);
     Py_RETURN_NONE;
@@ -102,18 +115,19 @@ static PyObject *Pool_alloc_many(PyObject *self, PyObject *arg) {
     Py_ssize_t n = nmpy_size_arg(arg, "n");
     PyObject *bytes, *arr;
     size_t got;
+    const char *site = NULL;
     if (n < 0) return NULL;
-    POOL_LIVE(p);
     if (n > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(void *))
         return PyErr_Format(nmpy.SizeOverflowError, "alloc_many(%zd): too many objects", n);
     bytes = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(void *));
     if (bytes == NULL) return NULL;
-    if (p->checked) {
+    if (p->checked) { /* may run Python code: the state is checked after it */
         int failed = 0;
-        const char *site = nmpy_site(1, &failed);
+        site = nmpy_site(1, &failed);
         if (failed) { Py_DECREF(bytes); return NULL; }
-        nm_site_set(site, 0);
     }
+    if (p->pool == NULL) { Py_DECREF(bytes); return nmpy__pool_closed(p); }
+    if (p->checked) nm_site_set(site, 0);
     got = nm_pool_alloc_many(p->pool, (void **)PyBytes_AsString(bytes), (size_t)n);
     if (p->checked) nm_site_set(NULL, 0);
     if (got != (size_t)n) {
@@ -128,8 +142,11 @@ static PyObject *Pool_alloc_many(PyObject *self, PyObject *arg) {
         return nmpy_raise(code ? code : NM_ERR_NOMEM, msg, 0, -1);
     }
     arr = nmpy__new_array(bytes);
+    if (arr == NULL && p->pool != NULL) { /* give them back rather than leak them */
+        nm_pool_free_many(p->pool, (void **)PyBytes_AsString(bytes), (size_t)n);
+        nm_clear_error();
+    }
     Py_DECREF(bytes);
-    if (arr == NULL) return NULL;
     return arr;
 }
 
@@ -141,7 +158,16 @@ static PyObject *Pool_free_many(PyObject *self, PyObject *arg) {
     Py_buffer view;
     int rc;
     if (PyObject_CheckBuffer(arg) && !PyBytes_Check(arg) && !PyByteArray_Check(arg) && !PyUnicode_Check(arg)) {
-        if (PyObject_GetBuffer(arg, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+        if (PyObject_GetBuffer(arg, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+            if (PyErr_ExceptionMatches(PyExc_BufferError) || PyErr_ExceptionMatches(PyExc_ValueError) ||
+                PyErr_ExceptionMatches(PyExc_TypeError)) {
+                PyErr_Clear();
+                return PyErr_Format(nmpy.InvalidTypeError,
+                                    "free_many needs a C-contiguous buffer of addresses (array('Q')); copy a strided "
+                                    "view first");
+            }
+            return NULL;
+        }
         if (view.itemsize != (Py_ssize_t)sizeof(void *) || view.format == NULL ||
             strchr("QqLlPN", view.format[strlen(view.format) ? strlen(view.format) - 1 : 0]) == NULL) {
             PyBuffer_Release(&view);
@@ -158,7 +184,6 @@ static PyObject *Pool_free_many(PyObject *self, PyObject *arg) {
                     return NULL;
                 }
             }
-            if (p->pool == NULL) { PyBuffer_Release(&view); return nmpy__pool_closed(p); }
         }
         rc = nm_pool_free_many(p->pool, (void **)view.buf, (size_t)(view.len / view.itemsize));
         PyBuffer_Release(&view);
@@ -228,13 +253,21 @@ static PyObject *Pool_view_of(PyObject *self, PyObject *arg) {
     uintptr_t addr;
     PyObject *v;
     if (!nmpy_address_arg(arg, "pointer", &addr)) return NULL;
-    POOL_LIVE(p);
-    if (!nm_pool_owns(p->pool, (const void *)addr))
-        return PyErr_Format(nmpy.InvalidArgumentError, "%p is not a live object of pool %R", (void *)addr, p->name);
+    /* the objects first (allocating them may run Python code), the checks after */
     if (p->views == NULL && (p->views = PyList_New(0)) == NULL) return NULL;
-    v = nmpy_view_new(self, (void *)addr, p->object_size, 0, &p->view_exports);
+    v = nmpy_view_new(self, NULL, p->object_size, 0, &p->view_exports);
     if (v == NULL) return NULL;
-    if (PyList_Append(p->views, v) < 0) { Py_DECREF(v); return NULL; }
+    if (p->pool == NULL) { Py_DECREF(v); return nmpy__pool_closed(p); }
+    if (!nm_pool_owns(p->pool, (const void *)addr)) {
+        Py_DECREF(v);
+        return PyErr_Format(nmpy.InvalidArgumentError, "%p is not a live object of pool %R", (void *)addr, p->name);
+    }
+    if (p->views == NULL || PyList_Append(p->views, v) < 0) {
+        Py_DECREF(v);
+        if (!PyErr_Occurred()) nmpy__pool_closed(p);
+        return NULL;
+    }
+    ((NmView *)v)->ptr = (char *)addr;
     return v;
 }
 
@@ -251,6 +284,7 @@ static PyObject *Pool_bind(PyObject *self, PyObject *args) {
     NMPY_XSETREF(p->name, Py_NewRef(name));
     p->object_size = size;
     p->checked = checked;
+    nmpy_alloc_use(alloc); /* our chunks come from it: close() must not destroy it under us */
     Py_RETURN_NONE;
 }
 
@@ -272,6 +306,7 @@ static PyObject *Pool_close_core(PyObject *self, PyObject *unused) {
     p->pool = NULL;
     p->closed = 1;
     nm_pool_destroy(c);
+    nmpy_alloc_unuse(p->allocator);
     Py_RETURN_TRUE;
 }
 
@@ -339,6 +374,7 @@ static void Pool_dealloc(PyObject *self) {
         nm_pool_t *c = p->pool;
         p->pool = NULL;
         nm_pool_destroy(c);
+        nmpy_alloc_unuse(p->allocator);
     }
     Py_CLEAR(p->allocator);
     Py_CLEAR(p->name);

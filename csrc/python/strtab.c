@@ -29,25 +29,34 @@ typedef struct {
 static void nmpy__strtab_destroy(NmStrtab *t) {
     nm_strtab_t *c = t->t;
     t->t = NULL;
-    if (c) nm_strtab_destroy(c);
+    if (c) {
+        nm_strtab_destroy(c);
+        nmpy_alloc_unuse(t->allocator);
+    }
 }
 
 static PyObject *nmpy__strtab_closed(void) {
     return PyErr_Format(nmpy.ClosedError, "string table is closed");
 }
 
-static PyObject *nmpy__interned_new(NmStrtab *t, const char *s, Py_ssize_t len) {
+/* A handle not yet holding a reference (allocated before the C call: allocating may run Python). */
+static NmInterned *nmpy__interned_alloc(void) {
     NmInterned *o = PyObject_GC_New(NmInterned, nmpy.Interned);
-    if (o == NULL) {
-        nm_strtab_release(t->t, s);
-        return NULL;
-    }
+    if (o == NULL) return NULL;
+    o->table = NULL;
+    o->s = NULL;
+    o->addr = 0;
+    o->len = 0;
+    o->weakreflist = NULL;
+    return o;
+}
+
+static PyObject *nmpy__interned_fill(NmInterned *o, NmStrtab *t, const char *s, Py_ssize_t len) {
     Py_INCREF((PyObject *)t);
     o->table = t;
     o->s = s;
     o->addr = (uintptr_t)s;
     o->len = len;
-    o->weakreflist = NULL;
     t->live++;
     PyObject_GC_Track((PyObject *)o);
     return (PyObject *)o;
@@ -88,7 +97,13 @@ static PyObject *Strtab_intern(PyObject *self, PyObject *arg) {
         if (PyBytes_AsStringAndSize(arg, &d, &len) < 0) return NULL;
         data = d;
     } else if (PyObject_CheckBuffer(arg)) {
-        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+            if (PyErr_ExceptionMatches(PyExc_BufferError) || PyErr_ExceptionMatches(PyExc_TypeError)) {
+                PyErr_Clear();
+                return PyErr_Format(nmpy.InvalidTypeError, "intern needs str, bytes or contiguous bytes-like data");
+            }
+            return NULL;
+        }
         have_view = 1;
         data = (const char *)view.buf;
         len = view.len;
@@ -98,14 +113,25 @@ static PyObject *Strtab_intern(PyObject *self, PyObject *arg) {
         Py_XDECREF(tn);
         return NULL;
     }
-    if (t->t == NULL || t->closed) {
+    {
+        NmInterned *o = nmpy__interned_alloc();
+        if (o == NULL) {
+            if (have_view) PyBuffer_Release(&view);
+            return NULL;
+        }
+        if (t->t == NULL || t->closed) {
+            if (have_view) PyBuffer_Release(&view);
+            Py_DECREF((PyObject *)o);
+            return nmpy__strtab_closed();
+        }
+        s = nm_strtab_intern(t->t, data, (size_t)len);
         if (have_view) PyBuffer_Release(&view);
-        return nmpy__strtab_closed();
+        if (s == NULL) {
+            Py_DECREF((PyObject *)o);
+            return nmpy_raise_last("intern failed", 0, len);
+        }
+        res = nmpy__interned_fill(o, t, s, len);
     }
-    s = nm_strtab_intern(t->t, data, (size_t)len);
-    if (have_view) PyBuffer_Release(&view);
-    if (s == NULL) return nmpy_raise_last("intern failed", 0, len);
-    res = nmpy__interned_new(t, s, len);
     return res;
 }
 
@@ -146,7 +172,7 @@ static PyObject *Strtab_refcount(PyObject *self, PyObject *arg) {
     PyObject *keep;
     intptr_t r;
     if (!nmpy__key(arg, &data, &len, &keep)) return NULL;
-    if (t->t == NULL) { Py_XDECREF(keep); return nmpy__strtab_closed(); }
+    if (t->t == NULL || t->closed) { Py_XDECREF(keep); return nmpy__strtab_closed(); }
     r = nm_strtab_lookup_refs(t->t, data, (size_t)len);
     Py_XDECREF(keep);
     return PyLong_FromSsize_t((Py_ssize_t)r);
@@ -163,7 +189,7 @@ static int Strtab_contains(PyObject *self, PyObject *arg) {
 
 static Py_ssize_t Strtab_len(PyObject *self) {
     NmStrtab *t = (NmStrtab *)self;
-    if (t->t == NULL) { nmpy__strtab_closed(); return -1; }
+    if (t->t == NULL || t->closed) { nmpy__strtab_closed(); return -1; }
     return (Py_ssize_t)nm_strtab_count(t->t);
 }
 
@@ -175,6 +201,7 @@ static PyObject *Strtab_bind(PyObject *self, PyObject *args) {
     if (t->t || t->closed) return nmpy_raisef(nmpy.InvalidArgumentError, "string table is already bound");
     t->t = (nm_strtab_t *)(uintptr_t)addr;
     NMPY_XSETREF(t->allocator, Py_NewRef(alloc));
+    nmpy_alloc_use(alloc);
     Py_RETURN_NONE;
 }
 
@@ -362,11 +389,12 @@ static PyObject *Interned_exit(PyObject *self, PyObject *args) {
 
 /* copy.copy / deepcopy: another handle with its own reference (a real copy). */
 static PyObject *Interned_copy(PyObject *self, PyObject *unused) {
-    NmInterned *o = (NmInterned *)self;
+    NmInterned *o = (NmInterned *)self, *c = nmpy__interned_alloc();
     (void)unused;
-    if (o->s == NULL) return nmpy__released();
+    if (c == NULL) return NULL;
+    if (o->s == NULL) { Py_DECREF((PyObject *)c); return nmpy__released(); }
     nm_strtab_retain(o->table->t, o->s);
-    return nmpy__interned_new(o->table, o->s, o->len);
+    return nmpy__interned_fill(c, o->table, o->s, o->len);
 }
 static PyObject *Interned_deepcopy(PyObject *self, PyObject *memo) {
     (void)memo;

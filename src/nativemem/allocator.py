@@ -11,6 +11,8 @@ when it is collected.  Every method is atomic with respect to other Python threa
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any, NamedTuple, Optional
 
 from . import errors as E
@@ -19,6 +21,11 @@ from ._ffi import _core, ffi, lib
 __all__ = ["Allocator", "Buffer", "AllocatorStats"]
 
 Buffer = _core.Buffer
+
+
+# C table address -> the Allocator that owns it (an entry goes with its owner)
+_owners: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
+_owners_lock = threading.Lock()
 
 
 class AllocatorStats(NamedTuple):
@@ -49,6 +56,14 @@ class Allocator(_core.Allocator):
         if not isinstance(_table, ffi.CData) or _table == ffi.NULL:
             raise E.InvalidTypeError("Allocator is created by nativemem.allocator(), Arena() or DebugAllocator()")
         nm = name if name is not None else ffi.string(_table.name).decode()
+        address = int(ffi.cast("uintptr_t", _table))
+        with _owners_lock:
+            other = _owners.get(address)
+            if other is not None and not other.closed:  # a closed owner's table is gone or going
+                raise E.InvalidArgumentError(
+                    f"the table at {address:#x} already belongs to {other!r}: use that object (two owners "
+                    f"would destroy it twice)")
+            _owners[address] = self
         self._bind(int(ffi.cast("uintptr_t", _table)), nm, bool(owned), keepalive, backend or nm,
                    bool(_sites), int(_depth))
 

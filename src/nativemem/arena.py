@@ -73,4 +73,6 @@ class Arena(Allocator):
         return "\n".join(lines)
 
     def __repr__(self) -> str:
+        if self.closed:
+            return "<nativemem.Arena (closed)>"
         return f"<nativemem.Arena {self.capacity} bytes>"

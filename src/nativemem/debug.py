@@ -161,6 +161,12 @@ class DebugAllocator(Allocator):
 
     def report(self, file: Optional[IO[str]] = None, since: Optional[int] = None, limit: int = 20) -> str:
         """Leaks grouped by allocation site, largest first (like tracemalloc's statistics)."""
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise E.InvalidTypeError(f"limit must be an int, not {type(limit).__name__}")
+        if limit < 0:
+            raise E.InvalidSizeError(f"limit must not be negative (got {limit})")
+        if file is not None and not hasattr(file, "write"):
+            raise E.InvalidTypeError(f"file must be a text stream with write(), not {type(file).__name__}")
         data = self.report_json(since)
         lines = [f"nativemem: {data['leaked_blocks']} block(s), {data['leaked_bytes']} bytes still allocated "
                  f"(peak {data['peak_bytes']} bytes, {data['total_allocs']} allocations)"]

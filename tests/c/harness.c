@@ -360,6 +360,229 @@ static void check_debug_threads(void) {
     }
 }
 
+/* ---- debug allocator gaps: the recycled block's poison and byte bound, double-free sites,
+ * memalign messages, and reports from frees that cannot return an error ------------------- */
+static int hook_calls, hook_code;
+static char hook_name[64], hook_msg[512];
+static void record_report(const char *name, int code, const char *message) {
+    hook_calls++;
+    hook_code = code;
+    snprintf(hook_name, sizeof hook_name, "%s", name);
+    snprintf(hook_msg, sizeof hook_msg, "%s", message);
+}
+static void hook_reset(void) { hook_calls = 0; hook_code = 0; hook_name[0] = hook_msg[0] = '\0'; }
+
+static nm_atomic_t thread_reports;
+static void count_double_frees(const char *name, int code, const char *message) {
+    (void)message;
+    if (code == NM_ERR_DOUBLE_FREE && strcmp(name, "debug") == 0) nm_atomic_add_relaxed(&thread_reports, 1);
+}
+static void double_freer(void *arg) {
+    nm_allocator_t *d = nm_debug_create_ex(NULL, 0, 4);
+    int i;
+    (void)arg;
+    for (i = 0; i < 100; i++) {
+        void *p = nm_malloc(d, 16);
+        nm_free(d, p);
+        nm_free(d, p); /* reported, from this thread */
+    }
+    nm_clear_error();
+    nm_allocator_destroy(d);
+}
+
+/* A deliberate write into memory the allocator poisoned (a freed block, a canary): made
+ * addressable first, so that ASan and Valgrind leave the catching to the debug allocator. */
+static void scribble(void *p, ptrdiff_t off) {
+    char *c = (char *)p + off;
+    NM_ASAN_UNPOISON(c, 1);
+    NM_VG_UNDEFINED(c, 1);
+    *c = 'x';
+}
+
+static int has(const char *text, const char *part) { return text != NULL && strstr(text, part) != NULL; }
+
+/* The message names the block's address, size, allocation and free sites. */
+static int names_block(const char *msg, void *p, const char *size) {
+    char addr[32];
+    snprintf(addr, sizeof addr, "%p", p);
+    return has(msg, addr) && has(msg, size) && has(msg, "victim.c:7") && has(msg, "freer.c:11");
+}
+
+/* p (48 bytes, allocated at victim.c:7, freed at freer.c:11) becomes d's recycled block. */
+static char *recycled_victim(nm_allocator_t *d) {
+    char *p = (char *)nm_malloc_at(d, 48, "victim.c", 7), *q = (char *)nm_malloc(d, 48);
+    CHECK(nm_free_checked_at(d, p, "freer.c", 11) == NM_OK);
+    CHECK(nm_free_checked(d, q) == NM_OK); /* p leaves the quarantine (of one block) */
+    return p;
+}
+
+static void check_debug_gaps(void) {
+    nm_allocator_t *base = nm_allocator_clone(nm_allocator_libc(), "counted"), *d;
+    nm_alloc_stats_t st;
+    nm_debug_stats_t ds;
+    char *p, *q, *r;
+    fprintf(stderr, "  debug allocator: recycled block, byte bound, double-free sites, memalign, reports\n");
+    nm_set_report_hook(record_report);
+
+    /* 1. the recycled block's poison is verified when it is handed out again ... */
+    d = nm_debug_create_ex(NULL, 0, 1);
+    p = recycled_victim(d);
+    scribble(p, 5);
+    CHECK(nm_malloc(d, 48) == NULL && nm_last_error() == NM_ERR_USE_AFTER_FREE);
+    CHECK(names_block(nm_last_error_message(), p, "48 bytes") && has(nm_last_error_message(), "offset 5"));
+    q = (char *)nm_malloc(d, 48); /* the damaged block went back to base: the next one works */
+    CHECK(q != NULL && nm_free_checked(d, q) == NM_OK);
+    /* ... when flush releases it ... */
+    nm_clear_error();
+    CHECK(nm_debug_flush(d) == NM_OK);
+    p = recycled_victim(d);
+    scribble(p, 47);
+    CHECK(nm_debug_flush(d) == NM_ERR_USE_AFTER_FREE && names_block(nm_last_error_message(), p, "48 bytes"));
+    /* ... when another block replaces it ... */
+    p = recycled_victim(d);
+    scribble(p, 0);
+    r = (char *)nm_malloc(d, 100);
+    CHECK(nm_free_checked(d, r) == NM_ERR_USE_AFTER_FREE && names_block(nm_last_error_message(), p, "48 bytes"));
+    /* ... and when the allocator is destroyed (nothing to return it to: the hook hears it) */
+    CHECK(nm_debug_flush(d) == NM_OK);
+    p = recycled_victim(d);
+    scribble(p, 20);
+    nm_clear_error();
+    hook_reset();
+    nm_allocator_destroy(d);
+    CHECK(nm_last_error() == NM_ERR_USE_AFTER_FREE && names_block(nm_last_error_message(), p, "48 bytes"));
+    CHECK(hook_calls == 1 && hook_code == NM_ERR_USE_AFTER_FREE && names_block(hook_msg, p, "48 bytes"));
+    nm_clear_error();
+
+    /* 2. the recycled block counts against the quarantine's byte bound */
+    d = nm_debug_create_ex(base, 0, 16);
+    CHECK(nm_debug_set_quarantine_bytes(d, 4096) == NM_OK);
+    p = (char *)nm_malloc(d, 10000);
+    nm_free(d, p); /* larger than the bound: back to base at once, not kept for reuse */
+    nm_allocator_stats(base, &st);
+    CHECK(st.live_blocks == 0);
+    p = (char *)nm_malloc(d, 1500);
+    q = (char *)nm_malloc(d, 1500);
+    r = (char *)nm_malloc(d, 1500);
+    nm_free(d, p);
+    nm_free(d, q);
+    nm_free(d, r); /* 4500 bytes: p leaves, and quarantine + recycled would hold 4500: p goes to base */
+    nm_debug_stats(d, &ds);
+    nm_allocator_stats(base, &st);
+    CHECK(ds.quarantined_blocks == 2 && ds.quarantined_bytes == 3000 && st.live_blocks == 2);
+    nm_allocator_destroy(d);
+    nm_allocator_stats(base, &st);
+    CHECK(st.live_blocks == 0);
+
+    /* 3. a double free names where the block was allocated and first freed */
+    d = nm_debug_create_ex(NULL, 0, 1);
+    p = (char *)nm_malloc_at(d, 48, "victim.c", 7);
+    CHECK(nm_free_checked_at(d, p, "freer.c", 11) == NM_OK);
+    CHECK(nm_free_checked(d, p) == NM_ERR_DOUBLE_FREE); /* still in the quarantine */
+    CHECK(has(nm_last_error_message(), "double free") && names_block(nm_last_error_message(), p, "48 bytes"));
+    q = (char *)nm_malloc(d, 64);
+    CHECK(nm_free_checked(d, q) == NM_OK); /* p is the recycled block now */
+    CHECK(nm_free_checked(d, p) == NM_ERR_DOUBLE_FREE);
+    CHECK(has(nm_last_error_message(), "double free") && names_block(nm_last_error_message(), p, "48 bytes"));
+    r = (char *)nm_malloc(d, 80);
+    CHECK(nm_free_checked(d, r) == NM_OK); /* q replaces p, which goes back to base */
+    CHECK(nm_free_checked(d, p) == NM_ERR_DOUBLE_FREE);
+    CHECK(has(nm_last_error_message(), "double free") && names_block(nm_last_error_message(), p, "48 bytes"));
+    nm_clear_error();
+    nm_allocator_destroy(d);
+
+    /* 4. memalign failures name the alignment and the size */
+    d = nm_debug_create(NULL, 0);
+    if (sizeof(size_t) == 8) {
+        nm_allocator_t *targets[2];
+        int i;
+        targets[0] = nm_allocator_libc();
+        targets[1] = d;
+        for (i = 0; i < 2; i++) {
+            CHECK(nm_memalign(targets[i], (size_t)1 << 62, 8) == NULL);
+            CHECK(nm_last_error() == NM_ERR_INVALID || nm_last_error() == NM_ERR_OVERFLOW);
+            CHECK(has(nm_last_error_message(), "alignment=4611686018427387904") &&
+                  has(nm_last_error_message(), "size=8"));
+        }
+    }
+    CHECK(nm_memalign(d, 24, 10) == NULL && nm_last_error() == NM_ERR_INVALID &&
+          has(nm_last_error_message(), "alignment=24, size=10"));
+    {
+        nm_allocator_t *fa = nm_allocator_faulty(NULL, 1);
+        CHECK(nm_memalign(fa, 64, 8) == NULL && nm_last_error() == NM_ERR_NOMEM);
+        CHECK(has(nm_last_error_message(), "memalign(alignment=64, size=8)"));
+        nm_allocator_destroy(fa);
+    }
+    nm_clear_error();
+    nm_allocator_destroy(d);
+
+    /* 5. errors found by a free that cannot return them: to the hook (not from nm_free_checked),
+     * and kept by the debug allocator for its next check */
+    d = nm_debug_create_ex(NULL, 0, 16);
+    p = (char *)nm_malloc_at(d, 64, "victim.c", 7);
+    scribble(p, 64);
+    hook_reset();
+    nm_free(d, p);
+    CHECK(hook_calls == 1 && hook_code == NM_ERR_BUFFER_OVERFLOW && strcmp(hook_name, "debug") == 0);
+    CHECK(has(hook_msg, "buffer overflow") && has(hook_msg, "victim.c:7"));
+    nm_clear_error();
+    CHECK(nm_debug_check(d) == NM_ERR_BUFFER_OVERFLOW && strcmp(nm_last_error_message(), hook_msg) == 0);
+    CHECK(nm_debug_check(d) == NM_OK); /* reported once */
+    p = (char *)nm_malloc(d, 32);
+    scribble(p, 32);
+    CHECK(nm_free_checked(d, p) == NM_ERR_BUFFER_OVERFLOW && hook_calls == 1); /* the caller has it */
+    CHECK(nm_debug_check(d) == NM_OK);
+    p = (char *)nm_malloc(d, 32);
+    nm_free(d, p);
+    nm_free(d, p); /* a double free through nm_free */
+    CHECK(hook_calls == 2 && hook_code == NM_ERR_DOUBLE_FREE);
+    q = (char *)nm_malloc(d, 16);
+    scribble(q, 16);
+    nm_free(d, q); /* a second unreported error: the first stays pending */
+    CHECK(hook_calls == 3 && hook_code == NM_ERR_BUFFER_OVERFLOW);
+    r = (char *)nm_malloc(d, 24);
+    scribble(r, -1);
+    CHECK(nm_debug_check(d) == NM_ERR_BUFFER_UNDERFLOW); /* found now: newer than the pending one */
+    CHECK(nm_free_checked(d, r) == NM_ERR_BUFFER_UNDERFLOW);
+    CHECK(nm_debug_check(d) == NM_ERR_DOUBLE_FREE && has(nm_last_error_message(), "double free"));
+    CHECK(nm_debug_check(d) == NM_OK);
+    nm_debug_stats(d, &ds);
+    CHECK(ds.errors == 6); /* every one counted, reported or not */
+    nm_clear_error();
+    nm_allocator_destroy(d);
+    {   /* an arena's bad free, and one through a wrapper (reported once) */
+        nm_allocator_t *ar = nm_arena_create(NULL, 1 << 16), *fa = nm_allocator_faulty(ar, 0);
+        hook_reset();
+        p = (char *)nm_malloc(ar, 100);
+        nm_free(ar, p);
+        nm_free(ar, p);
+        CHECK(hook_calls == 1 && hook_code == NM_ERR_DOUBLE_FREE && strcmp(hook_name, "arena") == 0);
+        p = (char *)nm_malloc(fa, 100);
+        nm_free(fa, p);
+        nm_free(fa, p);
+        CHECK(hook_calls == 2 && hook_code == NM_ERR_DOUBLE_FREE);
+        CHECK(nm_free_checked(ar, p) == NM_ERR_DOUBLE_FREE && hook_calls == 2);
+        nm_clear_error();
+        nm_allocator_destroy(fa);
+        nm_allocator_destroy(ar);
+    }
+    {   /* reports from several threads at once, while the hook is being set (TSan watches) */
+        int i;
+        thread_reports = 0;
+        nm_set_report_hook(count_double_frees);
+        {
+            nm_thread_t *t[4];
+            for (i = 0; i < 4; i++) t[i] = nm_thread_start(double_freer, NULL);
+            for (i = 0; i < 1000; i++) nm_set_report_hook(count_double_frees);
+            for (i = 0; i < 4; i++) if (t[i]) nm_thread_join(t[i]);
+        }
+        CHECK(nm_atomic_load_relaxed(&thread_reports) == 4 * 100);
+        CHECK(nm_get_report_hook() == count_double_frees);
+    }
+    nm_set_report_hook(NULL);
+    nm_allocator_destroy(base);
+}
+
 int main(void) {
     nm_allocator_t *extra;
     fprintf(stderr, "nativemem C harness\n");
@@ -380,6 +603,7 @@ int main(void) {
     check_threads();
     check_debug_threads();
     check_pool_thread_exit();
+    check_debug_gaps();
     fprintf(stderr, "%d checks, %d failed\n", checks, failures);
     printf("%d passed, %d failed\n", checks - failures, failures);
     return failures ? 1 : 0;
