@@ -508,10 +508,11 @@ static NM_NOINLINE int nm__q_grow(nm__dbg_t *d) {
 /* Allocate and record a block (lock held). */
 static void *nm__dalloc_locked(nm__dbg_t *d, size_t size, size_t align, int zero) {
     nm__dblk_t *r = d->recycled;
-    if (r != NULL && align <= 16 && r->raw_size == nm__raw_need(size, 16)) {
-        /* same size as the recycled block (which had no extra alignment): reuse it in place, once
-         * its poison is verified (a damaged one goes back to base; the allocation fails with the
-         * report, as a checked pool's does) */
+    /* same raw size as the recycled block, which had no extra alignment (a memalign block of the
+     * same raw size has its user pointer further in: not reusable for this size): reuse it in
+     * place, once its poison is verified (a damaged one goes back to base; the allocation fails
+     * with the report, as a checked pool's does) */
+    if (r != NULL && align <= 16 && r->raw_size == nm__raw_need(size, 16) && r->user == r->raw + NM__CANARY) {
         d->recycled = NULL;
         d->recycled_bytes = 0;
         NM_ASAN_UNPOISON(r->raw, r->raw_size); /* as fresh memory: paint poisons the canaries again */

@@ -454,6 +454,17 @@ static void check_debug_gaps(void) {
     CHECK(hook_calls == 1 && hook_code == NM_ERR_USE_AFTER_FREE && names_block(hook_msg, p, "48 bytes"));
     nm_clear_error();
 
+    /* ... and only a block without extra alignment is reused for malloc (a memalign block of the
+     * same raw size has its user pointer further in) */
+    d = nm_debug_create_ex(NULL, 0, 0);
+    p = (char *)nm_memalign(d, 64, 32);
+    nm_free(d, p); /* the recycled block: 32 + 2 * 16 + 64 raw bytes, like a 96-byte malloc's */
+    q = (char *)nm_malloc(d, 96);
+    CHECK(q != NULL && q != p);
+    if (q) memset(q, 'y', 96);
+    CHECK(nm_free_checked(d, q) == NM_OK && nm_debug_check(d) == NM_OK);
+    nm_allocator_destroy(d);
+
     /* 2. the recycled block counts against the quarantine's byte bound */
     d = nm_debug_create_ex(base, 0, 16);
     CHECK(nm_debug_set_quarantine_bytes(d, 4096) == NM_OK);
