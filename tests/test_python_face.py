@@ -97,3 +97,36 @@ def test_close_refuses_new_work_and_frees_later():
         t.intern("y")
     assert str(h) == "x"
     h.release()
+
+
+def test_corruption_found_by_numpys_free_is_a_warning_and_raised_by_check():
+    np = pytest.importorskip("numpy")
+    import ctypes
+    import warnings
+    d = nativemem.DebugAllocator()
+    with nativemem.numpy_allocator(d):
+        arr = np.zeros(10, dtype=np.uint8)
+    ctypes.memset(arr.ctypes.data + 10, 0x41, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del arr
+        gc.collect()
+    found = [w for w in caught if issubclass(w.category, nativemem.CorruptionWarning)]
+    assert len(found) == 1 and "offset 10" in str(found[0].message)
+    with pytest.raises(nativemem.BufferOverflowError):
+        d.check()
+    d.check()  # reported once
+
+
+def test_corruption_found_by_a_finalizer_is_a_warning():
+    import ctypes
+    import warnings
+    d = nativemem.DebugAllocator()
+    b = d.malloc(16)
+    ctypes.memset(b.address + 16, 0x41, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del b
+    assert [w for w in caught if issubclass(w.category, nativemem.CorruptionWarning)]
+    with pytest.raises(nativemem.BufferOverflowError):
+        d.check()  # and kept for the next check()

@@ -54,7 +54,12 @@ static int nmpy__release_block(NmBuffer *b, const char *site, int with_site) {
     b->ptr = NULL;
     a->buffers--;
     nmpy_untrace((uintptr_t)p);
-    rc = with_site ? nm_free_checked_at(a->table, p, site, 0) : nm_free_checked(a->table, p);
+    if (with_site < 0) { /* a finalizer: nothing can raise, so the C core reports (hook: CorruptionWarning) */
+        nm_free(a->table, p);
+        rc = NM_OK;
+    } else {
+        rc = with_site ? nm_free_checked_at(a->table, p, site, 0) : nm_free_checked(a->table, p);
+    }
     if (rc) { /* keep the message: destroying the table below must not lose it */
         nmpy__maybe_destroy(a);
         return rc;
@@ -116,15 +121,13 @@ static void Buffer_dealloc(PyObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     if (b->weakreflist) PyObject_ClearWeakRefs(self);
-    if (b->ptr) { /* forgotten: freed here (no export can be alive: each holds a reference) */
-        int rc = nmpy__release_block(b, NULL, 0);
-        if (rc) {
-            const char *msg = nm_last_error_message();
-            char copy[1024];
-            snprintf(copy, sizeof copy, "%s (found when a forgotten Buffer was freed by its finalizer)", msg);
-            nm_clear_error();
-            nmpy_report(rc, copy);
-        }
+    if (b->ptr) { /* forgotten: freed here (no export can be alive: each holds a reference); what
+                   * the free finds is reported by the C core's hook (a CorruptionWarning) and kept
+                   * for the debug allocator's next check() */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        nmpy__release_block(b, NULL, -1);
+        PyErr_Restore(et, ev, tb);
     }
     Py_CLEAR(b->alloc);
     PyObject_GC_Del(self);

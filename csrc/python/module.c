@@ -141,12 +141,36 @@ void nmpy_report(int code, const char *message) {
     PyObject *et, *ev, *tb;
     char buf[1200];
     PyErr_Fetch(&et, &ev, &tb);
-    snprintf(buf, sizeof buf, "nativemem: %s: %s", nm_strerror(code), message ? message : "");
+    snprintf(buf, sizeof buf, "nativemem: %s", message && *message ? message : nm_strerror(code));
     if (nmpy.warn_category == NULL || PyErr_WarnEx(nmpy.warn_category, buf, 1) < 0) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, buf);
         PyErr_WriteUnraisable(nmpy.module);
     }
     PyErr_Restore(et, ev, tb);
+}
+
+/* The C core's report hook: corruption found by a free that cannot return it (NumPy's handler,
+ * a C caller's nm_free).  Any thread; takes the GIL to warn.  Unhooked at interpreter exit. */
+static void nmpy__report_hook(const char *allocator_name, int code, const char *message) {
+    char buf[1100];
+    PyGILState_STATE g;
+    if (!Py_IsInitialized()) {
+        fprintf(stderr, "nativemem: %s\n", message ? message : "");
+        return;
+    }
+    g = PyGILState_Ensure();
+    snprintf(buf, sizeof buf, "%s (found by a free that could not raise, allocator '%s')", message ? message : "",
+             allocator_name ? allocator_name : "?");
+    nmpy_report(code, buf);
+    PyGILState_Release(g);
+}
+
+static PyObject *core_hook_reports(PyObject *self, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    (void)self;
+    if (on < 0) return NULL;
+    nm_set_report_hook(on ? nmpy__report_hook : NULL);
+    Py_RETURN_NONE;
 }
 
 /* ---- tracemalloc ------------------------------------------------------------------------------ */
@@ -350,6 +374,8 @@ static PyMethodDef core_methods[] = {
     {"site_address", core_site, METH_O,
      "Address of the C string naming the caller's innermost `depth` Python frames outside nativemem."},
     {"_sites_clear", core_sites_clear, METH_NOARGS, "Drop the site cache (the site strings stay)."},
+    {"_hook_reports", core_hook_reports, METH_O,
+     "Route corruption found by frees that cannot raise to CorruptionWarning (True) or stderr (False)."},
     {"View", core_view, METH_VARARGS,
      "View(owner, address, size, readonly=False): a counted exporter of memory that owner keeps alive."},
     {NULL, NULL, 0, NULL}};

@@ -4,6 +4,7 @@ It maps C status codes to the exception tree and validates sizes before they rea
 """
 from __future__ import annotations
 
+import atexit
 import operator
 import os
 import re
@@ -149,3 +150,7 @@ from . import _core  # noqa: E402  (registered by nmpy_init)
 _core._configure(E, make_error, as_address, _PKG_DIR, _pythonapi_address("PyTraceMalloc_Track"),
                  _pythonapi_address("PyTraceMalloc_Untrack"), _pythonapi_address("PyFrame_GetLasti"))
 _core._in_package = _in_package
+# Corruption found by a free that cannot raise (NumPy's handler, a C caller's nm_free) becomes a
+# CorruptionWarning; back to stderr at exit, when Python can no longer run.
+_core._hook_reports(True)
+atexit.register(_core._hook_reports, False)
