@@ -7,7 +7,9 @@
  * one fills it is emptied, releasing the code objects.  The site strings themselves are
  * interned by content and live for the process (C records of live blocks point at them): their
  * number is bounded by the distinct (file, line, function) texts, not by code objects, so code
- * made by exec() over and over adds nothing once its text was seen.
+ * made by exec() over and over adds nothing once its text was seen; and at most 65536 texts are
+ * kept: past that a new site is recorded as "<site not recorded: ...>", so memory stays bounded
+ * (about 13 MB at most) even for a program that compiles code under a new file name each time.
  */
 #include "nmpy.h"
 
@@ -16,6 +18,8 @@
 #define NMPY_SITE_MAX_FRAMES 64
 #define NMPY_SITE_SLOTS 8192u /* power of two; emptied at 3/4 */
 #define NMPY_PKG_SLOTS 1024u
+#define NMPY_SITE_TEXTS_MAX 65536 /* distinct site texts kept (about 200 bytes each) */
+#define NMPY_SITE_OVERFLOW "py:<site not recorded: more than 65536 distinct Python sites seen>"
 
 typedef int (*nmpy_lasti_fn)(PyFrameObject *);
 static nmpy_lasti_fn nmpy__lasti_fn; /* PyFrame_GetLasti, found at run time (not in the limited API) */
@@ -127,11 +131,14 @@ static PyObject *nmpy__frame_line(PyObject *frame, PyObject *code) {
     return s;
 }
 
-/* The interned C string for `text` (a str); NULL on error. */
+/* The interned C string for `text` (a str); NULL on error.  At most NMPY_SITE_TEXTS_MAX distinct
+ * texts are kept (a C record may point at any of them for as long as it lives, so none can be
+ * freed); past that bound a new site is recorded as NMPY_SITE_OVERFLOW. */
 static const char *nmpy__intern_text(PyObject *text) {
     PyObject *b = PyDict_GetItemWithError(nmpy__texts, text); /* borrowed */
     if (b == NULL) {
         if (PyErr_Occurred()) return NULL;
+        if (PyDict_Size(nmpy__texts) >= NMPY_SITE_TEXTS_MAX) return NMPY_SITE_OVERFLOW;
         b = PyUnicode_AsEncodedString(text, "utf-8", "replace");
         if (b == NULL) return NULL;
         if (PyDict_SetItem(nmpy__texts, text, b) < 0) { Py_DECREF(b); return NULL; }
