@@ -44,6 +44,7 @@ typedef struct nm__arena {
     uint32_t fl_bitmap;
     uint32_t sl_bitmap[NM__FL_COUNT];
     nm__ablk_t *heads[NM__FL_COUNT][NM__SL_COUNT];
+    nm_atfork_t fork;       /* fork safety: the lock above (platform.h) */
 } nm__arena_t;
 
 NM_INLINE size_t nm__bsize(const nm__ablk_t *b) { return b->size & ~NM__AFREE; }
@@ -324,11 +325,19 @@ static size_t nm__arena_usable(void *ctx, const void *p) {
     return r;
 }
 
-static void nm__arena_destroy(nm_allocator_t *a) {
+static void nm__arena_release(void *arg) {
+    nm_allocator_t *a = (nm_allocator_t *)arg;
     nm__arena_t *ar = (nm__arena_t *)a->ctx;
     if (ar->base) nm_free(ar->base, ar->region);
     else nm_os_unmap(ar->region, ar->region_size);
     _nm_table_free(a);
+}
+
+/* May run inside another object's locked section (a destroy deferred to the last nm_free, which
+ * a pool or debug allocator over this arena may make under its lock): retire, not unregister. */
+static void nm__arena_destroy(nm_allocator_t *a) {
+    nm__arena_t *ar = (nm__arena_t *)a->ctx;
+    nm_atfork_retire(&ar->fork, nm__arena_release, a);
 }
 
 /* ---- public API ----------------------------------------------------------------------------- */
@@ -376,6 +385,8 @@ nm_allocator_t *nm_arena_create(nm_allocator_t *base, size_t size) {
     a->usable_size = nm__arena_usable;
     a->destroy = nm__arena_destroy;
     a->flags |= NM_ALLOC_EXACT_SIZE | NM_ALLOC_REPORTS;
+    nm_atfork_init(&ar->fork, nm_atfork_spin_lock, nm_atfork_spin_unlock, NULL, &ar->lock, NM_ATFORK_OBJECT);
+    nm_atfork_register(&ar->fork);
     return a;
 }
 

@@ -783,6 +783,7 @@ static NM_NOINLINE void nm__teardown_reporting(nm__dbg_t *d, int report) {
 static void nm__dbg_destroy(nm_allocator_t *a) {
     nm__dbg_t *d = (nm__dbg_t *)a->ctx;
     int now = 0;
+    nm_atfork_unregister_spin(&d->lock); /* fork safety (platform.h): before taking the lock */
     nm_spin_lock(&d->lock);
     if (nm_atomic_load_relaxed(&a->st_dying) == 0) {
         now = nm_atomic_load_relaxed(&a->st_allocs) == nm_atomic_load_relaxed(&a->st_frees);
@@ -823,6 +824,7 @@ nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t 
     a->usable_size = nm__dbg_usable;
     a->destroy = nm__dbg_destroy;
     a->flags |= NM_ALLOC_EXACT_SIZE | NM_ALLOC_SELF_STATS | NM_ALLOC_REPORTS;
+    nm_atfork_register_spin(&d->lock); /* fork safety (platform.h) */
     return a;
 }
 

@@ -139,3 +139,140 @@ void nm_spin_wait(nm_spin_t *s) {
         if (nm_atomic_exchange(s, 1) == 0) return;
     }
 }
+
+/* ---- fork safety: the registry and its pthread_atfork handlers (see platform.h) ------------------- */
+void nm_atfork_spin_lock(void *spin) { nm_spin_lock((nm_spin_t *)spin); }
+void nm_atfork_spin_unlock(void *spin) { nm_spin_unlock((nm_spin_t *)spin); }
+void nm_atfork_mutex_lock(void *mutex) { nm_mutex_lock((nm_mutex_t *)mutex); }
+void nm_atfork_mutex_unlock(void *mutex) { nm_mutex_unlock((nm_mutex_t *)mutex); }
+
+#if defined(NM_OS_POSIX)
+#include <stdlib.h>
+
+/* The registry's lock: held from the prepare handler to the parent/child handler, and briefly
+ * (never waiting for anything else) to add or remove entries. */
+static pthread_mutex_t nm__fork_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t nm__fork_once = PTHREAD_ONCE_INIT;
+static nm_atfork_t *nm__fork_heads[NM_ATFORK_RANKS]; /* per rank, newest first */
+static nm_atomic_t nm__fork_pending;                 /* 1 from prepare until the lock is released */
+static nm_atomic_t nm__fork_parked;                  /* nm_atfork_t *: retired during a fork */
+
+static void nm__fork_prepare(void) {
+    int r;
+    nm_atfork_t *e;
+    pthread_mutex_lock(&nm__fork_lock);
+    nm_atomic_exchange(&nm__fork_pending, 1); /* from here nm_atfork_retire does not wait */
+    for (r = 0; r < NM_ATFORK_RANKS; r++)
+        for (e = nm__fork_heads[r]; e; e = e->next) e->lock(e->arg);
+}
+
+static void nm__fork_release(int in_child) {
+    int r;
+    nm_atfork_t *e;
+    for (r = NM_ATFORK_RANKS - 1; r >= 0; r--)
+        for (e = nm__fork_heads[r]; e; e = e->next) (in_child && e->child ? e->child : e->unlock)(e->arg);
+    nm_atomic_exchange(&nm__fork_pending, 0);
+    pthread_mutex_unlock(&nm__fork_lock);
+    /* Parked entries are not finished here: their `fin` frees into allocators whose own fork
+     * handlers may not have run yet.  The next register/unregister does it. */
+}
+static void nm__fork_parent(void) { nm__fork_release(0); }
+static void nm__fork_child(void) { nm__fork_release(1); }
+
+static void nm__fork_install(void) { (void)pthread_atfork(nm__fork_prepare, nm__fork_parent, nm__fork_child); }
+
+static void nm__fork_link(nm_atfork_t *e) {
+    nm_atfork_t **head = &nm__fork_heads[e->rank];
+    e->prev = NULL;
+    e->next = *head;
+    if (*head) (*head)->prev = e;
+    *head = e;
+    e->linked = 1;
+}
+static void nm__fork_unlink(nm_atfork_t *e) {
+    if (!e->linked) return;
+    if (e->prev) e->prev->next = e->next;
+    else nm__fork_heads[e->rank] = e->next;
+    if (e->next) e->next->prev = e->prev;
+    e->prev = e->next = NULL;
+    e->linked = 0;
+}
+
+/* Unlink the parked entries (registry lock held); the caller finishes them after unlocking. */
+static nm_atfork_t *nm__fork_take_parked(void) {
+    nm_atfork_t *list = (nm_atfork_t *)nm_atomic_exchange(&nm__fork_parked, 0), *e;
+    for (e = list; e; e = e->parked_next) nm__fork_unlink(e);
+    return list;
+}
+static void nm__fork_finish(nm_atfork_t *list) {
+    while (list) {
+        nm_atfork_t *next = list->parked_next;
+        list->fin(list->fin_arg); /* may free the entry */
+        list = next;
+    }
+}
+
+void nm_atfork_register(nm_atfork_t *e) {
+    nm_atfork_t *parked;
+    if (e->rank < 0 || e->rank >= NM_ATFORK_RANKS) e->rank = NM_ATFORK_OBJECT;
+    pthread_once(&nm__fork_once, nm__fork_install);
+    pthread_mutex_lock(&nm__fork_lock);
+    if (!e->linked) nm__fork_link(e);
+    parked = nm__fork_take_parked();
+    pthread_mutex_unlock(&nm__fork_lock);
+    nm__fork_finish(parked);
+}
+
+void nm_atfork_unregister(nm_atfork_t *e) {
+    nm_atfork_t *parked;
+    pthread_mutex_lock(&nm__fork_lock);
+    nm__fork_unlink(e);
+    parked = nm__fork_take_parked();
+    pthread_mutex_unlock(&nm__fork_lock);
+    nm__fork_finish(parked);
+}
+
+void nm_atfork_retire(nm_atfork_t *e, nm_atfork_fn fin, void *arg) {
+    for (;;) {
+        /* The lock is held either by a fork in progress (pending set right after taking it),
+         * whose prepare handler may be waiting for a lock this thread holds -- then park -- or
+         * briefly by a register/unregister, which waits for nothing: then try again. */
+        if (pthread_mutex_trylock(&nm__fork_lock) == 0) {
+            nm__fork_unlink(e);
+            pthread_mutex_unlock(&nm__fork_lock);
+            fin(arg);
+            return;
+        }
+        if (nm_atomic_load_acquire(&nm__fork_pending)) {
+            intptr_t head = nm_atomic_load_relaxed(&nm__fork_parked);
+            e->fin = fin;
+            e->fin_arg = arg;
+            do {
+                e->parked_next = (nm_atfork_t *)head;
+            } while (!nm_atomic_cas(&nm__fork_parked, &head, (intptr_t)e));
+            return;
+        }
+        nm_thread_yield();
+    }
+}
+
+void nm_atfork_register_spin(nm_spin_t *lock) {
+    nm_atfork_t *e = (nm_atfork_t *)malloc(sizeof *e);
+    if (e == NULL) return; /* not protected across fork; nothing else changes */
+    nm_atfork_init(e, nm_atfork_spin_lock, nm_atfork_spin_unlock, NULL, lock, NM_ATFORK_OBJECT);
+    e->owned = 1;
+    nm_atfork_register(e);
+}
+
+void nm_atfork_unregister_spin(nm_spin_t *lock) {
+    nm_atfork_t *e, *parked;
+    pthread_mutex_lock(&nm__fork_lock);
+    for (e = nm__fork_heads[NM_ATFORK_OBJECT]; e; e = e->next)
+        if (e->owned && e->arg == (void *)lock) break;
+    if (e) nm__fork_unlink(e);
+    parked = nm__fork_take_parked();
+    pthread_mutex_unlock(&nm__fork_lock);
+    free(e);
+    nm__fork_finish(parked);
+}
+#endif

@@ -208,6 +208,77 @@ NM_INLINE void nm_spin_lock(nm_spin_t *s) {
 }
 NM_INLINE void nm_spin_unlock(nm_spin_t *s) { nm_atomic_store_release(s, 0); }
 
+/* ---- fork safety (pthread_atfork) -------------------------------------------------------------- *
+ * A child forked while another thread held one of nativemem's locks would inherit it held by a
+ * thread that does not exist there, and hang on it.  So every live lock-holding object is in a
+ * registry (platform.c) whose fork handlers take the registry's lock and then every registered
+ * lock before fork(), and release them all after it, in the parent and in the child (where an
+ * entry may also repair state, e.g. a pool orphans the caches of threads the child does not
+ * have).  Only create and destroy touch the registry; the hot paths do not.
+ *
+ * Order.  Locks are taken by rank (NM_ATFORK_FIRST, then NM_ATFORK_SECOND, then objects), and
+ * objects newest first: a lock may be held while taking another only when the second comes
+ * later in that order.  It does: an object's base allocator is created before it, the prop tree
+ * lock (FIRST) is held around the prop pool's paths, which take the pools' global lock (SECOND)
+ * and then a pool's own lock.  And no thread holding one of these locks ever waits for the
+ * registry's: nm_atfork_register and nm_atfork_unregister are called only from create and
+ * destroy, with no nativemem lock held (they wait while a fork is in progress); a destroy that
+ * may run under another object's lock (the arena's, deferred to a last nm_free) uses
+ * nm_atfork_retire, which never waits for a fork.
+ *
+ * Windows has no fork: everything here compiles to nothing (nm_atfork_retire runs `fin` at once). */
+enum { NM_ATFORK_FIRST = 0, NM_ATFORK_SECOND = 1, NM_ATFORK_OBJECT = 2, NM_ATFORK_RANKS = 3 };
+typedef void (*nm_atfork_fn)(void *arg);
+typedef struct nm_atfork {
+    nm_atfork_fn lock;          /* before fork: take every lock of the object               */
+    nm_atfork_fn unlock;        /* after fork, in the parent: release them                  */
+    nm_atfork_fn child;         /* after fork, in the child: release them (NULL: unlock)    */
+    void *arg;
+    int rank;
+    /* the registry's own (nm_atfork_init zeroes them) */
+    int linked, owned;
+    struct nm_atfork *prev, *next;
+    struct nm_atfork *parked_next; /* retired during a fork: unlinked and finished later     */
+    nm_atfork_fn fin;
+    void *fin_arg;
+} nm_atfork_t;
+
+NM_INLINE void nm_atfork_init(nm_atfork_t *e, nm_atfork_fn lock, nm_atfork_fn unlock, nm_atfork_fn child,
+                              void *arg, int rank) {
+    memset(e, 0, sizeof *e);
+    e->lock = lock;
+    e->unlock = unlock;
+    e->child = child;
+    e->arg = arg;
+    e->rank = rank;
+}
+/* Entry functions for the common cases: arg is an nm_spin_t * or an nm_mutex_t *. */
+void nm_atfork_spin_lock(void *spin);
+void nm_atfork_spin_unlock(void *spin);
+void nm_atfork_mutex_lock(void *mutex);
+void nm_atfork_mutex_unlock(void *mutex);
+
+#if defined(NM_OS_POSIX)
+/* Add an entry (idempotent: a registered entry stays as it is).  Create paths, no lock held. */
+void nm_atfork_register(nm_atfork_t *e);
+/* Remove an entry; afterwards no fork handler touches it.  Destroy paths, no lock held. */
+void nm_atfork_unregister(nm_atfork_t *e);
+/* Remove an entry and then call fin(arg) (which may free the entry's memory), from a path that
+ * may hold other nativemem locks: when a fork is in progress it does not wait; the entry stays
+ * registered (its lock unused, its memory alive) and is removed and finished by the next
+ * register/unregister call. */
+void nm_atfork_retire(nm_atfork_t *e, nm_atfork_fn fin, void *arg);
+/* A spinlock in memory the caller cannot extend (the registry allocates the entry). */
+void nm_atfork_register_spin(nm_spin_t *lock);
+void nm_atfork_unregister_spin(nm_spin_t *lock);
+#else
+NM_INLINE void nm_atfork_register(nm_atfork_t *e) { (void)e; }
+NM_INLINE void nm_atfork_unregister(nm_atfork_t *e) { (void)e; }
+NM_INLINE void nm_atfork_retire(nm_atfork_t *e, nm_atfork_fn fin, void *arg) { (void)e; fin(arg); }
+NM_INLINE void nm_atfork_register_spin(nm_spin_t *lock) { (void)lock; }
+NM_INLINE void nm_atfork_unregister_spin(nm_spin_t *lock) { (void)lock; }
+#endif
+
 /* ---- thread identity ----------------------------------------------------------------- */
 /* A small nonzero number unique per live thread (the address of a thread-local byte). */
 static NM_THREAD_LOCAL char nm__thread_marker;

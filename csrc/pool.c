@@ -104,6 +104,7 @@ struct nm_pool {
     size_t bh_cap, bh_count;
     int64_t bh_allocs, bh_frees, bh_live, bh_peak;
     nm_pool_t *next_live;
+    nm_atfork_t fork;           /* fork safety: pool->lock (platform.h) */
 };
 
 /* ---- global registry of live pools (validates thread-exit work against destroy) ------ */
@@ -119,6 +120,11 @@ typedef struct nm__tnode {
     nm__tcache_t *tc;
     struct nm__tnode *next;
 } nm__tnode_t;
+
+/* The global lock above is taken before any pool's (thread exit), and inside the prop tree
+ * lock (a prop pool's first use on a thread): second in the fork handlers' order. */
+static nm_atfork_t nm__pools_fork = {.lock = nm_atfork_mutex_lock, .unlock = nm_atfork_mutex_unlock,
+                                     .arg = &nm__pools_lock, .rank = NM_ATFORK_SECOND};
 
 static NM_THREAD_LOCAL nm__tnode_t *nm__tnodes;
 static NM_THREAD_LOCAL size_t nm__tnode_count, nm__tnode_prune_at;
@@ -510,6 +516,25 @@ static NM_NOINLINE nm__chunk_t *nm__refill(nm_pool_t *pool, nm__tcache_t *tc) {
     return tc->cur = c;
 }
 
+/* ---- fork (platform.h): the pool's lock across fork() ------------------------------------ */
+static void nm__pool_fork_lock(void *arg) { nm_mutex_lock(&((nm_pool_t *)arg)->lock); }
+static void nm__pool_fork_unlock(void *arg) { nm_mutex_unlock(&((nm_pool_t *)arg)->lock); }
+/* In the child only the forking thread exists: the caches of the others are released as their
+ * thread exits would have (chunks orphaned, for the next thread that needs one to adopt), so no
+ * chunk is stranded and a new thread that happens to get a dead one's id starts afresh.  Their
+ * fast paths take no lock, so an operation may have been cut short: at worst an object is lost
+ * (neither free nor allocated), never handed out twice. */
+static void nm__pool_fork_child(void *arg) {
+    nm_pool_t *pool = (nm_pool_t *)arg;
+    uintptr_t me = nm_thread_fast_id();
+    nm__tcache_t *tc;
+    for (tc = pool->tcaches; tc; tc = tc->next) {
+        uintptr_t t = (uintptr_t)nm_atomic_load_relaxed(&tc->thread);
+        if (t != 0 && t != me) nm__tcache_release(pool, tc);
+    }
+    nm_mutex_unlock(&pool->lock);
+}
+
 /* ---- creation and destruction ---------------------------------------------------------- */
 nm_pool_t *nm_pool_create(nm_allocator_t *a, size_t object_size, size_t objects_per_chunk, unsigned flags) {
     return nm_pool_create_ex(a, object_size, objects_per_chunk, 64, flags);
@@ -590,6 +615,7 @@ nm_pool_t *nm_pool_create_ex(nm_allocator_t *a, size_t object_size, size_t objec
         if (!r) { nm_free(a, pool); return NULL; }
         nm_atomic_store_relaxed(&pool->reg, (intptr_t)r);
     }
+    nm_atfork_register(&nm__pools_fork); /* once; before taking the lock it protects */
     nm_mutex_lock(&nm__pools_lock);
     pool->id = ++nm__pool_ids;
     pool->next_live = nm__pools;
@@ -602,6 +628,9 @@ nm_pool_t *nm_pool_create_ex(nm_allocator_t *a, size_t object_size, size_t objec
         pool->secret = (uintptr_t)s | 1u;
     }
     NM_VG_MEMPOOL_CREATE(pool, 0, (flags & NM_POOL_ZERO) != 0);
+    nm_atfork_init(&pool->fork, nm__pool_fork_lock, nm__pool_fork_unlock, nm__pool_fork_child, pool,
+                   NM_ATFORK_OBJECT);
+    nm_atfork_register(&pool->fork);
     return pool;
 }
 
@@ -617,6 +646,7 @@ void nm_pool_destroy(nm_pool_t *pool) {
     nm__tcache_t *tc, *tn;
     nm__reg_t *r, *ro;
     if (!pool) return;
+    nm_atfork_unregister(&pool->fork);
     nm_mutex_lock(&nm__pools_lock);
     for (pp = &nm__pools; *pp && *pp != pool; pp = &(*pp)->next_live) { }
     if (*pp) *pp = pool->next_live;

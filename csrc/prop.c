@@ -21,10 +21,30 @@ struct nm_prop {
 };
 
 static nm_mutex_t nm__tree = NM_MUTEX_INIT;
-static nm_pool_t *nm__prop_pool;
+static nm_atomic_t nm__prop_pool; /* nm_pool_t *, made once by the first nm_prop_create */
 static nm_atomic_t nm__prop_live;
+/* Across fork() the tree lock is taken first of all nativemem's locks: it is held around the
+ * prop pool's paths (platform.h). */
+static nm_atfork_t nm__tree_fork = {.lock = nm_atfork_mutex_lock, .unlock = nm_atfork_mutex_unlock,
+                                    .arg = &nm__tree, .rank = NM_ATFORK_FIRST};
 
 static void nm__prop_destroy0(nm_prop_t *p);
+
+NM_INLINE nm_pool_t *nm__pool(void) { return (nm_pool_t *)nm_atomic_load_ptr_acquire(&nm__prop_pool); }
+
+/* The prop pool, made on first use -- outside the tree lock, as creating it registers it for
+ * fork safety (never done holding a lock the fork handlers take). */
+static nm_pool_t *nm__pool_get(void) {
+    nm_pool_t *pool = nm__pool(), *mine;
+    intptr_t expected = 0;
+    if (NM_LIKELY(pool != NULL)) return pool;
+    nm_atfork_register(&nm__tree_fork);
+    mine = nm_pool_create(nm_allocator_libc(), sizeof(nm_prop_t), 256, NM_POOL_ZERO);
+    if (mine == NULL) return NULL;
+    if (nm_atomic_cas(&nm__prop_pool, &expected, (intptr_t)mine)) return mine;
+    nm_pool_destroy(mine); /* another thread's came first */
+    return (nm_pool_t *)expected;
+}
 
 /* The memory's end: called by the refcount when the last reference goes. */
 static void nm__prop_free(void *arg) {
@@ -36,7 +56,7 @@ static void nm__prop_free(void *arg) {
     }
     nm_ref_trace_disable(&p->ref);
     memset(p, 0xDD, sizeof *p);
-    nm_pool_free(nm__prop_pool, p);
+    nm_pool_free(nm__pool(), p);
     nm_atomic_add_relaxed(&nm__prop_live, -1);
 }
 
@@ -85,11 +105,9 @@ static int nm__zombie(nm_prop_t *p, const char *what) {
 nm_prop_t *nm_prop_create(nm_prop_t *parent, const char *name, size_t name_len) {
     nm_prop_t *p;
     char *nm = NULL;
+    nm_pool_t *pool = nm__pool_get();
+    if (pool == NULL) return NULL;
     nm_mutex_lock(&nm__tree);
-    if (nm__prop_pool == NULL) {
-        nm__prop_pool = nm_pool_create(nm_allocator_libc(), sizeof(nm_prop_t), 256, NM_POOL_ZERO);
-        if (nm__prop_pool == NULL) goto fail;
-    }
     if (parent && parent->type == NM_PROP_ZOMBIE) {
         nm__zombie(parent, "create child");
         goto fail;
@@ -100,7 +118,7 @@ nm_prop_t *nm_prop_create(nm_prop_t *parent, const char *name, size_t name_len) 
         memcpy(nm, name, name_len);
         nm[name_len] = '\0';
     }
-    p = (nm_prop_t *)nm_pool_alloc(nm__prop_pool);
+    p = (nm_prop_t *)nm_pool_alloc(pool);
     if (p == NULL) {
         if (nm) nm_free(nm_allocator_libc(), nm);
         goto fail;

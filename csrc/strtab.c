@@ -47,6 +47,7 @@ typedef union nm__shard_slot {
 struct nm_strtab {
     nm_allocator_t *a;
     nm__shard_slot_t shards[NM__SHARDS];
+    nm_atfork_t fork;     /* fork safety: every shard's lock (platform.h) */
 };
 
 /* 8 bytes at a time (the last word overlapping, short keys from two overlapping loads), each
@@ -78,12 +79,26 @@ static uint64_t nm__strhash(const char *s, size_t n) {
 
 NM_INLINE uint8_t nm__tag(uint64_t h) { return (uint8_t)((h >> 56) | 0x80); }
 
+/* Across fork(): every shard's lock, in shard order (no thread ever holds two of them). */
+static void nm__strtab_fork_lock(void *arg) {
+    nm_strtab_t *t = (nm_strtab_t *)arg;
+    int k;
+    for (k = 0; k < NM__SHARDS; k++) nm_spin_lock(&t->shards[k].s.lock);
+}
+static void nm__strtab_fork_unlock(void *arg) {
+    nm_strtab_t *t = (nm_strtab_t *)arg;
+    int k;
+    for (k = NM__SHARDS; k-- > 0;) nm_spin_unlock(&t->shards[k].s.lock);
+}
+
 nm_strtab_t *nm_strtab_create(nm_allocator_t *a) {
     nm_strtab_t *t;
     if (a == NULL) a = nm_allocator_libc();
     t = (nm_strtab_t *)nm_calloc(a, 1, sizeof *t);
     if (t == NULL) return NULL;
     t->a = a;
+    nm_atfork_init(&t->fork, nm__strtab_fork_lock, nm__strtab_fork_unlock, NULL, t, NM_ATFORK_OBJECT);
+    nm_atfork_register(&t->fork);
     return t;
 }
 
@@ -296,6 +311,7 @@ size_t nm_strtab_destroy(nm_strtab_t *t) {
     size_t left = 0, i;
     int k;
     if (t == NULL) return 0;
+    nm_atfork_unregister(&t->fork);
     for (k = 0; k < NM__SHARDS; k++) {
         nm__shard_t *sh = &t->shards[k].s;
         for (i = 0; sh->tags && i <= sh->mask; i++)

@@ -306,6 +306,133 @@ static void check_pool_thread_exit(void) {
     nm_pool_destroy(pool);
 }
 
+#if !defined(_WIN32)
+/* ---- fork while other threads hold nativemem's locks (pthread_atfork, platform.c) ---------- *
+ * Threads take and release every kind of lock in a loop (the debug allocator's, the arena's, the
+ * string table's shards, the prop tree's, a pool's and the pools' global one through threads
+ * that start and exit, the fork registry's through arenas created and destroyed) while the main
+ * thread forks; each child uses every object once and exits.  A child that inherited a lock
+ * held by a thread it does not have would hang: each gets 10 s, then is killed and counted. */
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+
+typedef struct {
+    nm_allocator_t *dbg, *arena;
+    nm_strtab_t *tab;
+    nm_pool_t *pool;
+    nm_atomic_t stop, rounds;
+} fork_objs_t;
+
+/* One operation on each object (what every child does too). */
+static void touch_all(fork_objs_t *w) {
+    void *p = nm_malloc(w->dbg, 64), *q = nm_malloc(w->arena, 64), *o = nm_pool_alloc(w->pool);
+    const char *s = nm_strtab_intern(w->tab, "x", 1);
+    nm_prop_t *root = nm_prop_create(NULL, "a", 1), *c = root ? nm_prop_create(root, "b", 1) : NULL;
+    if (!p || !q || !o || !s || !root || !c) abort();
+    nm_free(w->dbg, p);
+    nm_free(w->arena, q);
+    if (nm_pool_free(w->pool, o) != NM_OK || nm_strtab_release(w->tab, s) != NM_OK) abort();
+    nm_prop_ref_dec(c);
+    if (nm_prop_destroy(root) != NM_OK || nm_prop_ref_dec(root) != 1) abort();
+}
+
+static void pool_pair(void *arg) { /* a thread's start and exit take the pool's locks */
+    nm_pool_t *pool = (nm_pool_t *)arg;
+    void *o = nm_pool_alloc(pool);
+    if (o == NULL || nm_pool_free(pool, o) != NM_OK) abort();
+}
+
+static void fork_hammer(void *arg) {
+    fork_objs_t *w = (fork_objs_t *)arg;
+    while (!nm_atomic_load_acquire(&w->stop)) {
+        touch_all(w);
+        if ((nm_atomic_add_relaxed(&w->rounds, 1) & 15) == 0) {
+            nm_thread_t *t = nm_thread_start(pool_pair, w->pool);
+            if (t) nm_thread_join(t);
+        }
+    }
+}
+
+/* Arenas come and go: registration, and destroy deferred to the last free (which retires the
+ * arena's entry, parking it when a fork is in progress). */
+static void arena_churn(void *arg) {
+    fork_objs_t *w = (fork_objs_t *)arg;
+    while (!nm_atomic_load_acquire(&w->stop)) {
+        nm_allocator_t *ar = nm_arena_create(NULL, 1 << 16);
+        void *p = ar ? nm_malloc(ar, 32) : NULL;
+        if (p == NULL) abort();
+        nm_allocator_destroy(ar); /* deferred: p is live */
+        nm_free(ar, p);           /* the last free destroys it */
+    }
+}
+
+/* The child's exit status, or -1 when it had not exited after `seconds` (then it is killed). */
+static int wait_child(pid_t pid, double seconds) {
+    struct timespec pause = {0, 1000000};
+    uint64_t deadline = nm_now_ns() + (uint64_t)(seconds * 1e9);
+    int status;
+    for (;;) {
+        pid_t got = waitpid(pid, &status, WNOHANG);
+        if (got == pid) return status;
+        if (got < 0) return -2;
+        if (nm_now_ns() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            return -1;
+        }
+        nanosleep(&pause, NULL);
+    }
+}
+
+static void check_fork(void) {
+    enum { HAMMERS = 2 };
+    fork_objs_t w;
+    nm_thread_t *t[HAMMERS + 1];
+    int i, forks = NM_VG_RUNNING() ? 20 : 200, hung = 0, failed = 0;
+    fprintf(stderr, "  fork while other threads hold the locks (%d forks)\n", forks);
+    memset(&w, 0, sizeof w);
+    w.dbg = nm_debug_create_ex(NULL, 0, 16);
+    w.arena = nm_arena_create(NULL, 1 << 20);
+    w.tab = nm_strtab_create(NULL);
+    w.pool = nm_pool_create(NULL, 64, 64, 0);
+    CHECK(w.dbg && w.arena && w.tab && w.pool);
+    if (!(w.dbg && w.arena && w.tab && w.pool)) return;
+    for (i = 0; i < HAMMERS; i++) t[i] = nm_thread_start(fork_hammer, &w);
+    t[HAMMERS] = nm_thread_start(arena_churn, &w);
+    while (nm_atomic_load_relaxed(&w.rounds) < 64) nm_thread_yield();
+    for (i = 0; i < forks && hung < 3; i++) {
+        pid_t pid = fork();
+        int status;
+        if (pid == 0) {
+#if defined(NM_HAVE_VALGRIND) && defined(VALGRIND_CLO_CHANGE)
+            /* blocks that only the parent's other threads pointed to would count as leaks here;
+             * memory errors still fail the child */
+            if (RUNNING_ON_VALGRIND) VALGRIND_CLO_CHANGE("--leak-check=no");
+#endif
+            touch_all(&w);
+            _exit(0);
+        }
+        CHECK(pid > 0);
+        if (pid < 0) break;
+        status = wait_child(pid, 10.0);
+        if (status == -1) hung++;
+        else if (status < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) failed++;
+    }
+    if (hung || failed) fprintf(stderr, "    %d of %d children hung, %d failed\n", hung, i, failed);
+    CHECK(hung == 0 && failed == 0);
+    nm_atomic_store_release(&w.stop, 1);
+    for (i = 0; i <= HAMMERS; i++) {
+        CHECK(t[i] != NULL);
+        if (t[i]) nm_thread_join(t[i]);
+    }
+    nm_pool_destroy(w.pool);
+    CHECK(nm_strtab_destroy(w.tab) == 0);
+    nm_allocator_destroy(w.arena);
+    nm_allocator_destroy(w.dbg);
+}
+#endif
+
 /* ---- threads on one debug allocator: cross-thread frees, and destroy racing the last free -- */
 typedef struct { nm_allocator_t *dbg; nm_atomic_t *slots; int id; } dwork_t;
 
@@ -614,6 +741,9 @@ int main(void) {
     check_threads();
     check_debug_threads();
     check_pool_thread_exit();
+#if !defined(_WIN32)
+    check_fork();
+#endif
     check_debug_gaps();
     fprintf(stderr, "%d checks, %d failed\n", checks, failures);
     printf("%d passed, %d failed\n", checks - failures, failures);
