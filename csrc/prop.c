@@ -2,9 +2,10 @@
  *
  * Two lifetimes, as in Movian: the atomic refcount keeps a prop's MEMORY alive; destroy() ends
  * its CONTENT: it is unlinked from its parent, its value and children are released (children are
- * destroyed recursively) and it becomes a zombie that refuses use while references remain.  The
- * memory goes back to the prop pool with the last reference, poisoned with 0xDD.  Structure
- * changes take one tree mutex (Movian's prop_mutex); references are atomic.
+ * destroyed too, by a walk that needs no stack however deep the tree) and it becomes a zombie
+ * that refuses use while references remain.  The memory goes back to the prop pool with the
+ * last reference, poisoned with 0xDD.  Structure changes take one tree mutex (Movian's
+ * prop_mutex); references are atomic.
  */
 #include "nm_internal.h"
 
@@ -67,15 +68,44 @@ static void nm__value_clear(nm_prop_t *p) {
     p->type = NM_PROP_VOID;
 }
 
-/* End a prop's content (tree lock held): children first, then unlink and release. */
+/* Release a prop's value and name and make it a zombie (tree lock held). */
+static void nm__prop_end(nm_prop_t *p) {
+    nm__value_clear(p);
+    if (p->name) nm_free(nm_allocator_libc(), p->name);
+    p->name = NULL;
+    p->type = NM_PROP_ZOMBIE;
+}
+
+/* End a prop's content (tree lock held): children first, then unlink and release.
+ *
+ * Iterative, depth first, with no stack of its own: the tree is the stack.  The walk detaches
+ * the current prop's first child and descends into it (its parent link kept, to come back up);
+ * a prop with no children left is ended, loses its parent link and the reference its parent
+ * held (which may free it), and the walk returns to that parent.  So a chain a million deep
+ * costs no C stack, and the order is the recursive one: each child's subtree in sibling order,
+ * a child ended after its own children. */
 static void nm__prop_destroy0(nm_prop_t *p) {
-    nm_prop_t *c = p->first_child, *next;
-    p->first_child = p->last_child = NULL;
-    for (; c; c = next) {
-        next = c->next;
+    nm_prop_t *cur = p;
+    for (;;) {
+        nm_prop_t *c = cur->first_child;
+        if (c != NULL) {
+            cur->first_child = c->next;
+            if (c->next) c->next->prev = NULL;
+            else cur->last_child = NULL;
+            c->next = c->prev = NULL;
+            if (c->type != NM_PROP_ZOMBIE) {
+                cur = c; /* c->parent == cur: the way back up */
+            } else {     /* (not expected: destroy unlinks a prop from its parent) */
+                c->parent = NULL;
+                nm_ref_dec_at(&c->ref, __FILE__, __LINE__);
+            }
+            continue;
+        }
+        if (cur == p) break;
+        c = cur;
+        cur = c->parent;
         c->parent = NULL;
-        c->next = c->prev = NULL;
-        if (c->type != NM_PROP_ZOMBIE) nm__prop_destroy0(c);
+        nm__prop_end(c);
         nm_ref_dec_at(&c->ref, __FILE__, __LINE__); /* the parent's hold; c is a zombie now */
     }
     if (p->parent) {
@@ -85,17 +115,11 @@ static void nm__prop_destroy0(nm_prop_t *p) {
         if (p->next) p->next->prev = p->prev;
         else par->last_child = p->prev;
         p->parent = p->next = p->prev = NULL;
-        nm__value_clear(p);
-        if (p->name) nm_free(nm_allocator_libc(), p->name);
-        p->name = NULL;
-        p->type = NM_PROP_ZOMBIE;
+        nm__prop_end(p);
         nm_ref_dec_at(&p->ref, __FILE__, __LINE__); /* drop the parent's hold (never the last: caller holds one) */
         return;
     }
-    nm__value_clear(p);
-    if (p->name) nm_free(nm_allocator_libc(), p->name);
-    p->name = NULL;
-    p->type = NM_PROP_ZOMBIE;
+    nm__prop_end(p);
 }
 
 static int nm__zombie(nm_prop_t *p, const char *what) {

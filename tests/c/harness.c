@@ -306,6 +306,40 @@ static void check_pool_thread_exit(void) {
     nm_pool_destroy(pool);
 }
 
+/* ---- props: a chain a million deep, ended by destroy and by its last reference ------------- */
+static nm_prop_t *prop_chain(int depth) {
+    nm_prop_t *root = nm_prop_create(NULL, "root", 4), *cur = root;
+    int i;
+    for (i = 0; i < depth && cur; i++) {
+        nm_prop_t *c = nm_prop_create(cur, "c", 1);
+        if (cur != root) nm_prop_ref_dec(cur); /* its parent holds it */
+        cur = c;
+    }
+    CHECK(cur != NULL);
+    if (cur && cur != root) nm_prop_ref_dec(cur);
+    return root;
+}
+
+static void check_prop_deep(void) {
+    /* far deeper than a recursive walk's C stack allows (it overflowed before 200,000) */
+    int depth = NM_VG_RUNNING() ? 300000 : 1000000;
+    intptr_t base = nm_prop_live_count();
+    nm_prop_t *root;
+    fprintf(stderr, "  props: chains %d deep\n", depth);
+    root = prop_chain(depth);
+    CHECK(root != NULL && nm_prop_live_count() == base + depth + 1);
+    if (root) {
+        CHECK(nm_prop_destroy(root) == NM_OK && nm_prop_is_zombie(root));
+        CHECK(nm_prop_live_count() == base + 1);
+        CHECK(nm_prop_ref_dec(root) == 1);
+    }
+    CHECK(nm_prop_live_count() == base);
+    root = prop_chain(depth);
+    CHECK(root != NULL && nm_prop_live_count() == base + depth + 1);
+    if (root) CHECK(nm_prop_ref_dec(root) == 1); /* dropped without destroy: the chain goes too */
+    CHECK(nm_prop_live_count() == base);
+}
+
 #if !defined(_WIN32)
 /* ---- fork while other threads hold nativemem's locks (pthread_atfork, platform.c) ---------- *
  * Threads take and release every kind of lock in a loop (the debug allocator's, the arena's, the
@@ -741,6 +775,7 @@ int main(void) {
     check_threads();
     check_debug_threads();
     check_pool_thread_exit();
+    check_prop_deep();
 #if !defined(_WIN32)
     check_fork();
 #endif
