@@ -68,7 +68,6 @@ typedef struct {
     PyObject *make_error;        /* nativemem._ffi.make_error(code, message, **info)       */
     PyObject *warn_category;     /* nativemem.CorruptionWarning                            */
     PyObject *pkg_dir;           /* the nativemem package directory (str)                  */
-    PyObject *exc[32];           /* exception classes by -status                          */
     PyObject *ClosedError, *UseAfterFreeError, *DoubleFreeError, *BufferInUseError,
         *InvalidTypeError, *InvalidSizeError, *SizeOverflowError, *InvalidFreeError,
         *InvalidArgumentError, *InvalidAlignmentError, *RefcountError;

@@ -31,7 +31,7 @@ typedef struct {
     uint64_t hash;
     int nframes;
     const char *text;
-    PyObject *codes[NMPY_SITE_MAX_FRAMES]; /* only nframes used; allocated to size */
+    PyObject *codes[]; /* nframes codes, then nframes int offsets (ENTRY_LASTIS) */
 } site_entry;
 
 typedef struct {
@@ -41,7 +41,6 @@ typedef struct {
 
 static site_entry **nmpy__sites;
 static size_t nmpy__nsites;
-static int *nmpy__lastis_pool; /* not used: lastis stored after the codes */
 static pkg_entry nmpy__pkg[NMPY_PKG_SLOTS];
 static size_t nmpy__npkg;
 static PyObject *nmpy__texts; /* dict: str -> bytes (kept for the process) */
@@ -250,7 +249,6 @@ static PyMethodDef sites_methods[] = {
 
 int nmpy_sites_init(PyObject *m) {
     PyObject *fn;
-    (void)nmpy__lastis_pool;
     nmpy__sites = (site_entry **)PyMem_Calloc(NMPY_SITE_SLOTS, sizeof(site_entry *));
     nmpy__texts = PyDict_New();
     if (nmpy__sites == NULL || nmpy__texts == NULL) return -1;
