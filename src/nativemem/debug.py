@@ -8,10 +8,11 @@ quarantine (writes after free are found when a block leaves it, or by
 pages (an out-of-bounds access or a read after free faults at the instruction), leak reports and
 snapshots.
 
-tracemalloc: every block allocated while tracemalloc traces (as for Python objects) is also
-reported with ``PyTraceMalloc_Track`` in domain :data:`TRACEMALLOC_DOMAIN` (0x6E6D, "nm"), so
-``tracemalloc.take_snapshot()`` shows native memory allocated through nativemem next to Python
-objects (filter with ``tracemalloc.DomainFilter(True, nativemem.debug.TRACEMALLOC_DOMAIN)``).
+tracemalloc: every Buffer's block (of any allocator, this one included) allocated while
+tracemalloc traces is reported with ``PyTraceMalloc_Track`` in domain :data:`TRACEMALLOC_DOMAIN`
+(0x6E6D, "nm") and attributed to the caller's line, so ``tracemalloc.take_snapshot()`` shows
+native memory allocated through nativemem next to Python objects (filter with
+``tracemalloc.DomainFilter(True, nativemem.debug.TRACEMALLOC_DOMAIN)``).
 
 Valgrind: blocks are announced with ``VALGRIND_MALLOCLIKE_BLOCK`` (canaries as redzones).  The
 package ships a suppression file for CPython's own reports: ``nativemem.debug.suppressions_path()``
