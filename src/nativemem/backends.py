@@ -16,14 +16,14 @@ import platform
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import errors as E
 from ._ffi import check_ptr, ffi, lib
 from .allocator import Allocator
 
 __all__ = ["BackendInfo", "backends", "allocator", "default_backend_name", "get_default_allocator",
-           "set_default_allocator", "JEMALLOC_TLS_TUNABLE", "find_library"]
+           "set_default_allocator", "JEMALLOC_TLS_TUNABLE", "BACKEND_NAMES", "find_library"]
 
 JEMALLOC_TLS_TUNABLE = "glibc.rtld.optional_static_tls=65536"
 
@@ -305,6 +305,10 @@ _PROBES: Dict[str, Callable[[], _Loaded]] = {
     "process-heap": lambda: _probe_heap(True),
     "zone": _probe_zone,
 }
+
+#: Every backend name nativemem knows (``NATIVEMEM_BACKEND`` and ``allocator(name)`` take one of
+#: these), whether or not it is available on this machine.
+BACKEND_NAMES: Tuple[str, ...] = tuple(_PROBES)
 
 
 def _load(name: str) -> _Loaded:
