@@ -7,6 +7,8 @@ copy-on-write built on the same table.
 """
 from __future__ import annotations
 
+from typing import Any, Dict
+
 from ._ffi import ffi as _cffi, lib as _lib
 from .allocator import Allocator, AllocatorStats, Buffer
 from .backends import (BackendInfo, allocator, backends, default_backend_name, get_default_allocator,
@@ -30,12 +32,14 @@ def set_oom_policy(policy: str) -> None:
 
 
 def get_oom_policy() -> str:
+    """The current out-of-memory policy: ``"raise"`` or ``"abort"`` (see :func:`set_oom_policy`)."""
     code = _lib.nm_get_oom_policy()
     return next(k for k, v in _OOM_POLICIES.items() if v == code)
 
 
-def build_info() -> dict:
-    """How the C core was built."""
+def build_info() -> Dict[str, Any]:
+    """How the C core was built: ``{"valgrind": bool, "asan": bool, "pointer_bits": int}`` (Valgrind
+    client requests compiled in, AddressSanitizer build, pointer width)."""
     return {"valgrind": bool(_lib.nm_build_has_valgrind()), "asan": bool(_lib.nm_build_has_asan()),
             "pointer_bits": _cffi.sizeof("void *") * 8}
 

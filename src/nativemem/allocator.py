@@ -16,6 +16,7 @@ import weakref
 from typing import Any, NamedTuple, Optional
 
 from . import errors as E
+from ._doc import document_fields
 from ._ffi import _core, ffi, lib
 
 __all__ = ["Allocator", "Buffer", "AllocatorStats"]
@@ -39,6 +40,17 @@ class AllocatorStats(NamedTuple):
     total_allocs: int
     total_frees: int
     failures: int = 0
+
+
+document_fields(
+    AllocatorStats,
+    live_blocks="Blocks allocated and not yet freed.",
+    live_bytes="Bytes in the live blocks.",
+    peak_bytes="The most live bytes seen (since creation or :meth:`Allocator.reset_peak`).",
+    total_allocs="Successful allocations, ever.",
+    total_frees="Frees, ever.",
+    failures="Allocation requests that failed (out of memory, or a size over the maximum).",
+)
 
 
 class Allocator(_core.Allocator):

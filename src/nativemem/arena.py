@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Dict, NamedTuple, Optional
 
 from . import errors as E
+from ._doc import document_fields
 from ._ffi import as_size, check_ptr, check_status, ffi, lib
 from .allocator import Allocator
 
@@ -25,6 +26,19 @@ class ArenaStats(NamedTuple):
     free_blocks: int
     used_histogram: Dict[int, int]  # lower bound of a power-of-two size bin -> block count
     free_histogram: Dict[int, int]
+
+
+document_fields(
+    ArenaStats,
+    capacity="Bytes of the region usable for blocks.",
+    used_bytes="Bytes in allocated blocks (block sizes, headers included).",
+    free_bytes="Bytes in free blocks.",
+    largest_free="The largest single free block: the biggest request that can still succeed, headers aside.",
+    used_blocks="Allocated blocks.",
+    free_blocks="Free blocks.",
+    used_histogram="Allocated blocks by size: lower bound of a power-of-two size bin -> block count.",
+    free_histogram="Free blocks by size: lower bound of a power-of-two size bin -> block count.",
+)
 
 
 class Arena(Allocator):
@@ -44,13 +58,16 @@ class Arena(Allocator):
 
     @property
     def base(self) -> Optional[Allocator]:
+        """The Allocator the region came from (None: straight from the OS)."""
         return self._base
 
     @property
     def capacity(self) -> int:
+        """Bytes of the region usable for blocks."""
         return self.arena_stats().capacity
 
     def arena_stats(self) -> ArenaStats:
+        """Walk every block: used and free bytes and blocks, the largest free block, histograms."""
         out = ffi.new("nm_arena_stats_t *")
         check_status(lib.nm_arena_stats(self._table, out))
         hist_u = {1 << i: out.used_hist[i] for i in range(32) if out.used_hist[i]}

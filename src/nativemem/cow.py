@@ -71,18 +71,22 @@ class CowBuffer:
 
     @property
     def refcount(self) -> int:
+        """Handles sharing this memory (1: this handle owns it alone)."""
         return int(lib.nm_cow_refs(self._live()))
 
     @property
     def shared(self) -> bool:
+        """True while another handle shares the memory (writing needs :meth:`make_writable`)."""
         return self.refcount > 1
 
     @property
     def address(self) -> int:
+        """The data's address (shared handles have the same one)."""
         return int(ffi.cast("uintptr_t", lib.nm_cow_data(self._live())))
 
     @property
     def released(self) -> bool:
+        """True once this handle gave its reference back (release(), or make_writable() copied)."""
         return self._c is None
 
     def __len__(self) -> int:
@@ -101,6 +105,8 @@ class CowBuffer:
         return type(self)._wrap(lib.nm_cow_retain(c), self._allocator)
 
     def make_writable(self) -> "CowBuffer":
+        """A handle you may write: ``self`` when it is the only reference (no copy), else a private
+        copy, and this handle's share of the original is released.  Use ``b = b.make_writable()``."""
         c = self._live()
         if lib.nm_cow_refs(c) == 1:
             return self
@@ -126,6 +132,8 @@ class CowBuffer:
         return self.view()
 
     def release(self) -> None:
+        """Give this handle's reference back (the memory goes with the last one).  RefcountError if
+        released twice; BufferInUseError while a view of it is alive."""
         c = self._c
         if c is None:
             raise E.RefcountError("copy-on-write handle released twice")

@@ -27,6 +27,7 @@ import threading
 from typing import Any, Dict, IO, List, NamedTuple, Optional
 
 from . import errors as E
+from ._doc import document_fields
 from ._ffi import as_size, check_ptr, ffi, lib, make_error
 from ._sites import PY_SITE_PREFIX
 from .allocator import Allocator
@@ -52,10 +53,22 @@ class Leak(NamedTuple):
 
     @property
     def site(self) -> str:
+        """The innermost allocation frame: the first Python frame, else the C site, else '<unknown>'."""
         return self.traceback[0] if self.traceback else (self.c_site or "<unknown>")
 
 
+document_fields(
+    Leak,
+    address="The block's address.",
+    size="The size requested, in bytes.",
+    traceback="Python frames of the allocation, 'file:line in function', innermost first ([] if from C).",
+    c_site="'file.c:line' when the block was allocated from C, else None.",
+    serial="The allocation's serial number (increasing; compare with :meth:`DebugAllocator.snapshot`).",
+)
+
+
 class DebugStats(NamedTuple):
+    """A debug allocator's counters: live and peak use, totals, the quarantine and errors found."""
     live_blocks: int
     live_bytes: int
     peak_bytes: int
@@ -64,6 +77,19 @@ class DebugStats(NamedTuple):
     quarantined_blocks: int
     quarantined_bytes: int
     errors: int
+
+
+document_fields(
+    DebugStats,
+    live_blocks="Blocks allocated and not yet freed.",
+    live_bytes="Bytes requested by the live blocks.",
+    peak_bytes="The most live bytes seen.",
+    total_allocs="Allocations, ever.",
+    total_frees="Frees, ever.",
+    quarantined_blocks="Freed blocks held back (poisoned) to catch writes after free.",
+    quarantined_bytes="Bytes in the quarantined blocks.",
+    errors="Corruption and misuse found so far (overflows, writes after free, bad frees...).",
+)
 
 
 class DebugAllocator(Allocator):
@@ -141,12 +167,15 @@ class DebugAllocator(Allocator):
         return out
 
     def debug_stats(self) -> DebugStats:
+        """Live and peak use, totals, the quarantine's size and the number of errors found."""
         st = ffi.new("nm_debug_stats_t *")
         lib.nm_debug_stats(self._table, st)
         return DebugStats(st.live_blocks, st.live_bytes, st.peak_bytes, st.total_allocs, st.total_frees,
                           st.quarantined_blocks, st.quarantined_bytes, st.errors)
 
     def report_json(self, since: Optional[int] = None) -> Dict[str, Any]:
+        """The leak report as JSON-ready data: totals, then the blocks still allocated grouped by
+        site (``site``, ``traceback``, ``c_site``, ``blocks``, ``bytes``), most bytes first."""
         leaks = self.leaks(since)
         groups: Dict[str, Dict[str, Any]] = {}
         for lk in leaks:

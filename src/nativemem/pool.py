@@ -18,6 +18,7 @@ import warnings
 from typing import Any, Iterable, List, NamedTuple, Optional
 
 from . import errors as E
+from ._doc import document_fields
 from ._ffi import _core, as_size, check_ptr, check_status, ffi, lib
 from ._sites import site_text
 from .allocator import Allocator
@@ -38,11 +39,30 @@ class PoolStats(NamedTuple):
     reserved_bytes: int
 
 
+document_fields(
+    PoolStats,
+    allocations="Objects handed out, ever.",
+    frees="Objects given back, ever.",
+    live="Objects handed out and not yet given back (allocations - frees).",
+    peak="The most live objects seen (exact when one thread uses the pool).",
+    chunks="Chunks held from the allocator (in bughunt mode: one per object).",
+    reserved_bytes="Bytes held from the allocator for objects.",
+)
+
+
 class PoolObject(NamedTuple):
     """A live object: its address, size and allocation site (None unless the pool is checked)."""
     address: int
     size: int
     site: Optional[str]
+
+
+document_fields(
+    PoolObject,
+    address="The object's address.",
+    size="The pool's object size in bytes.",
+    site="Where it was allocated, 'file:line in function' (None unless checked or bughunt).",
+)
 
 
 def _flag(value: Any, what: str) -> bool:
@@ -277,9 +297,11 @@ class ObjectPool:
             self.pool.free(obj)
 
     def stats(self) -> PoolStats:
+        """The underlying pool's counters (:meth:`Pool.stats`)."""
         return self.pool.stats()
 
     def live_objects(self) -> List[PoolObject]:
+        """Every live object with its allocation site (:meth:`Pool.live_objects`)."""
         return self.pool.live_objects()
 
     def close(self) -> None:

@@ -54,6 +54,7 @@ class Prop:
     # -- tree ----------------------------------------------------------------------------------
     @property
     def name(self) -> Optional[str]:
+        """The prop's name (None for an unnamed prop)."""
         p = self._live()
         n = lib.nm_prop_name(p, ffi.NULL, 0)
         if n == lib.NM_ERR_INVALID:
@@ -65,11 +66,13 @@ class Prop:
 
     @property
     def parent(self) -> Optional["Prop"]:
+        """A new handle on the parent (None for a root or a destroyed prop)."""
         q = lib.nm_prop_parent(self._live())
         return None if q == ffi.NULL else Prop._adopt(q)
 
     @property
     def children(self) -> List["Prop"]:
+        """New handles on the children, in order."""
         p = self._live()
         while True:
             n = check_status(lib.nm_prop_children(p, ffi.NULL, 0))
@@ -82,11 +85,13 @@ class Prop:
 
     @property
     def zombie(self) -> bool:
+        """True once destroyed (the memory stays while references remain)."""
         return bool(lib.nm_prop_is_zombie(self._live()))
 
     # -- value -----------------------------------------------------------------------------------
     @property
     def value(self) -> Value:
+        """The value: None, int (64-bit), float, str or bytes.  Setting it replaces the old one."""
         out = ffi.new("nm_prop_value_t *")
         check_status(lib.nm_prop_get(self._live(), out))
         t = out.type
@@ -140,6 +145,7 @@ class Prop:
 
     @property
     def refcount(self) -> int:
+        """References held on the native prop (handles, and its parent's while linked)."""
         return int(lib.nm_prop_refs(self._live()))
 
     def destroy(self) -> None:

@@ -13,6 +13,7 @@ import operator
 from typing import Any, Callable, List, NamedTuple, NoReturn, Optional
 
 from . import errors as E
+from ._doc import document_fields
 from ._ffi import check_status, ffi, lib
 from ._sites import caller_site, site_text
 
@@ -35,9 +36,18 @@ def _trace_capacity(value: Any) -> int:
 
 
 class RefEvent(NamedTuple):
+    """One traced ``inc()`` or ``dec()``: which, the count after it, and where it was called."""
     op: str      # "inc" or "dec"
     count: int   # the count after the operation
     site: str
+
+
+document_fields(
+    RefEvent,
+    op="'inc' or 'dec'.",
+    count="The count after the operation.",
+    site="The caller, 'file:line in function'.",
+)
 
 
 class RefCount:
@@ -88,13 +98,16 @@ class RefCount:
 
     @property
     def is_immortal(self) -> bool:
+        """True for a count made by :meth:`immortal` (inc/dec ignored)."""
         return bool(lib.nm_ref_is_immortal(self._r))
 
     @property
     def count(self) -> int:
+        """The current count (0 once destroyed)."""
         return int(lib.nm_ref_count(self._r))
 
     def inc(self) -> None:
+        """Take a reference.  RefcountError from zero (use after free) or on overflow."""
         rc = lib.nm_ref_inc_at(self._r, caller_site() if self._traced else ffi.NULL, 0)
         if rc:
             check_status(rc)
@@ -112,6 +125,7 @@ class RefCount:
         return False
 
     def trace(self) -> List[RefEvent]:
+        """The recorded inc/dec events, oldest first ([] unless made with ``trace=True``)."""
         if not self._traced:
             return []
         n = lib.nm_ref_trace_get(self._r, ffi.NULL, 0)

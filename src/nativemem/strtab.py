@@ -12,6 +12,7 @@ import threading
 from typing import Any, NamedTuple, Optional, Union
 
 from . import errors as E
+from ._doc import document_fields
 from ._ffi import _core, check_ptr, ffi, lib
 from .allocator import Allocator
 
@@ -19,6 +20,7 @@ __all__ = ["StringTable", "Interned", "StringTableStats", "intern", "default_tab
 
 
 class StringTableStats(NamedTuple):
+    """A string table's size and counters (see :meth:`StringTable.stats`)."""
     entries: int
     capacity: int
     bytes: int
@@ -26,6 +28,18 @@ class StringTableStats(NamedTuple):
     hits: int
     inserts: int
     removals: int
+
+
+document_fields(
+    StringTableStats,
+    entries="Distinct strings interned now.",
+    capacity="Slots in the table's hash tables.",
+    bytes="Bytes held by the entries (headers and text).",
+    lookups="intern() calls, ever.",
+    hits="intern() calls that found the string already interned.",
+    inserts="Strings added, ever.",
+    removals="Strings removed with their last reference, ever.",
+)
 
 
 Interned = _core.Interned
