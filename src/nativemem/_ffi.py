@@ -145,7 +145,7 @@ def _in_package(filename: str) -> bool:
 
 if lib.nmpy_init() != 0:  # pragma: no cover
     raise ImportError("nativemem: the Python layer (nativemem._core) failed to initialise")
-from . import _core  # noqa: E402  (registered by nmpy_init)
+from . import _core as _core  # noqa: E402  (registered by nmpy_init; "as": re-exported to the package)
 
 _core._configure(E, make_error, as_address, _PKG_DIR, _pythonapi_address("PyTraceMalloc_Track"),
                  _pythonapi_address("PyTraceMalloc_Untrack"), _pythonapi_address("PyFrame_GetLasti"))

@@ -28,7 +28,8 @@ def site_text(file: Any, line: int = 0) -> str:
     """Human-readable text for a recorded site (``file`` is a ``char *`` or NULL)."""
     if file == ffi.NULL:
         return "<unknown>"
-    text = ffi.string(file).decode("utf-8", "replace")
+    raw: bytes = ffi.string(file)
+    text = raw.decode("utf-8", "replace")
     if text.startswith(PY_SITE_PREFIX):
         return text[len(PY_SITE_PREFIX):]
     return f"{text}:{line}" if line else text

@@ -111,4 +111,4 @@ def _buffer_cdata(self: Any) -> Any:
     return ffi.from_buffer(self)
 
 
-Buffer.cdata = property(_buffer_cdata, doc=_buffer_cdata.__doc__)
+setattr(Buffer, "cdata", property(_buffer_cdata, doc=_buffer_cdata.__doc__))  # a C type's attribute, set once

@@ -206,7 +206,7 @@ def _probe_mimalloc() -> _Loaded:
 
 def _kernel32() -> Any:
     from ctypes import wintypes
-    k32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    k32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined,unused-ignore]  # (Windows only)
     k32.HeapCreate.restype = wintypes.HANDLE
     k32.HeapCreate.argtypes = [wintypes.DWORD, ctypes.c_size_t, ctypes.c_size_t]
     k32.GetProcessHeap.restype = wintypes.HANDLE
@@ -255,7 +255,7 @@ def _probe_heap(process: bool) -> _Loaded:
         return _Loaded(BackendInfo(name, False, reason=f"kernel32 heap functions unavailable: {exc}"))
     _keep.append(k32)
     kind = {0: "standard", 1: "look-aside", 2: "LFH"}.get(state, f"mode {state}")
-    ver = sys.getwindowsversion()  # type: ignore[attr-defined]
+    ver = sys.getwindowsversion()
     return _Loaded(BackendInfo(name, True, f"Windows {ver.major}.{ver.minor}.{ver.build} {kind}", "kernel32.dll"),
                    table, k32)
 

@@ -56,7 +56,7 @@ class Workload:
     name: str
     level: str
     reference: str
-    fns: Dict[str, Callable[[], float]] = field(default_factory=dict)
+    fns: Dict[str, Callable[..., float]] = field(default_factory=dict)  # called with no argument
     ops: Dict[str, int] = field(default_factory=dict)
 
 
@@ -97,7 +97,7 @@ def _c_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
     def pairs(a: Any, size: int, n: int, ops_sink: Dict[str, int], key: str) -> Callable[[], float]:
         def f() -> float:
             o = ffi.new("uint64_t *")
-            r = lib.nm_bench_pairs(a.cdata, size, n, o)
+            r: float = lib.nm_bench_pairs(a.cdata, size, n, o)
             ops_sink[key] = int(o[0])
             return r
         return f
@@ -228,9 +228,10 @@ def _family_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
     if only in (None, "numpy"):
         try:
             import numpy as np
+            have_numpy = True
         except ImportError:
-            np = None
-        if np is not None:
+            have_numpy = False
+        if have_numpy:
             w = Workload("numpy", "numpy.empty(1024) data from the handler", "python", "NumPy default")
             w.fns["NumPy default"] = lambda: _per_call(lambda: np.empty(1024), 20_000 * scale)
 
@@ -313,7 +314,7 @@ def _py_workloads(quick: bool) -> List[Workload]:
     except ImportError:
         pass
     try:
-        from cymem.cymem import Address  # type: ignore[import-not-found]
+        from cymem.cymem import Address
         w.fns["cymem Address"] = lambda: _per_call(lambda: Address(64, 1), n)
     except ImportError:
         pass

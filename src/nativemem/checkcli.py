@@ -23,7 +23,8 @@ import runpy
 import sys
 import traceback
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
+from types import FrameType
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Type
 
 _FRAME_FILE = re.compile(r"^(.*):\d+ in ")
 
@@ -146,7 +147,7 @@ class _Watch:
         sys.unraisablehook = self._unraisable
         self._catch.__exit__(*exc)
 
-    def _showwarning(self, message: Any, category: type, filename: str, lineno: int,
+    def _showwarning(self, message: Any, category: Type[Warning], filename: str, lineno: int,
                      file: Optional[TextIO] = None, line: Optional[str] = None) -> None:
         if not issubclass(category, self._warning):
             self._show(message, category, filename, lineno, file, line)
@@ -192,6 +193,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     depth = ns.traceback_depth
     capture = depth
     if depth > 1:  # also capture the frames of runpy and of check itself, dropped from the report
+        f: Optional[FrameType]
         f, below = sys._getframe(), 4
         while f is not None:
             below += 1
@@ -263,8 +265,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if json_path:
         try:
             text = json.dumps(report, indent=1)
-            with open(json_path, "w") as f:
-                f.write(text)
+            with open(json_path, "w") as fh:
+                fh.write(text)
         except (OSError, ValueError, TypeError) as exc:
             print(f"nativemem check: cannot write the JSON report to {ns.json}: "
                   f"{getattr(exc, 'strerror', None) or exc}", file=out)

@@ -9,7 +9,7 @@ private copy, and this handle's share of the original is released (use ``b = b.m
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional, Union
+from typing import Any, List, Optional, Union
 
 from . import errors as E
 from ._ffi import _core, as_size, check_ptr, check_status, ffi, lib
@@ -46,7 +46,7 @@ class CowBuffer:
     def _init(self, c: Any, allocator: Optional[Allocator]) -> None:
         self._c = c
         self._allocator = allocator
-        self._exports: list = []  # nativemem._core.View objects: exports counted exactly
+        self._exports: List[_core.ViewType] = []  # exports counted exactly
 
     @classmethod
     def _wrap(cls, c: Any, allocator: Optional[Allocator]) -> "CowBuffer":
@@ -94,7 +94,8 @@ class CowBuffer:
 
     def __bytes__(self) -> bytes:
         c = self._live()
-        return ffi.unpack(ffi.cast("char *", lib.nm_cow_data(c)), lib.nm_cow_size(c))
+        data: bytes = ffi.unpack(ffi.cast("char *", lib.nm_cow_data(c)), lib.nm_cow_size(c))
+        return data
 
     def share(self) -> "CowBuffer":
         """Another handle on the same memory (one more reference)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 from typing import Any, Iterator, Optional
 
 from . import errors as E
@@ -30,9 +31,9 @@ def _set_handler_fn() -> Any:
     if (major, minor) < (1, 22):
         raise E.UnsupportedOperationError(f"NumPy {numpy.__version__} has no data-memory handlers (NEP 49 needs 1.22+)")
     try:
-        from numpy._core import _multiarray_umath as mu  # NumPy 2
+        mu = importlib.import_module("numpy._core._multiarray_umath")  # NumPy 2
     except ImportError:  # pragma: no cover - NumPy 1.x
-        from numpy.core import _multiarray_umath as mu  # type: ignore[no-redef]
+        mu = importlib.import_module("numpy.core._multiarray_umath")
     get_ptr = ctypes.pythonapi.PyCapsule_GetPointer
     get_ptr.restype = ctypes.c_void_p
     get_ptr.argtypes = [ctypes.py_object, ctypes.c_char_p]

@@ -245,7 +245,7 @@ class ObjectPool:
             self._ctypes = ctype
             size, align = ctypes.sizeof(ctype), ctypes.alignment(ctype)
             self._ptype = None
-            self._ffi = None
+            self._ffi: Any = None  # the caller's cffi FFI
         else:
             if ffi_ is None or not hasattr(ffi_, "typeof"):
                 raise E.InvalidTypeError("ObjectPool needs a cffi FFI for a C type (or a ctypes Structure class)")

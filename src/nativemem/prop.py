@@ -62,7 +62,8 @@ class Prop:
         check_status(n)
         buf = ffi.new("char[]", n + 1)
         lib.nm_prop_name(p, buf, n + 1)
-        return ffi.unpack(buf, n).decode("utf-8", "surrogatepass")
+        raw: bytes = ffi.unpack(buf, n)
+        return raw.decode("utf-8", "surrogatepass")
 
     @property
     def parent(self) -> Optional["Prop"]:
@@ -100,7 +101,7 @@ class Prop:
         if t == lib.NM_PROP_FLOAT:
             return float(out.f)
         if t in (lib.NM_PROP_STRING, lib.NM_PROP_BYTES):
-            data = ffi.unpack(out.data, out.len)
+            data: bytes = ffi.unpack(out.data, out.len)
             lib.nm_free(lib.nm_allocator_libc(), ffi.cast("void *", out.data))
             return data.decode("utf-8", "surrogatepass") if t == lib.NM_PROP_STRING else data
         return None

@@ -7,11 +7,11 @@ that leaves native blocks allocated through nativemem fails, listing where they 
 from __future__ import annotations
 
 import gc
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import pytest
 
-_STATE: dict = {}
+_STATE: Dict[str, Any] = {}
 
 
 def pytest_addoption(parser: Any) -> None:

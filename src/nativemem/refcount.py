@@ -38,7 +38,7 @@ def _trace_capacity(value: Any) -> int:
 class RefEvent(NamedTuple):
     """One traced ``inc()`` or ``dec()``: which, the count after it, and where it was called."""
     op: str      # "inc" or "dec"
-    count: int   # the count after the operation
+    count: int  # type: ignore[assignment]  # the count after the operation (shadows tuple.count)
     site: str
 
 
