@@ -1,13 +1,13 @@
-"""Benchmarks: ``python -m nativemem bench [--quick] [--json FILE] [--plot FILE.png] [--only AREA]``.
+"""python -m nativemem bench: every area of nativemem measured against its peers.
 
 Every figure is measured the same way for every contender, in one run: a warm-up, then several
 repetitions with the contenders interleaved round-robin (so drift on a shared machine hits all
 alike), reported as the median and the spread (min..max) in nanoseconds per operation, and as a
 ratio to a reference measured in the same run: glibc malloc through the table (C level) or
-``bytearray`` (Python level).  C-level loops run inside C (csrc/bench.c), so FFI cost does not
+bytearray (Python level).  C-level loops run inside C (csrc/bench.c), so FFI cost does not
 hide the allocator.
 
-JSON schema (``--json``)::
+JSON schema (--json):
 
     {"schema": "nativemem-bench/1", "machine": {...}, "quick": bool,
      "rows": [{"area", "workload", "contender", "level": "C"|"python", "median_ns", "min_ns",

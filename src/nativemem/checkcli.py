@@ -1,16 +1,16 @@
-"""``python -m nativemem check [--json FILE] [--traceback-depth N] [--quarantine N] script.py [args]``.
+"""python -m nativemem check: run a script under the debug allocator; report leaks and corruption.
 
 Runs the script with a DebugAllocator as nativemem's default allocator (so pools, COW buffers
-and ``nativemem.allocator()`` use it), then prints the blocks still allocated, grouped by Python
+and nativemem.allocator() use it), then prints the blocks still allocated, grouped by Python
 allocation site, and any corruption found.  Exits 1 when there were leaks or corruption (2 for a
 usage error: a script that cannot be read, a bad option, a JSON report that cannot be written;
 the script's own failure is reported and also exits 1), so it can gate CI.
 
-Corruption is never silent: besides the errors ``check()`` and ``flush()`` raise at the end, it
-counts every ``nativemem.CorruptionWarning`` emitted while the script runs (they are still shown
+Corruption is never silent: besides the errors check() and flush() raise at the end, it
+counts every nativemem.CorruptionWarning emitted while the script runs (they are still shown
 on stderr), every NativeMemError the script lets escape or that is raised where it cannot
 propagate (a finalizer), and any error the debug allocator counted that never reached the user
-(a ``free()`` whose exception the script swallowed).
+(a free() whose exception the script swallowed).
 """
 from __future__ import annotations
 
