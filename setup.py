@@ -2,6 +2,7 @@
 message when no C compiler is found.  Project metadata lives in pyproject.toml."""
 import os
 import shutil
+import subprocess
 import sys
 import sysconfig
 
@@ -33,6 +34,14 @@ def _compiler_missing(compiler):
     exe = cmd[0]
     if shutil.which(exe) is None:
         return f"the compiler {exe!r} was not found"
+    if sys.platform == "darwin" and os.path.dirname(shutil.which(exe) or "") == "/usr/bin":
+        # /usr/bin/cc and clang are shims that fail until the command line tools are installed
+        try:
+            ok = subprocess.run(["xcode-select", "-p"], capture_output=True, timeout=30).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            ok = False
+        if not ok:
+            return "the Xcode command line tools are not installed"
     return None
 
 
