@@ -130,3 +130,22 @@ def test_corruption_found_by_a_finalizer_is_a_warning():
     assert [w for w in caught if issubclass(w.category, nativemem.CorruptionWarning)]
     with pytest.raises(nativemem.BufferOverflowError):
         d.check()  # and kept for the next check()
+
+
+def test_double_free_of_a_buffer_names_its_allocation_and_first_free():
+    d = nativemem.DebugAllocator()
+    b = d.malloc(8); at = sys._getframe().f_lineno  # noqa: E702
+    b.free(); freed = sys._getframe().f_lineno  # noqa: E702
+    with pytest.raises(nativemem.DoubleFreeError) as ei:
+        b.free()
+    msg = str(ei.value)
+    assert f"{__file__}:{at}" in msg and f"{__file__}:{freed}" in msg and "py:" not in msg
+
+
+def test_checked_pool_messages_show_sites_without_the_marker():
+    p = nativemem.Pool(32, checked=True)
+    x = p.alloc(); at = sys._getframe().f_lineno  # noqa: E702
+    p.free(x)
+    with pytest.raises(nativemem.DoubleFreeError) as ei:
+        p.free(x)
+    assert f"{__file__}:{at}" in str(ei.value) and "py:" not in str(ei.value)

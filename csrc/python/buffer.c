@@ -40,6 +40,20 @@ void nmpy_alloc_unuse(PyObject *o) {
     }
 }
 
+/* A recorded site for a message: the innermost frame without the "py:" marker. */
+static const char *nmpy__site_text(const char *site) {
+    static char buf[2][512];
+    static int k;
+    char *out, *nl;
+    if (site == NULL) return "<unknown>";
+    if (strncmp(site, "py:", 3) == 0) site += 3;
+    out = buf[k ^= 1];
+    snprintf(out, sizeof buf[0], "%s", site);
+    nl = strchr(out, '\n');
+    if (nl) *nl = '\0';
+    return out;
+}
+
 static PyObject *nmpy__freed(NmBuffer *b) {
     return PyErr_Format(nmpy.UseAfterFreeError, "Buffer at %p (%zd bytes) was already freed", (void *)b->addr,
                         b->size);
@@ -80,14 +94,21 @@ static PyObject *Buffer_free(PyObject *self, PyObject *unused) {
         if (failed) return NULL;
         with_site = 1;
     }
-    if (b->ptr == NULL)
+    if (b->ptr == NULL) {
+        if (b->alloc_site || b->free_site)
+            return PyErr_Format(nmpy.DoubleFreeError,
+                                "double free of Buffer at %p (%zd bytes); allocated at %s, first freed at %s",
+                                (void *)b->addr, b->size, nmpy__site_text(b->alloc_site),
+                                nmpy__site_text(b->free_site));
         return PyErr_Format(nmpy.DoubleFreeError, "double free of Buffer at %p (%zd bytes): freed before",
                             (void *)b->addr, b->size);
+    }
     if (b->exports > 0)
         return PyErr_Format(nmpy.BufferInUseError,
                             "Buffer at %p has %zd live export(s) (memoryview, array, ctypes object); release "
                             "them before free()",
                             (void *)b->addr, b->exports);
+    b->free_site = site;
     rc = nmpy__release_block(b, site, with_site);
     if (rc) return nmpy_raise(rc, NULL, b->addr, b->size);
     Py_RETURN_NONE;
@@ -363,11 +384,14 @@ static PyObject *nmpy__allocate(NmAllocator *a, int op, size_t x, size_t y, Py_s
     b->addr = 0;
     b->size = size;
     b->exports = 0;
+    b->alloc_site = NULL;
+    b->free_site = NULL;
     b->weakreflist = NULL;
     if (a->sites) {
         int failed;
         site = nmpy_site(a->depth, &failed);
         if (failed) goto fail;
+        b->alloc_site = site;
     }
     if (NM_UNLIKELY_PY(a->table == NULL || a->closed)) { nmpy__closed(a); goto fail; }
     switch (op) {

@@ -48,6 +48,8 @@ typedef struct {
     uintptr_t addr;          /* the block's address, kept for messages after free      */
     Py_ssize_t size;
     Py_ssize_t exports;      /* exact: bf_getbuffer/bf_releasebuffer                   */
+    const char *alloc_site;  /* where it was allocated and freed, for allocators that   */
+    const char *free_site;   /* record sites (process-lifetime strings), else NULL      */
     PyObject *weakreflist;
 } NmBuffer;
 

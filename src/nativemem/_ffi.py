@@ -43,13 +43,15 @@ def last_error() -> tuple[int, str]:
     return lib.nm_last_error(), ffi.string(lib.nm_last_error_message()).decode("utf-8", "replace")
 
 
-_PY_SITE = re.compile(r"py:(.*?):0\b", re.S)
+_PY_SITE = re.compile(r"(?<![\w.])py:(.*?):0\b", re.S)
+_PY_MARK = re.compile(r"(?<![\w./\\])py:")  # the marker, not the end of "file.py:12"
 
 
 def clean_sites(message: str) -> str:
-    """C messages print sites as file:line; a Python site is 'py:<frames>' with line 0: show its
-    innermost frame 'file:line in func'."""
-    return _PY_SITE.sub(lambda m: m.group(1).split("\n")[0], message)
+    """C messages print sites as file:line; a Python site is 'py:<frames>' (with line 0 from the
+    debug allocator): show its innermost frame 'file:line in func', without the marker."""
+    message = _PY_SITE.sub(lambda m: m.group(1).split("\n")[0], message)
+    return _PY_MARK.sub("", message) if "py:" in message else message
 
 
 def make_error(code: int, message: str, **info: Any) -> E.NativeMemError:
