@@ -399,8 +399,26 @@ def quick_comparison(file: Any = None) -> None:
     ref = med["libc"]
     print("quick comparison: 64-byte malloc+free pair, timed in C, median of 5 (lower is better):", file=file)
     print("  " + "   ".join(f"{k} {v:.1f} ns ({v / ref:.2f}x)" for k, v in med.items()), file=file)
+    # the same from Python, against what Python users already have (interleaved, median of 5)
+    libc = nativemem.allocator("libc")
+    ppool = nativemem.Pool(64, allocator=libc)
+    alloc, free, malloc = ppool.alloc, ppool.free, libc.malloc
+    py: Dict[str, Callable[[], Any]] = {
+        "bytearray(64)": lambda: bytearray(64),
+        "Buffer malloc+free": lambda: malloc(64).free(),
+        "Pool alloc+free": lambda: free(alloc()),
+    }
+    pys: Dict[str, List[float]] = {k: [] for k in py}
+    for _ in range(6):
+        for k, fn in py.items():
+            pys[k].append(_per_call(fn, 20_000))
+    pmed = {k: statistics.median(v[1:]) for k, v in pys.items()}
+    pref = pmed["bytearray(64)"]
+    print("  from Python, 64 bytes (ratio to bytearray(64)):", file=file)
+    print("  " + "   ".join(f"{k} {v:.0f} ns ({v / pref:.2f}x)" for k, v in pmed.items()), file=file)
     print("  full benchmarks: python -m nativemem bench [--quick] (see benchmarks/README.md)", file=file)
     pool.close()
+    ppool.close()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
