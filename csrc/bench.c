@@ -49,6 +49,20 @@ double nm_bench_raw_libc_pairs(size_t size, size_t iterations) {
     return (double)(nm_now_ns() - t0) / (double)iterations;
 }
 
+double nm_bench_raw_fn_pairs(void *(*malloc_fn)(size_t), void (*free_fn)(void *), size_t size, size_t iterations) {
+    uint64_t t0;
+    size_t i;
+    if (iterations == 0 || malloc_fn == NULL || free_fn == NULL) return 0.0;
+    t0 = nm_now_ns();
+    for (i = 0; i < iterations; i++) {
+        void *p = malloc_fn(size);
+        if (p == NULL) return -1.0;
+        nm__touch(p);
+        free_fn(p);
+    }
+    return (double)(nm_now_ns() - t0) / (double)iterations;
+}
+
 double nm_bench_batch(nm_allocator_t *a, size_t size, size_t batch, size_t rounds, uint64_t *ops) {
     void **v;
     uint64_t t0;

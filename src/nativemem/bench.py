@@ -87,6 +87,21 @@ def _allocators() -> Dict[str, Any]:
     return out
 
 
+def _direct_fns() -> Dict[str, Any]:
+    """malloc/free of the backends loaded at run time as C function pointers, so their pair can
+    be measured called directly (no table) in the same run as through the table."""
+    from .backends import _fn_addr, _load
+    out: Dict[str, Any] = {}
+    for name, (m, f) in {"mimalloc": ("mi_malloc", "mi_free")}.items():
+        loaded = _load(name)
+        libh = loaded.keepalive
+        if not loaded.info.available or libh is None:
+            continue
+        out[name] = (ffi.cast("void *(*)(size_t)", _fn_addr(getattr(libh, m))),
+                     ffi.cast("void (*)(void *)", _fn_addr(getattr(libh, f))))
+    return out
+
+
 def _c_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
     import nativemem
     scale = 1 if quick else 5
@@ -103,12 +118,17 @@ def _c_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
         return f
 
     if only in (None, "backends"):
+        direct = _direct_fns()
+        keep.append(direct)
         sizes = (64,) if quick else (16, 64, 256, 4096)
         for size in sizes:
             w = Workload("backends", f"malloc+free {size}B", "C", "libc")
             for name, a in allocs.items():
                 w.fns[name] = pairs(a, size, 200_000 * scale, w.ops, name)
             w.fns["raw libc (no table)"] = (lambda s=size: lib.nm_bench_raw_libc_pairs(s, 200_000 * scale))
+            for name, (m, f) in direct.items():
+                w.fns[f"raw {name} (no table)"] = (lambda s=size, m=m, f=f: lib.nm_bench_raw_fn_pairs(
+                    m, f, s, 200_000 * scale))
             ws.append(w)
         w = Workload("backends", "batch 256 allocs then 256 frees (64B)", "C", "libc")
         for name, a in allocs.items():
