@@ -6,9 +6,17 @@ import subprocess
 import sys
 import sysconfig
 
+import setuptools
 from setuptools import setup
 from setuptools.command.build_ext import build_ext as _build_ext
 from setuptools.errors import CCompilerError, CompileError, ExecError, LinkError, PlatformError
+
+# pyproject.toml's SPDX `license = "MIT"` needs setuptools 77 (older ones reject it with a schema
+# error that does not say so).  pip's isolated builds get it from [build-system]; a
+# --no-build-isolation build uses whatever the environment has.
+if int(setuptools.__version__.split(".")[0]) < 77:
+    raise SystemExit(f"nativemem needs setuptools>=77 to build (found {setuptools.__version__}): "
+                     f"pip install --upgrade 'setuptools>=77', or build without --no-build-isolation")
 
 NO_COMPILER = ("nativemem needs a C compiler: apt-get install gcc / xcode-select --install / "
                "Visual Studio Build Tools")
