@@ -114,16 +114,19 @@ void nm_site_get(const char **file, int *line) {
 
 /* ---- statistics ---------------------------------------------------------------------- */
 NM_INLINE size_t nm__block_bytes(nm_allocator_t *a, const void *p, size_t requested) {
+    /* blocks only: no bytes counted, no call */
+    if (a->flags & NM_ALLOC_NO_BYTE_STATS) return 0;
     /* an EXACT_SIZE allocator's usable size is the request: no call (the arena's takes its lock) */
     if (a->flags & NM_ALLOC_EXACT_SIZE) return requested;
     return a->usable_size ? a->usable_size(a->ctx, p) : requested;
 }
 
-/* Two locked adds per allocation and two per free: live blocks are allocs - frees, derived
- * when read (st_live_blocks is not maintained). */
+/* Two locked adds per allocation and two per free (one each with NM_ALLOC_NO_BYTE_STATS): live
+ * blocks are allocs - frees, derived when read (st_live_blocks is not maintained). */
 NM_INLINE void nm__count_alloc(nm_allocator_t *a, size_t bytes) {
     intptr_t live, peak;
     nm_atomic_add_relaxed(&a->st_allocs, 1);
+    if (a->flags & NM_ALLOC_NO_BYTE_STATS) return;
     live = nm_atomic_add_relaxed(&a->st_live_bytes, (intptr_t)bytes);
     peak = nm_atomic_load_relaxed(&a->st_peak_bytes);
     while (live > peak && !nm_atomic_cas_weak_relaxed(&a->st_peak_bytes, &peak, live)) {
@@ -144,7 +147,7 @@ static NM_NOINLINE void nm__maybe_finish_destroy(nm_allocator_t *a) {
 }
 
 NM_INLINE void nm__count_free(nm_allocator_t *a, size_t bytes) {
-    nm_atomic_add_relaxed(&a->st_live_bytes, -(intptr_t)bytes);
+    if (!(a->flags & NM_ALLOC_NO_BYTE_STATS)) nm_atomic_add_relaxed(&a->st_live_bytes, -(intptr_t)bytes);
     nm_atomic_add_acq_rel(&a->st_frees, 1);
     if (NM_UNLIKELY(nm_atomic_load_relaxed(&a->st_dying) == 1)) nm__maybe_finish_destroy(a);
 }
@@ -184,16 +187,37 @@ static NM_NOINLINE void *nm__too_big(nm_allocator_t *a, size_t n, size_t size) {
 }
 
 /* ---- the front door ------------------------------------------------------------------ */
-void *nm_malloc(nm_allocator_t *a, size_t size) {
+static NM_NOINLINE void *nm__malloc(nm_allocator_t *a, size_t size) {
     void *p;
     unsigned seq;
     if (NM_UNLIKELY(size > NM_MAX_ALLOC)) return nm__too_big(a, size, (size_t)-1);
     if (size == 0) size = 1;
+    if (a->plain_malloc != NULL) { /* a plain backend: called directly, reports nothing */
+        p = a->plain_malloc(size);
+        if (NM_UNLIKELY(p == NULL)) return nm__fail(a, size, 0);
+        if (!(a->flags & NM_ALLOC_NO_STATS)) nm__count_alloc(a, nm__block_bytes(a, p, size));
+        return p;
+    }
     seq = (a->flags & NM_ALLOC_REPORTS) ? nm__err_seq : 0;
     p = a->malloc(a->ctx, size);
     if (NM_UNLIKELY(p == NULL)) return nm__fail(a, size, seq);
     if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS))) nm__count_alloc(a, nm__block_bytes(a, p, size));
     return p;
+}
+
+void *nm_malloc(nm_allocator_t *a, size_t size) {
+    void *(*plain_malloc)(size_t) = a->plain_malloc;
+    /* a plain backend counting blocks only: its malloc and one counter, nothing else */
+    if (plain_malloc != NULL && (a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_NO_BYTE_STATS)) == NM_ALLOC_NO_BYTE_STATS &&
+        size - 1 < NM_MAX_ALLOC) { /* 1..NM_MAX_ALLOC: 0 and too big go the long way */
+        void *p = plain_malloc(size);
+        if (NM_LIKELY(p != NULL)) {
+            nm_atomic_add_relaxed(&a->st_allocs, 1);
+            return p;
+        }
+        return nm__fail(a, size, 0);
+    }
+    return nm__malloc(a, size);
 }
 
 void *nm_calloc(nm_allocator_t *a, size_t n, size_t size) {
@@ -216,13 +240,14 @@ void *nm_realloc(nm_allocator_t *a, void *p, size_t size) {
     if (p == NULL) return nm_malloc(a, size);
     if (NM_UNLIKELY(size > NM_MAX_ALLOC)) return nm__too_big(a, size, (size_t)-1);
     if (size == 0) size = 1;
-    if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS)) && a->usable_size) old_bytes = a->usable_size(a->ctx, p);
+    if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS | NM_ALLOC_NO_BYTE_STATS)) && a->usable_size)
+        old_bytes = a->usable_size(a->ctx, p);
     seq = (a->flags & NM_ALLOC_REPORTS) ? nm__err_seq : 0;
     q = a->realloc(a->ctx, p, size);
     if (NM_UNLIKELY(q == NULL)) return nm__fail(a, size, seq);
     /* it succeeded, yet reported (corruption found releasing the old block): nobody else hears it */
     if (NM_UNLIKELY((a->flags & NM_ALLOC_REPORTS) && nm__err_seq != seq)) _nm_report(a->name);
-    if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS)) && a->usable_size) {
+    if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS | NM_ALLOC_NO_BYTE_STATS)) && a->usable_size) {
         intptr_t live, peak;
         size_t new_bytes = (a->flags & NM_ALLOC_EXACT_SIZE) ? size : a->usable_size(a->ctx, q);
         live = nm_atomic_add_relaxed(&a->st_live_bytes, (intptr_t)new_bytes - (intptr_t)old_bytes);
@@ -250,7 +275,19 @@ NM_INLINE int nm__free(nm_allocator_t *a, void *p, int report) {
         a->free(a->ctx, p);
         return nm__err_seq != seq ? nm__err_code : NM_OK;
     }
-    if (!(flags & NM_ALLOC_NO_STATS)) bytes = a->usable_size ? a->usable_size(a->ctx, p) : 0;
+    if (a->plain_free != NULL) {
+        /* A plain backend (reports nothing): counted out first, so that the backend's free is a
+         * tail call.  The table may go (a deferred destroy finished by this very free): the
+         * function is read before, and the block is the backend's, not the table's. */
+        void (*plain_free)(void *) = a->plain_free;
+        if (!(flags & NM_ALLOC_NO_STATS)) {
+            if (!(flags & NM_ALLOC_NO_BYTE_STATS) && a->usable_size) bytes = a->usable_size(a->ctx, p);
+            nm__count_free(a, bytes);
+        }
+        plain_free(p);
+        return NM_OK;
+    }
+    if (!(flags & (NM_ALLOC_NO_STATS | NM_ALLOC_NO_BYTE_STATS))) bytes = a->usable_size ? a->usable_size(a->ctx, p) : 0;
     if (!(flags & NM_ALLOC_REPORTS)) { /* plain backends report nothing: no TLS access */
         a->free(a->ctx, p);
         if (!(flags & NM_ALLOC_NO_STATS)) nm__count_free(a, bytes);
@@ -273,8 +310,23 @@ NM_INLINE int nm__free(nm_allocator_t *a, void *p, int report) {
     return NM_OK;
 }
 
+static NM_NOINLINE void nm__free_reporting(nm_allocator_t *a, void *p) { (void)nm__free(a, p, 1); }
+
 void nm_free(nm_allocator_t *a, void *p) {
-    if (p != NULL) (void)nm__free(a, p, 1);
+    void (*plain_free)(void *);
+    if (p == NULL) return;
+    plain_free = a->plain_free;
+    /* a plain backend counting blocks only (or nothing): no call but the backend's free, a tail
+     * call, unless this free finishes a deferred destroy (counted out first, as in nm__free) */
+    if (plain_free != NULL && (a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_NO_BYTE_STATS))) {
+        if (!(a->flags & NM_ALLOC_NO_STATS)) {
+            nm_atomic_add_acq_rel(&a->st_frees, 1);
+            if (NM_UNLIKELY(nm_atomic_load_relaxed(&a->st_dying) == 1)) nm__maybe_finish_destroy(a);
+        }
+        plain_free(p);
+        return;
+    }
+    nm__free_reporting(a, p);
 }
 
 int nm_free_checked(nm_allocator_t *a, void *p) {
@@ -431,6 +483,8 @@ nm_allocator_t *nm_allocator_clone(nm_allocator_t *base, const char *name) {
     a->memalign = base->memalign;
     a->usable_size = base->usable_size;
     a->ctx = base->ctx;
+    a->plain_malloc = base->plain_malloc;
+    a->plain_free = base->plain_free;
     a->flags = base->flags & ~(unsigned)NM_ALLOC_STATIC;
     return a;
 }

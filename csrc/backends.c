@@ -83,9 +83,15 @@ static void *nm__libc_realloc(void *ctx, void *p, size_t n) {
 static size_t nm__libc_usable(void *ctx, const void *p) { (void)ctx; return nm__hdr_of(p)->size; }
 #endif
 
+#if defined(NM_LIBC_USABLE) && !defined(NM_OS_WINDOWS)
+#  define NM__LIBC_PLAIN .plain_malloc = malloc, .plain_free = free, /* called directly by the front door */
+#else
+#  define NM__LIBC_PLAIN
+#endif
 static nm_allocator_t nm__libc = {
     .malloc = nm__libc_malloc, .calloc = nm__libc_calloc, .realloc = nm__libc_realloc, .free = nm__libc_free,
-    .memalign = nm__libc_memalign, .usable_size = nm__libc_usable, .name = "libc", .flags = NM_ALLOC_STATIC};
+    .memalign = nm__libc_memalign, .usable_size = nm__libc_usable, .name = "libc", .flags = NM_ALLOC_STATIC,
+    NM__LIBC_PLAIN};
 
 nm_allocator_t *nm_allocator_libc(void) { return &nm__libc; }
 
@@ -160,6 +166,7 @@ nm_allocator_t *nm_allocator_from_plain(const nm_plain_fns_t *fns, const char *n
     } else {
         a->malloc = nm__plain_malloc; a->calloc = nm__plain_calloc; a->realloc = nm__plain_realloc;
         a->free = nm__plain_free; a->memalign = nm__plain_memalign; a->usable_size = nm__plain_usable;
+        a->plain_malloc = fns->malloc; a->plain_free = fns->free; /* called directly by the front door */
     }
     return a;
 }

@@ -87,8 +87,13 @@ enum nm_allocator_flags {
     NM_ALLOC_EXACT_SIZE = 4,   /* usable_size returns exactly the requested size        */
     NM_ALLOC_SELF_STATS = 8,   /* the allocator keeps the statistics fields itself, and
                                   defers its own destruction while blocks are live      */
-    NM_ALLOC_REPORTS = 16      /* its functions may report errors (arena, debug, ...):
+    NM_ALLOC_REPORTS = 16,     /* its functions may report errors (arena, debug, ...):
                                   the front door then watches the thread's error         */
+    NM_ALLOC_NO_BYTE_STATS = 32 /* count blocks only: total_allocs, total_frees and
+                                  live_blocks stay exact (and so does the deferred
+                                  destroy), but no usable_size call per operation:
+                                  live_bytes and peak_bytes stay 0.  Set it on a fresh
+                                  table (a clone) before its first allocation. */
 };
 
 struct nm_allocator {
@@ -111,6 +116,11 @@ struct nm_allocator {
     intptr_t st_frees;
     intptr_t st_failures;
     intptr_t st_dying;             /* destroy requested while blocks were live: 1; done: 2 */
+    /* Plain backends (the C library; nm_allocator_from_plain without headers): the backend's
+     * own malloc and free, which nm_malloc and nm_free call directly instead of through the
+     * adapters above (one indirect call instead of two).  NULL in every other table. */
+    void *(*plain_malloc)(size_t size);
+    void (*plain_free)(void *p);
 };
 
 typedef struct nm_alloc_stats {

@@ -119,11 +119,18 @@ def _c_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
 
     if only in (None, "backends"):
         direct = _direct_fns()
-        keep.append(direct)
+        # the same backends counting blocks only (NM_ALLOC_NO_BYTE_STATS: no usable_size per call)
+        blocks_only: Dict[str, Any] = {}
+        for name in ("libc", "mimalloc"):
+            if name in allocs:
+                b = nativemem.allocator(name)
+                b.cdata.flags |= lib.NM_ALLOC_NO_BYTE_STATS
+                blocks_only[f"{name}, blocks only"] = b
+        keep += [direct, blocks_only]
         sizes = (64,) if quick else (16, 64, 256, 4096)
         for size in sizes:
             w = Workload("backends", f"malloc+free {size}B", "C", "libc")
-            for name, a in allocs.items():
+            for name, a in {**allocs, **blocks_only}.items():
                 w.fns[name] = pairs(a, size, 200_000 * scale, w.ops, name)
             w.fns["raw libc (no table)"] = (lambda s=size: lib.nm_bench_raw_libc_pairs(s, 200_000 * scale))
             for name, (m, f) in direct.items():
