@@ -414,6 +414,8 @@ int nm_free_checked_at(nm_allocator_t *a, void *p, const char *file, int line) {
     NM__WITH_SITE(int, nm_free_checked(a, p));
 }
 
+size_t nm_allocator_alignment(nm_allocator_t *a) { return _nm_alignment(a); }
+
 size_t nm_usable_size(nm_allocator_t *a, const void *p) {
     return (p && a->usable_size) ? a->usable_size(a->ctx, p) : 0;
 }
@@ -432,15 +434,20 @@ void nm_allocator_reset_peak(nm_allocator_t *a) {
 }
 
 /* ---- table lifetime ------------------------------------------------------------------ */
+/* The context starts at a multiple of NM_MALLOC_ALIGN, as calloc's block does: sizeof the table
+ * need not be one (on 32-bit targets it is a multiple of 4 only as far as the C standard goes),
+ * and a context right after it could misalign its 8-byte fields (MSVC x86 aligns uint64_t to 8). */
+#define NM__CTX_OFFSET ((size_t)_nm_align_up(sizeof(nm_allocator_t), NM_MALLOC_ALIGN))
+
 nm_allocator_t *_nm_table_new(const char *name, size_t ctx_size) {
     size_t nlen = strlen(name ? name : "") + 1;
-    size_t total = sizeof(nm_allocator_t) + _nm_align_up(ctx_size, 16) + nlen;
+    size_t total = NM__CTX_OFFSET + _nm_align_up(ctx_size, 16) + nlen;
     char *mem = (char *)calloc(1, total);
     nm_allocator_t *a;
     if (mem == NULL) return (nm_allocator_t *)_nm_oom("table", total);
     a = (nm_allocator_t *)mem;
-    a->ctx = ctx_size ? mem + sizeof(nm_allocator_t) : NULL;
-    a->name = mem + sizeof(nm_allocator_t) + _nm_align_up(ctx_size, 16);
+    a->ctx = ctx_size ? mem + NM__CTX_OFFSET : NULL;
+    a->name = mem + NM__CTX_OFFSET + _nm_align_up(ctx_size, 16);
     memcpy((char *)a->name, name ? name : "", nlen);
     a->destroy = _nm_table_free;
     return a;
@@ -483,6 +490,7 @@ nm_allocator_t *nm_allocator_clone(nm_allocator_t *base, const char *name) {
     a->memalign = base->memalign;
     a->usable_size = base->usable_size;
     a->ctx = base->ctx;
+    a->alignment = base->alignment;
     a->plain_malloc = base->plain_malloc;
     a->plain_free = base->plain_free;
     a->flags = base->flags & ~(unsigned)NM_ALLOC_STATIC;

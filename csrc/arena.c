@@ -359,6 +359,7 @@ nm_allocator_t *nm_arena_create(nm_allocator_t *base, size_t size) {
     ar = (nm__arena_t *)a->ctx;
     ar->base = base;
     ar->region_size = size;
+    /* the region's start is aligned to NM__AALIGN below, whatever base returns: no assumption */
     ar->region = base ? (char *)nm_memalign(base, 64, size) : (char *)nm_os_map(size);
     if (ar->region == NULL) {
         _nm_table_free(a);
@@ -385,6 +386,7 @@ nm_allocator_t *nm_arena_create(nm_allocator_t *base, size_t size) {
     a->usable_size = nm__arena_usable;
     a->destroy = nm__arena_destroy;
     a->flags |= NM_ALLOC_EXACT_SIZE | NM_ALLOC_REPORTS;
+    a->alignment = NM__AALIGN; /* payloads: a 32-byte header into 16-byte blocks of a 16-aligned start */
     nm_atfork_init(&ar->fork, nm_atfork_spin_lock, nm_atfork_spin_unlock, NULL, &ar->lock, NM_ATFORK_OBJECT);
     nm_atfork_register(&ar->fork);
     return a;

@@ -19,18 +19,27 @@
 
 /* ---- headered blocks ------------------------------------------------------------------ *
  * For allocators without an aligned allocation that frees with the plain free (Windows CRT,
- * Windows heaps) every block carries 16 bytes in front: the distance back to the raw block
- * and the requested size.  Aligned blocks pad before the header. */
+ * Windows heaps) every block carries a header in front (two size_t: 16 bytes on 64-bit, 8 on
+ * 32-bit): the distance back to the raw block and the requested size.  A plain block's user
+ * pointer is exactly one header in (no padding the raw request did not pay for: the raw block
+ * may be only 8-aligned, as HeapAlloc's and the CRT's are on 32-bit Windows), so such a table
+ * promises min(raw alignment, header size); aligned blocks pad before the header. */
 typedef struct nm__hdr { size_t offset; size_t size; } nm__hdr_t;
 #define NM__HDR ((size_t)sizeof(nm__hdr_t))
+/* The alignment of a plain headered block whose raw block has alignment `raw` (powers of two). */
+#define NM__HDR_ALIGN(raw) ((raw) < NM__HDR ? (raw) : NM__HDR)
 
 NM_INLINE nm__hdr_t *nm__hdr_of(const void *user) { return (nm__hdr_t *)((char *)user - NM__HDR); }
 NM_INLINE void *nm__raw_of(const void *user) { return (char *)user - nm__hdr_of(user)->offset; }
+/* `alignment` 0: a plain block (the raw request was size + NM__HDR); else the raw request was
+ * size + NM__HDR + alignment (or, for HeapAlloc, whose blocks are NM__HDR-aligned, size + NM__HDR
+ * when alignment <= NM__HDR). */
 NM_INLINE void *nm__finish(void *raw, size_t alignment, size_t size) {
     char *user;
     nm__hdr_t *h;
     if (raw == NULL) return NULL;
-    user = (char *)_nm_align_up((uintptr_t)raw + NM__HDR, alignment < NM__HDR ? NM__HDR : alignment);
+    user = (char *)raw + NM__HDR;
+    if (alignment > 1) user = (char *)_nm_align_up((uintptr_t)user, alignment);
     h = nm__hdr_of(user);
     h->offset = (size_t)(user - (char *)raw);
     h->size = size;
@@ -84,6 +93,11 @@ static size_t nm__libc_usable(void *ctx, const void *p) { (void)ctx; return nm__
 #endif
 
 #if defined(NM_LIBC_USABLE) && !defined(NM_OS_WINDOWS)
+#  define NM__LIBC_ALIGN 0 /* malloc's own promise: NM_MALLOC_ALIGN */
+#else
+#  define NM__LIBC_ALIGN NM__HDR_ALIGN(NM_MALLOC_ALIGN)
+#endif
+#if defined(NM_LIBC_USABLE) && !defined(NM_OS_WINDOWS)
 #  define NM__LIBC_PLAIN .plain_malloc = malloc, .plain_free = free, /* called directly by the front door */
 #else
 #  define NM__LIBC_PLAIN
@@ -91,7 +105,7 @@ static size_t nm__libc_usable(void *ctx, const void *p) { (void)ctx; return nm__
 static nm_allocator_t nm__libc = {
     .malloc = nm__libc_malloc, .calloc = nm__libc_calloc, .realloc = nm__libc_realloc, .free = nm__libc_free,
     .memalign = nm__libc_memalign, .usable_size = nm__libc_usable, .name = "libc", .flags = NM_ALLOC_STATIC,
-    NM__LIBC_PLAIN};
+    .alignment = NM__LIBC_ALIGN, NM__LIBC_PLAIN};
 
 nm_allocator_t *nm_allocator_libc(void) { return &nm__libc; }
 
@@ -163,6 +177,7 @@ nm_allocator_t *nm_allocator_from_plain(const nm_plain_fns_t *fns, const char *n
         a->malloc = nm__plainh_malloc; a->calloc = nm__plainh_calloc; a->realloc = nm__plainh_realloc;
         a->free = nm__plainh_free; a->memalign = nm__plainh_memalign; a->usable_size = nm__hdr_usable;
         a->flags |= NM_ALLOC_EXACT_SIZE;
+        a->alignment = NM__HDR_ALIGN(NM_MALLOC_ALIGN); /* the functions' malloc promises what C's does */
     } else {
         a->malloc = nm__plain_malloc; a->calloc = nm__plain_calloc; a->realloc = nm__plain_realloc;
         a->free = nm__plain_free; a->memalign = nm__plain_memalign; a->usable_size = nm__plain_usable;
@@ -220,6 +235,8 @@ nm_allocator_t *nm_allocator_from_winheap(const nm_winheap_fns_t *fns, const cha
     a->malloc = nm__wh_malloc; a->calloc = nm__wh_calloc; a->realloc = nm__wh_realloc;
     a->free = nm__wh_free; a->memalign = nm__wh_memalign; a->usable_size = nm__hdr_usable;
     a->flags |= NM_ALLOC_EXACT_SIZE;
+    /* HeapAlloc: MEMORY_ALLOCATION_ALIGNMENT, 2 * sizeof(void *) (8 on win32, 16 on win64) */
+    a->alignment = NM__HDR_ALIGN(2 * sizeof(void *));
     return a;
 }
 
@@ -257,5 +274,6 @@ nm_allocator_t *nm_allocator_from_zone(const nm_zone_fns_t *fns, const char *nam
     a->malloc = nm__z_malloc; a->calloc = nm__z_calloc; a->realloc = nm__z_realloc;
     a->free = nm__z_free; a->memalign = nm__z_memalign;
     a->usable_size = nm__z_usable;
+    a->alignment = 16; /* every macOS zone (and malloc) returns 16-byte aligned blocks */
     return a;
 }

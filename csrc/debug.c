@@ -6,7 +6,7 @@
  * the allocator does not own and a wild write cannot damage the bookkeeping.  In band there are
  * only canaries: 16 bytes before the block and 16 (plus alignment slack) after it.
  *
- *   raw block from base:  [pad][head canary 16][user size][tail canary >= 16]
+ *   raw block from base:  [pad][head canary 16][user size][tail canary 16][slack]
  *   guard-page mode:      [pages: pad, head canary, user, tail slack][no-access page]
  *
  * Freed blocks are poisoned with 0xDD and kept in a bounded FIFO quarantine (a ring of records);
@@ -89,6 +89,7 @@ typedef struct nm__dbg {
     size_t recycled_bytes;     /* its size (0: none), counted against the byte bound */
     nm__dslab_t *slabs;
     size_t page;
+    size_t base_align;         /* what base promises of its malloc blocks (nm_allocator_alignment) */
     int vg;                    /* running under Valgrind: issue client requests */
     int pending_code;          /* the first error no caller was told of (NM_OK: none) */
     char pending_msg[512];     /* (cold: last) */
@@ -346,14 +347,23 @@ static int nm__verify_poison(nm__dbg_t *d, nm__dblk_t *r) {
 }
 
 /* ---- raw blocks ---------------------------------------------------------------------------------- */
-/* Bytes asked of base for `size` user bytes at alignment `align` (>= 16), not in guard mode. */
-NM_INLINE size_t nm__raw_need(size_t size, size_t align) {
-    return size + 2 * NM__CANARY + (align > 16 ? align : 0);
+/* Every block is at least NM__DALIGN-aligned (the table's promise).  Bytes asked of base for
+ * `size` user bytes at alignment `align` (>= NM__DALIGN), not in guard mode: the two canaries,
+ * and room to align the user pointer.  Above NM__DALIGN the raw block comes from base's memalign
+ * (aligned to `align`: the user pointer is `align` in).  At NM__DALIGN it comes from base's
+ * malloc, which promises base_align only: the user pointer is the first NM__DALIGN boundary at
+ * least a head canary in, up to NM__DALIGN - base_align further when base_align is smaller (a
+ * win32 heap's or a 32-bit CRT's 8): the tail canary must end inside the block for any raw
+ * address base may return. */
+#define NM__DALIGN ((size_t)16)
+NM_INLINE size_t nm__raw_need(const nm__dbg_t *d, size_t size, size_t align) {
+    if (align > NM__DALIGN) return size + 2 * NM__CANARY + align;
+    return size + 2 * NM__CANARY + (d->base_align < NM__DALIGN ? NM__DALIGN - d->base_align : 0);
 }
 
 static int nm__raw_alloc(nm__dbg_t *d, nm__dblk_t *r, size_t size, size_t align) {
     size_t need;
-    if (align < 16) align = 16;
+    if (align < NM__DALIGN) align = NM__DALIGN;
     if (d->flags & NM_DEBUG_GUARD_PAGES) {
         size_t body, pages;
         if (size > NM_MAX_ALLOC - 2 * align - 2 * d->page) return -1;
@@ -368,8 +378,8 @@ static int nm__raw_alloc(nm__dbg_t *d, nm__dblk_t *r, size_t size, size_t align)
         return 0;
     }
     if (size > NM_MAX_ALLOC - 2 * NM__CANARY - align) return -1;
-    need = nm__raw_need(size, align);
-    r->raw = (char *)(align > 16 ? nm_memalign(d->base, align, need) : nm_malloc(d->base, need));
+    need = nm__raw_need(d, size, align);
+    r->raw = (char *)(align > NM__DALIGN ? nm_memalign(d->base, align, need) : nm_malloc(d->base, need));
     if (r->raw == NULL) return -1;
     r->raw_size = need;
     r->user = (char *)_nm_align_up((uintptr_t)r->raw + NM__CANARY, align);
@@ -512,7 +522,8 @@ static void *nm__dalloc_locked(nm__dbg_t *d, size_t size, size_t align, int zero
      * same raw size has its user pointer further in: not reusable for this size): reuse it in
      * place, once its poison is verified (a damaged one goes back to base; the allocation fails
      * with the report, as a checked pool's does) */
-    if (r != NULL && align <= 16 && r->raw_size == nm__raw_need(size, 16) && r->user == r->raw + NM__CANARY) {
+    if (r != NULL && align <= NM__DALIGN && r->raw_size == nm__raw_need(d, size, NM__DALIGN) &&
+        r->user == (char *)_nm_align_up((uintptr_t)r->raw + NM__CANARY, NM__DALIGN)) {
         d->recycled = NULL;
         d->recycled_bytes = 0;
         NM_ASAN_UNPOISON(r->raw, r->raw_size); /* as fresh memory: paint poisons the canaries again */
@@ -561,8 +572,8 @@ static void *nm__dalloc(nm__dbg_t *d, size_t size, size_t align, int zero) {
     return user;
 }
 
-static void *nm__dbg_malloc(void *ctx, size_t n) { return nm__dalloc((nm__dbg_t *)ctx, n, 16, 0); }
-static void *nm__dbg_calloc(void *ctx, size_t n, size_t s) { return nm__dalloc((nm__dbg_t *)ctx, n * s, 16, 1); }
+static void *nm__dbg_malloc(void *ctx, size_t n) { return nm__dalloc((nm__dbg_t *)ctx, n, NM__DALIGN, 0); }
+static void *nm__dbg_calloc(void *ctx, size_t n, size_t s) { return nm__dalloc((nm__dbg_t *)ctx, n * s, NM__DALIGN, 1); }
 static void *nm__dbg_memalign(void *ctx, size_t a, size_t n) { return nm__dalloc((nm__dbg_t *)ctx, n, a, 0); }
 
 /* A site as "file:line" in buf, or "an unknown site" when none was recorded. */
@@ -725,7 +736,7 @@ static void *nm__dbg_realloc(void *ctx, void *p, size_t n) {
     }
     keep = r->size < n ? r->size : n;
     /* always move, so stale pointers to the old block are caught (it goes to the quarantine) */
-    q = nm__dalloc_locked(d, n, 16, 0);
+    q = nm__dalloc_locked(d, n, NM__DALIGN, 0);
     if (q != NULL) {
         uint64_t errors = d->errors;
         memcpy(q, p, keep);
@@ -815,6 +826,7 @@ nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t 
     d->quarantine_cap = quarantine;
     d->byte_limit = NM_DEBUG_QUARANTINE_BYTES;
     d->page = nm_os_page_size();
+    d->base_align = nm_allocator_alignment(d->base);
     d->vg = NM_VG_RUNNING() ? 1 : 0;
     a->malloc = nm__dbg_malloc;
     a->calloc = nm__dbg_calloc;
@@ -824,6 +836,7 @@ nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t 
     a->usable_size = nm__dbg_usable;
     a->destroy = nm__dbg_destroy;
     a->flags |= NM_ALLOC_EXACT_SIZE | NM_ALLOC_SELF_STATS | NM_ALLOC_REPORTS;
+    a->alignment = NM__DALIGN;
     nm_atfork_register_spin(&d->lock); /* fork safety (platform.h) */
     return a;
 }

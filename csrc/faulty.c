@@ -1,5 +1,6 @@
-/* faulty.c -- fault injection: an allocator that fails its k-th request, for out-of-memory tests
- * of every structure built on the allocator table (pools, arenas, interning, COW, debug). */
+/* faulty.c -- allocators for tests: fault injection (an allocator that fails its k-th request,
+ * for out-of-memory tests of every structure built on the allocator table: pools, arenas,
+ * interning, COW, debug), and a base that promises 8-byte alignment only. */
 #include "nm_internal.h"
 
 typedef struct nm__faulty {
@@ -43,6 +44,7 @@ nm_allocator_t *nm_allocator_faulty(nm_allocator_t *base, long fail_at) {
     f = (nm__faulty_t *)a->ctx;
     f->base = base ? base : nm_allocator_libc();
     f->fail_at = fail_at;
+    a->alignment = nm_allocator_alignment(f->base); /* its blocks are base's */
     a->malloc = nm__f_malloc;
     a->calloc = nm__f_calloc;
     a->realloc = nm__f_realloc;
@@ -61,3 +63,75 @@ void nm_faulty_set(nm_allocator_t *a, long fail_at) {
 }
 long nm_faulty_requests(nm_allocator_t *a) { return (long)nm_atomic_load_relaxed(&((nm__faulty_t *)a->ctx)->requests); }
 long nm_faulty_failures(nm_allocator_t *a) { return (long)nm_atomic_load_relaxed(&((nm__faulty_t *)a->ctx)->failures); }
+
+/* ---- a base that promises 8-byte alignment only ----------------------------------------------- *
+ *   raw block (16-aligned, from base):  [pad][offset, size][user: size bytes][guard 8]
+ * A malloc block's user pointer is raw + 24: 8 mod 16, never 16-aligned.  A memalign block with
+ * alignment >= 16 is `alignment` in.  The header sits right before the user pointer. */
+typedef struct nm__a8hdr { size_t offset, size; } nm__a8hdr_t;
+#define NM__A8_IN    ((size_t)24)
+#define NM__A8_GUARD ((size_t)8)
+static const unsigned char nm__a8_guard[NM__A8_GUARD] = {0xA8, 0x5A, 0xA8, 0x5A, 0xA8, 0x5A, 0xA8, 0x5A};
+
+NM_INLINE nm__a8hdr_t *nm__a8_hdr(const void *user) { return (nm__a8hdr_t *)((char *)user - sizeof(nm__a8hdr_t)); }
+
+static void *nm__a8_alloc(nm_allocator_t *base, size_t alignment, size_t n) {
+    size_t in = alignment >= 16 ? alignment : NM__A8_IN;
+    char *raw, *user;
+    nm__a8hdr_t h;
+    if (n > NM_MAX_ALLOC - in - NM__A8_GUARD) return NULL;
+    raw = (char *)nm_memalign(base, alignment >= 16 ? alignment : 16, in + n + NM__A8_GUARD);
+    if (raw == NULL) return NULL;
+    user = raw + in;
+    h.offset = in;
+    h.size = n;
+    memcpy(nm__a8_hdr(user), &h, sizeof h);
+    memcpy(user + n, nm__a8_guard, NM__A8_GUARD);
+    return user;
+}
+
+/* Verify the guard after `user` and give the block back to base; the guard's verdict. */
+static int nm__a8_release(nm_allocator_t *base, void *user) {
+    nm__a8hdr_t h;
+    int rc = NM_OK;
+    memcpy(&h, nm__a8_hdr(user), sizeof h);
+    if (memcmp((char *)user + h.size, nm__a8_guard, NM__A8_GUARD) != 0)
+        rc = _nm_set_error(NM_ERR_BUFFER_OVERFLOW,
+                           "align8 test allocator: block %p (%zu bytes) was written past its end", user, h.size);
+    nm_free(base, (char *)user - h.offset);
+    return rc;
+}
+
+static void *nm__a8_malloc(void *ctx, size_t n) { return nm__a8_alloc(*(nm_allocator_t **)ctx, 0, n); }
+static void *nm__a8_calloc(void *ctx, size_t n, size_t s) {
+    void *p = nm__a8_alloc(*(nm_allocator_t **)ctx, 0, n * s); /* n * s checked by nm_calloc */
+    if (p) memset(p, 0, n * s);
+    return p;
+}
+static void *nm__a8_memalign(void *ctx, size_t a, size_t n) { return nm__a8_alloc(*(nm_allocator_t **)ctx, a, n); }
+static void nm__a8_free(void *ctx, void *p) { (void)nm__a8_release(*(nm_allocator_t **)ctx, p); }
+static void *nm__a8_realloc(void *ctx, void *p, size_t n) {
+    nm_allocator_t *base = *(nm_allocator_t **)ctx;
+    size_t old = nm__a8_hdr(p)->size;
+    void *q = nm__a8_alloc(base, 0, n);
+    if (q == NULL) return NULL;
+    memcpy(q, p, old < n ? old : n);
+    (void)nm__a8_release(base, p);
+    return q;
+}
+static size_t nm__a8_usable(void *ctx, const void *p) { (void)ctx; return nm__a8_hdr(p)->size; }
+
+nm_allocator_t *nm_allocator_align8(nm_allocator_t *base) {
+    nm_allocator_t *a = _nm_table_new("align8", sizeof(nm_allocator_t *));
+    if (a == NULL) return NULL;
+    *(nm_allocator_t **)a->ctx = base ? base : nm_allocator_libc();
+    a->malloc = nm__a8_malloc;
+    a->calloc = nm__a8_calloc;
+    a->realloc = nm__a8_realloc;
+    a->free = nm__a8_free;
+    a->memalign = nm__a8_memalign;
+    a->usable_size = nm__a8_usable;
+    a->flags |= NM_ALLOC_EXACT_SIZE | NM_ALLOC_REPORTS; /* it reports overruns */
+    a->alignment = 8;
+    return a;
+}

@@ -107,6 +107,11 @@ struct nm_allocator {
     void *ctx;
     const char *name;
     unsigned flags;
+    /* The alignment every block of malloc, calloc and realloc is guaranteed to have (a power of
+     * two); 0 means what the platform's malloc promises, alignof(max_align_t).  Read it with
+     * nm_allocator_alignment.  Anything built on a table (the debug allocator, pools, arenas)
+     * assumes no more than this of the blocks it gets. */
+    size_t alignment;
     /* statistics, maintained by nm_malloc & co. with relaxed atomics (read with
      * nm_allocator_stats) */
     intptr_t st_live_blocks;       /* unused: live blocks are st_allocs - st_frees          */
@@ -153,6 +158,9 @@ void *nm_memalign_at(nm_allocator_t *a, size_t alignment, size_t size, const cha
 int nm_free_checked_at(nm_allocator_t *a, void *p, const char *file, int line);
 /* Usable size of a live block (0 when the allocator cannot tell). */
 size_t nm_usable_size(nm_allocator_t *a, const void *p);
+/* The alignment `a` guarantees for malloc/calloc/realloc blocks: its table's `alignment`, or
+ * alignof(max_align_t) when that is 0 (8 on 32-bit x86 with musl or MSVC, 16 on x86-64). */
+size_t nm_allocator_alignment(nm_allocator_t *a);
 void nm_allocator_stats(nm_allocator_t *a, nm_alloc_stats_t *out);
 void nm_allocator_reset_peak(nm_allocator_t *a);
 /* Free an allocator made by one of the constructors below (no-op for static ones).  While

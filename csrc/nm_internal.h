@@ -39,8 +39,18 @@ extern NM_THREAD_LOCAL NM_TLS_FAST nm_tstate_t _nm_ts;
 /* Largest size any allocation may request (as glibc: PTRDIFF_MAX). */
 #define NM_MAX_ALLOC ((size_t)PTRDIFF_MAX)
 
-/* Alignment every backend guarantees for plain malloc. */
-#define NM_MIN_ALIGN 16
+/* What the platform's malloc promises: alignof(max_align_t), as the compiler sees it (8 on
+ * 32-bit x86 with musl or MSVC, 16 on x86-64 and arm64 Linux/macOS).  The default of a table
+ * whose `alignment` is 0; nothing may assume more of a block than its table's alignment. */
+#if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L && !defined(_MSC_VER)
+#  define NM_MALLOC_ALIGN ((size_t)_Alignof(max_align_t))
+#else /* MSVC: max_align_t is double, which the union below covers */
+typedef struct nm__align_probe { char c; union { long double ld; double d; long long ll; void *p; } u; } nm__align_probe_t;
+#  define NM_MALLOC_ALIGN ((size_t)offsetof(nm__align_probe_t, u))
+#endif
+
+/* The alignment `a`'s malloc blocks are guaranteed to have (its table's, else NM_MALLOC_ALIGN). */
+NM_INLINE size_t _nm_alignment(const nm_allocator_t *a) { return a->alignment ? a->alignment : NM_MALLOC_ALIGN; }
 
 NM_INLINE int _nm_is_pow2(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
 NM_INLINE uintptr_t _nm_align_up(uintptr_t x, size_t a) { return (x + (a - 1)) & ~(uintptr_t)(a - 1); }

@@ -39,7 +39,7 @@ static void check_table(nm_allocator_t *a, const char *what) {
         CHECK(m != NULL && ((uintptr_t)m % k) == 0);
         nm_free(a, m);
     }
-    CHECK(nm_calloc(a, (size_t)1 << 40, (size_t)1 << 40) == NULL && nm_last_error() == NM_ERR_OVERFLOW);
+    CHECK(nm_calloc(a, (SIZE_MAX >> 1) + 1, 2) == NULL && nm_last_error() == NM_ERR_OVERFLOW);
     CHECK(nm_memalign(a, 24, 10) == NULL && nm_last_error() == NM_ERR_INVALID);
     CHECK(nm_malloc(a, SIZE_MAX) == NULL && nm_last_error() == NM_ERR_OVERFLOW);
     nm_clear_error();
@@ -467,6 +467,137 @@ static void check_fork(void) {
 }
 #endif
 
+/* ---- a base that promises 8-byte alignment only (nm_allocator_align8): the debug allocator,
+ * pools and arenas on it assume no more (the debug allocator's tail canary once ended 8 bytes
+ * past such a block: heap corruption on 32-bit Windows, and on 32-bit x86 musl builds) -------- */
+static nm_atomic_t align8_reports; /* overruns align8 found where nobody could be told */
+static void count_align8_reports(const char *name, int code, const char *message) {
+    (void)name;
+    if (code == NM_ERR_BUFFER_OVERFLOW && strstr(message, "align8 test allocator") != NULL)
+        nm_atomic_add_relaxed(&align8_reports, 1);
+    else
+        fprintf(stderr, "nativemem: %s\n", message);
+}
+
+static void check_debug_over(nm_allocator_t *base, const char *what) {
+    nm_allocator_t *dbg = nm_debug_create_ex(base, 0, 0); /* no quarantine: every free reaches base */
+    void *blocks[300];
+    size_t i;
+    fprintf(stderr, "    debug allocator over %s\n", what);
+    CHECK(dbg != NULL && nm_allocator_alignment(dbg) == 16);
+    if (!dbg) return;
+    for (i = 0; i < 300; i++) {
+        size_t size = i % 100, align = (size_t)16 << (i % 5);
+        unsigned char *p = (unsigned char *)(i % 3 == 0 ? nm_memalign(dbg, align, size)
+                                             : i % 3 == 1 ? nm_malloc(dbg, size) : nm_calloc(dbg, 1, size));
+        CHECK(p != NULL && (uintptr_t)p % (i % 3 == 0 ? align : 16) == 0);
+        if (p) memset(p, 0x5A, size); /* up to the last byte: the tail canary must lie in base's block */
+        blocks[i] = p;
+    }
+    for (i = 0; i < 300; i += 2) {
+        blocks[i] = nm_realloc(dbg, blocks[i], i % 7 * 13);
+        CHECK(blocks[i] != NULL);
+    }
+    for (i = 0; i < 300; i++) CHECK(nm_free_checked(dbg, blocks[i]) == NM_OK);
+    CHECK(nm_debug_check(dbg) == NM_OK);
+    nm_allocator_destroy(dbg);
+}
+
+static void check_pools_over(nm_allocator_t *base, const char *what) {
+    size_t align;
+    fprintf(stderr, "    pools over %s\n", what);
+    for (align = sizeof(void *); align <= 4096; align *= 2) {
+        unsigned flags[3] = {0, NM_POOL_CHECKED | NM_POOL_QUIET, NM_POOL_BUGHUNT};
+        int f;
+        for (f = 0; f < 3; f++) {
+            nm_pool_t *pool = nm_pool_create_ex(base, 24 + align / 2, 8, align, flags[f]);
+            void *objs[40];
+            int i;
+            CHECK(pool != NULL);
+            if (!pool) continue;
+            for (i = 0; i < 40; i++) {
+                objs[i] = nm_pool_alloc(pool);
+                CHECK(objs[i] != NULL && (uintptr_t)objs[i] % align == 0);
+                if (objs[i]) memset(objs[i], 0x33, 24 + align / 2);
+            }
+            for (i = 0; i < 40; i++) CHECK(nm_pool_free(pool, objs[i]) == NM_OK);
+            nm_pool_destroy(pool);
+        }
+    }
+}
+
+static void check_arena_over(nm_allocator_t *base, const char *what) {
+    nm_allocator_t *ar = nm_arena_create(base, 1 << 16);
+    void *p, *q;
+    fprintf(stderr, "    arena over %s\n", what);
+    CHECK(ar != NULL && nm_allocator_alignment(ar) == 16);
+    if (!ar) return;
+    p = nm_malloc(ar, 100);
+    q = nm_memalign(ar, 256, 100);
+    CHECK(p && q && (uintptr_t)p % 16 == 0 && (uintptr_t)q % 256 == 0);
+    nm_free(ar, p);
+    nm_free(ar, q);
+    CHECK(nm_arena_check(ar) == NM_OK);
+    {   /* the whole region, to the last byte it promises */
+        void *all[80];
+        int n = 0, i;
+        while (n < 80 && (all[n] = nm_malloc(ar, 1000)) != NULL) memset(all[n++], 0x77, 1000);
+        CHECK(n > 40 && n < 80);
+        nm_clear_error();
+        for (i = 0; i < n; i++) nm_free(ar, all[i]);
+    }
+    CHECK(nm_arena_check(ar) == NM_OK);
+    nm_allocator_destroy(ar);
+}
+
+static void check_align8(void) {
+    nm_allocator_t *a8 = nm_allocator_align8(NULL), *dbg, *ar;
+    nm_alloc_stats_t st;
+    int i;
+    fprintf(stderr, "  8-aligned base (alignof(max_align_t) here: %u)\n", (unsigned)nm_allocator_alignment(nm_allocator_libc()));
+    CHECK(a8 != NULL);
+    if (!a8) return;
+    nm_set_report_hook(count_align8_reports);
+    align8_reports = 0;
+    CHECK(nm_allocator_alignment(a8) == 8);
+    for (i = 0; i < 64; i++) {
+        void *p = nm_malloc(a8, (size_t)i * 3);
+        CHECK(p != NULL && (uintptr_t)p % 16 == 8); /* only 8-aligned, every time */
+        nm_free(a8, p);
+    }
+    {   /* the guard works: an overrun is reported */
+        char *p = (char *)nm_malloc(a8, 10);
+        p[10] = 1;
+        CHECK(nm_free_checked(a8, p) == NM_ERR_BUFFER_OVERFLOW);
+        nm_clear_error();
+    }
+    check_table(a8, "align8");
+    check_debug_over(a8, "align8");
+    check_pools_over(a8, "align8");
+    check_arena_over(a8, "align8");
+    check_structures(a8);
+    /* stacked: a debug allocator and pools on an arena on align8, pools on a debug allocator */
+    ar = nm_arena_create(a8, 1 << 20);
+    CHECK(ar != NULL);
+    if (ar) {
+        check_debug_over(ar, "an arena over align8");
+        check_pools_over(ar, "an arena over align8");
+        nm_allocator_destroy(ar);
+    }
+    dbg = nm_debug_create(a8, 0);
+    CHECK(dbg != NULL);
+    if (dbg) {
+        check_pools_over(dbg, "a debug allocator over align8");
+        CHECK(nm_debug_check(dbg) == NM_OK);
+        nm_allocator_destroy(dbg);
+    }
+    nm_allocator_stats(a8, &st);
+    CHECK(st.live_blocks == 0);
+    CHECK(nm_atomic_load_relaxed(&align8_reports) == 0);
+    nm_set_report_hook(NULL);
+    nm_allocator_destroy(a8);
+}
+
 /* ---- threads on one debug allocator: cross-thread frees, and destroy racing the last free -- */
 typedef struct { nm_allocator_t *dbg; nm_atomic_t *slots; int id; } dwork_t;
 
@@ -488,14 +619,14 @@ static void free_one(void *arg) {
     nm_free((nm_allocator_t *)pair[0], pair[1]);
 }
 
-static void check_debug_threads(void) {
+static void check_debug_threads(nm_allocator_t *base, const char *what) {
     enum { N = 4 };
     dwork_t w[N];
     nm_atomic_t slots[64];
     nm_debug_stats_t st;
-    nm_allocator_t *dbg = nm_debug_create_ex(NULL, 0, 128);
+    nm_allocator_t *dbg = nm_debug_create_ex(base, 0, 128);
     int i;
-    fprintf(stderr, "  debug allocator, threads\n");
+    fprintf(stderr, "  debug allocator, threads (over %s)\n", what);
     memset(slots, 0, sizeof slots);
     for (i = 0; i < N; i++) {
         w[i].dbg = dbg; w[i].slots = slots; w[i].id = i + 1;
@@ -511,7 +642,7 @@ static void check_debug_threads(void) {
     for (i = 0; i < 200; i++) {
         void *pair[2];
         nm_thread_t *th;
-        pair[0] = nm_debug_create_ex(NULL, 0, (size_t)(i % 3));
+        pair[0] = nm_debug_create_ex(base, 0, (size_t)(i % 3));
         pair[1] = nm_malloc((nm_allocator_t *)pair[0], 32);
         CHECK(pair[0] != NULL && pair[1] != NULL);
         th = nm_thread_start(free_one, pair);
@@ -772,12 +903,27 @@ int main(void) {
     if (extra) { check_table(extra, "plain"); nm_allocator_destroy(extra); }
 #endif
     check_structures(nm_allocator_libc());
+    check_align8();
     check_threads();
-    check_debug_threads();
+    check_debug_threads(NULL, "libc");
+    {
+        nm_allocator_t *a8 = nm_allocator_align8(NULL);
+        CHECK(a8 != NULL);
+        if (a8) {
+            nm_alloc_stats_t st;
+            check_debug_threads(a8, "align8");
+            nm_allocator_stats(a8, &st);
+            CHECK(st.live_blocks == 0);
+            nm_allocator_destroy(a8);
+        }
+    }
     check_pool_thread_exit();
     check_prop_deep();
 #if !defined(_WIN32)
-    check_fork();
+    /* under qemu-user (.ci/c-checks.sh sets NM_HARNESS_EMULATED) a child forked while other
+     * threads run may hang on the emulator's own locks, whatever the program does */
+    if (getenv("NM_HARNESS_EMULATED") == NULL) check_fork();
+    else fprintf(stderr, "  fork: skipped (NM_HARNESS_EMULATED: qemu-user is not fork-safe with threads)\n");
 #endif
     check_debug_gaps();
     fprintf(stderr, "%d checks, %d failed\n", checks, failures);
