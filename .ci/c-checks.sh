@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # .ci/c-checks.sh -- the C core under the tools: the plain-C harness built normally, with
-# AddressSanitizer + UBSan (leak checker on), under Valgrind memcheck, with ThreadSanitizer, and
-# cross-compiled with mingw-w64 and run under Wine (Windows heaps wired through GetProcAddress);
+# AddressSanitizer + UBSan (leak checker on), under Valgrind memcheck, with ThreadSanitizer,
+# cross-compiled with mingw-w64 and run under Wine (Windows heaps wired through GetProcAddress),
+# and with zig for 32-bit x86 and aarch64 (qemu-user), plus an MSVC-mode compile for Windows;
 # seeded-bug programs must be caught under each tool; and a subset of the Python suite under
 # Valgrind with no error whose stack passes through nativemem.  Each step is skipped, with a
 # message, when its tool is missing.  Exits non-zero on any failure.
@@ -169,6 +170,53 @@ if [ -n "$ASAN_SO" ] && [ -f "$ASAN_SO" ] && "$PY" -m venv "$OUT/vasan" 2>/dev/n
   fi
 else
   note "SKIP Python suite under ASan: no libasan or no venv"
+fi
+
+# 8. Other CPUs and compilers through zig's clang (the ziglang wheel, in this step's own venv):
+# the harness built for 32-bit x86 (musl, whose malloc here aligns to 8 only; runs natively on
+# x86-64) and for aarch64 (run under qemu-user when qemu-aarch64 is installed), and the MSVC
+# branches of platform.h compiled in MSVC mode for Windows ARM64, x64 and x86 (no MSVC here:
+# stand-in SDK headers in tests/c/msvc; clang's own intrinsics) -- a syntax and type check.
+ZIG=()
+if "$PY" -m venv "$OUT/vzig" >/dev/null 2>&1 && "$OUT/vzig/bin/pip" install -q ziglang >"$OUT/zigpip.log" 2>&1 \
+   && "$OUT/vzig/bin/python" -m ziglang version >/dev/null 2>&1; then
+  ZIG=("$OUT/vzig/bin/python" -m ziglang)
+fi
+if [ ${#ZIG[@]} -gt 0 ]; then
+  note "zig $("${ZIG[@]}" version)"
+  if "${ZIG[@]}" cc -target x86-linux-musl "${CFLAGS[@]}" "${SRC[@]}" tests/c/harness.c -o "$OUT/harness-x86" \
+       2>"$OUT/zig-x86.log" \
+     && "${ZIG[@]}" cc -target x86-linux-musl "${CFLAGS[@]}" "${SRC[@]}" tests/c/seeded.c -o "$OUT/seeded-x86" \
+       2>>"$OUT/zig-x86.log"; then
+    run_harness x86-32 "$OUT/harness-x86"
+    seeded debug-overflow "nativemem: buffer overflow.*offset 10" x86-32 "$OUT/seeded-x86"
+    seeded debug-use-after-free "nativemem: write after free" x86-32 "$OUT/seeded-x86"
+    seeded pool-double-free "nativemem: double free" x86-32 "$OUT/seeded-x86"
+  else
+    bad "build harness for x86-linux-musl with zig"; tail -n 20 "$OUT/zig-x86.log"
+  fi
+  if have qemu-aarch64; then
+    if "${ZIG[@]}" cc -target aarch64-linux-musl "${CFLAGS[@]}" "${SRC[@]}" tests/c/harness.c -o "$OUT/harness-a64" \
+         2>"$OUT/zig-a64.log"; then
+      # qemu-user is not fork-safe with threads: the harness skips its fork check there
+      NM_HARNESS_EMULATED=1 run_harness aarch64-qemu "$OUT/harness-a64" timeout 900 qemu-aarch64
+    else
+      bad "build harness for aarch64-linux-musl with zig"; tail -n 20 "$OUT/zig-a64.log"
+    fi
+  else
+    note "SKIP aarch64 harness: qemu-aarch64 missing (apt-get install qemu-user)"
+  fi
+  for t in aarch64-windows-msvc x86_64-windows-msvc x86-windows-msvc; do
+    ok=1
+    for f in "${SRC[@]}"; do
+      "${ZIG[@]}" cc -target $t -std=c11 -ffreestanding -fms-extensions -fms-compatibility -DNM_CHECK_MSVC_BRANCH \
+        -Werror -Wno-unused-function -Itests/c/msvc -Icsrc -c "$f" -o "$OUT/msvc.o" >"$OUT/msvc.log" 2>&1 \
+        || { ok=0; bad "MSVC-mode compile of $f for $t"; tail -n 20 "$OUT/msvc.log"; }
+    done
+    [ $ok = 1 ] && note "MSVC branch compiled for $t (clang in MSVC mode, NM_CHECK_MSVC_BRANCH): ${#SRC[@]} files"
+  done
+else
+  note "SKIP zig steps (32-bit x86, aarch64, MSVC-mode compile): cannot pip install ziglang (offline?): $(tail -n 1 "$OUT/zigpip.log" 2>/dev/null)"
 fi
 
 if [ $FAIL -ne 0 ]; then echo "C checks: FAILED"; exit 1; fi

@@ -111,7 +111,7 @@ int nm_os_protect(void *p, size_t size, int access) {
 /* ---- spinlock, contended path ------------------------------------------------------------ */
 #if defined(_MSC_VER)
 #  include <intrin.h>
-#  if defined(_M_X64) || defined(_M_IX86)
+#  if (defined(_M_X64) || defined(_M_IX86)) && !defined(_M_ARM64EC)
 #    define NM__PAUSE() _mm_pause()
 #  else
 #    define NM__PAUSE() __yield()

@@ -32,14 +32,21 @@
 #endif
 
 /* ---- compiler ------------------------------------------------------------------------ */
-#if defined(__GNUC__) || defined(__clang__)
+/* NM_MSVC: take the MSVC branches below.  clang-cl defines _MSC_VER too and takes the GNU ones
+ * (it has both); .ci/c-checks.sh defines NM_CHECK_MSVC_BRANCH to compile the MSVC ones with
+ * clang in MSVC mode for Windows ARM64, x64 and x86, this machine having no MSVC. */
+#if defined(_MSC_VER) && (!(defined(__GNUC__) || defined(__clang__)) || defined(NM_CHECK_MSVC_BRANCH))
+#  define NM_MSVC 1
+#endif
+
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(NM_MSVC)
 #  define NM_LIKELY(x)    __builtin_expect(!!(x), 1)
 #  define NM_UNLIKELY(x)  __builtin_expect(!!(x), 0)
 #  define NM_NOINLINE     __attribute__((noinline))
 #  define NM_INLINE       static inline __attribute__((always_inline))
 #  define NM_THREAD_LOCAL __thread
 #  define NM_GNU_ATOMICS  1
-#elif defined(_MSC_VER)
+#elif defined(NM_MSVC)
 #  include <intrin.h>
 #  define NM_LIKELY(x)    (x)
 #  define NM_UNLIKELY(x)  (x)
@@ -65,7 +72,7 @@
 /* ---- overflow-checked size arithmetic ------------------------------------------------- */
 /* Returns nonzero when a*b overflows size_t; *out receives the product otherwise. */
 NM_INLINE int nm_mul_overflow(size_t a, size_t b, size_t *out) {
-#if defined(__GNUC__) || defined(__clang__)
+#if defined(NM_GNU_ATOMICS)
     return __builtin_mul_overflow(a, b, out);
 #else
     if (b != 0 && a > SIZE_MAX / b) return 1;
@@ -82,9 +89,9 @@ NM_INLINE int nm_add_overflow(size_t a, size_t b, size_t *out) {
 /* ---- bit scans ------------------------------------------------------------------------ */
 /* Index of the lowest set bit of a nonzero 32-bit word. */
 NM_INLINE int nm_ctz32(uint32_t x) {
-#if defined(__GNUC__) || defined(__clang__)
+#if defined(NM_GNU_ATOMICS)
     return __builtin_ctz(x);
-#elif defined(_MSC_VER)
+#elif defined(NM_MSVC)
     unsigned long i;
     _BitScanForward(&i, x);
     return (int)i;
@@ -96,13 +103,13 @@ NM_INLINE int nm_ctz32(uint32_t x) {
 }
 /* Index of the highest set bit of a nonzero size_t. */
 NM_INLINE int nm_fls_size(size_t x) {
-#if defined(__GNUC__) || defined(__clang__)
+#if defined(NM_GNU_ATOMICS)
     return (int)(sizeof(size_t) * 8 - 1) - (sizeof(size_t) == 8 ? __builtin_clzll((unsigned long long)x) : __builtin_clz((unsigned)x));
-#elif defined(_MSC_VER) && defined(_WIN64)
+#elif defined(NM_MSVC) && defined(_WIN64)
     unsigned long i;
     _BitScanReverse64(&i, (unsigned __int64)x);
     return (int)i;
-#elif defined(_MSC_VER)
+#elif defined(NM_MSVC)
     unsigned long i;
     _BitScanReverse(&i, (unsigned long)x);
     return (int)i;
@@ -138,7 +145,7 @@ typedef intptr_t nm_atomic_t;
 /* bitwise or/and returning the OLD value */
 #  define nm_atomic_or(p, v)             __atomic_fetch_or((p), (v), __ATOMIC_RELAXED)
 #  define nm_atomic_and(p, v)            __atomic_fetch_and((p), (v), __ATOMIC_RELAXED)
-#elif defined(_MSC_VER)
+#elif defined(NM_MSVC)
 #  if defined(_WIN64)
 #    define NM__IADD(p, v)   (_InterlockedExchangeAdd64((volatile __int64 *)(p), (__int64)(v)) + (__int64)(v))
 #    define NM__IXCHG(p, v)  _InterlockedExchange64((volatile __int64 *)(p), (__int64)(v))
@@ -152,24 +159,52 @@ typedef intptr_t nm_atomic_t;
 #    define nm_atomic_or(p, v)  ((intptr_t)_InterlockedOr((volatile long *)(p), (long)(v)))
 #    define nm_atomic_and(p, v) ((intptr_t)_InterlockedAnd((volatile long *)(p), (long)(v)))
 #  endif
-NM_INLINE intptr_t nm__msvc_load(volatile const intptr_t *p) { intptr_t v = *p; _ReadWriteBarrier(); return v; }
 NM_INLINE int nm__msvc_cas(volatile intptr_t *p, intptr_t *expected, intptr_t desired) {
     intptr_t old = (intptr_t)NM__ICAS(p, desired, *expected);
     if (old == *expected) return 1;
     *expected = old;
     return 0;
 }
-#  define nm_atomic_load_relaxed(p)      (*(volatile intptr_t *)(p))
-#  define nm_atomic_load_acquire(p)      nm__msvc_load((volatile const intptr_t *)(p))
-#  define nm_atomic_store_relaxed(p, v)  (*(volatile intptr_t *)(p) = (intptr_t)(v))
-#  define nm_atomic_store_release(p, v)  ((void)NM__IXCHG((p), (v)))
+#  if defined(_M_ARM64) || defined(_M_ARM64EC) || defined(_M_ARM)
+/* ARM: a volatile access is a plain load or store under MSVC's default /volatile:iso and orders
+ * nothing on the CPU (nor does _ReadWriteBarrier, a compiler barrier): an acquire load is the
+ * load and then a full inner-shareable barrier, a release store the barrier and then the store.
+ * (The Interlocked intrinsics without _acq/_rel/_nf are full barriers on ARM already.) */
+#    if defined(_M_ARM)
+#      define NM__DMB() __dmb(_ARM_BARRIER_ISH)
+#    else
+#      define NM__DMB() __dmb(_ARM64_BARRIER_ISH)
+#    endif
+#    if defined(_WIN64)
+#      define NM__VLOAD(p)     ((intptr_t)__iso_volatile_load64((const volatile __int64 *)(p)))
+#      define NM__VSTORE(p, v) __iso_volatile_store64((volatile __int64 *)(p), (__int64)(v))
+#    else
+#      define NM__VLOAD(p)     ((intptr_t)__iso_volatile_load32((const volatile __int32 *)(p)))
+#      define NM__VSTORE(p, v) __iso_volatile_store32((volatile __int32 *)(p), (__int32)(v))
+#    endif
+NM_INLINE intptr_t nm__msvc_load(volatile const intptr_t *p) { intptr_t v = NM__VLOAD(p); NM__DMB(); return v; }
+NM_INLINE void nm__msvc_store_release(volatile intptr_t *p, intptr_t v) { NM__DMB(); NM__VSTORE(p, v); }
+#    define nm_atomic_load_relaxed(p)      NM__VLOAD(p)
+#    define nm_atomic_load_acquire(p)      nm__msvc_load((volatile const intptr_t *)(p))
+#    define nm_atomic_store_relaxed(p, v)  NM__VSTORE((p), (v))
+#    define nm_atomic_store_release(p, v)  nm__msvc_store_release((volatile intptr_t *)(p), (intptr_t)(v))
+#    define nm_atomic_fence_acquire()      NM__DMB()
+#  else
+/* x86 and x64: every load is an acquire and every store a release in hardware (TSO); only the
+ * compiler must not move accesses across them. */
+NM_INLINE intptr_t nm__msvc_load(volatile const intptr_t *p) { intptr_t v = *p; _ReadWriteBarrier(); return v; }
+#    define nm_atomic_load_relaxed(p)      (*(volatile intptr_t *)(p))
+#    define nm_atomic_load_acquire(p)      nm__msvc_load((volatile const intptr_t *)(p))
+#    define nm_atomic_store_relaxed(p, v)  (*(volatile intptr_t *)(p) = (intptr_t)(v))
+#    define nm_atomic_store_release(p, v)  ((void)NM__IXCHG((p), (v)))
+#    define nm_atomic_fence_acquire()      _ReadWriteBarrier()
+#  endif
 #  define nm_atomic_add_relaxed(p, v)    ((intptr_t)NM__IADD((p), (v)))
 #  define nm_atomic_add_release(p, v)    ((intptr_t)NM__IADD((p), (v)))
 #  define nm_atomic_add_acq_rel(p, v)    ((intptr_t)NM__IADD((p), (v)))
 #  define nm_atomic_exchange(p, v)       ((intptr_t)NM__IXCHG((p), (v)))
 #  define nm_atomic_cas(p, expected, desired) nm__msvc_cas((volatile intptr_t *)(p), (intptr_t *)(expected), (intptr_t)(desired))
 #  define nm_atomic_cas_weak_relaxed(p, expected, desired) nm_atomic_cas(p, expected, desired)
-#  define nm_atomic_fence_acquire()      _ReadWriteBarrier()
 #  define nm_atomic_fence_seq_cst()      MemoryBarrier()
 #else
 #  error "nativemem needs GCC/Clang __atomic builtins or MSVC intrinsics"
@@ -376,7 +411,7 @@ NM_INLINE void *nm_tls_key_get(nm_tls_key_t k) { return pthread_getspecific(k); 
 NM_INLINE uintptr_t nm_thread_fast_id(void) {
 #if defined(NM_HAVE_THREAD_POINTER)
     return (uintptr_t)__builtin_thread_pointer();
-#elif defined(_MSC_VER) && defined(_M_X64)
+#elif defined(_MSC_VER) && defined(_M_X64) && !defined(_M_ARM64EC)
     return (uintptr_t)__readgsqword(0x30);
 #elif defined(_MSC_VER) && defined(_M_IX86)
     return (uintptr_t)__readfsdword(0x18);

@@ -1,0 +1,3 @@
+/* stand-in (see README) */
+#pragma once
+typedef long long time_t;
