@@ -211,19 +211,26 @@ def test_non_integer_sizes(alloc, bad):
         assert isinstance(ei.value, NativeMemError)
 
 
+# Sizes from this platform's size_t (32-bit builds: win32 wheels), not from a 64-bit one.
+SIZE_T_BITS = nativemem._ffi.ffi.sizeof("size_t") * 8
+MAX_ALLOC = nativemem._ffi.MAX_ALLOC  # PTRDIFF_MAX
+SIZE_T_LIMIT = 1 << SIZE_T_BITS       # SIZE_MAX + 1
+
+
 def test_overflowing_sizes(alloc):
-    for n in (2 ** 63, 2 ** 64, 2 ** 64 + 1, 2 ** 200):
+    for n in (MAX_ALLOC + 1, SIZE_T_LIMIT, SIZE_T_LIMIT + 1, 2 ** 200):
         with pytest.raises(OverflowError):
             alloc.malloc(n)
+    half = 1 << (SIZE_T_BITS // 2 + 1)  # each fits; their product does not
     with pytest.raises(SizeOverflowError):  # nmemb*size overflows size_t, caught in C
-        alloc.calloc(2 ** 33, 2 ** 33)
+        alloc.calloc(half, half)
     with pytest.raises(SizeOverflowError):
-        alloc.calloc(2 ** 62, 4)
+        alloc.calloc(MAX_ALLOC // 2 + 1, 4)
     with pytest.raises(SizeOverflowError):
-        alloc.memalign(4096, 2 ** 63 - 10)
+        alloc.memalign(4096, MAX_ALLOC - 10)
     b = alloc.malloc(8)
     with pytest.raises(OverflowError):
-        alloc.realloc(b, 2 ** 64)
+        alloc.realloc(b, SIZE_T_LIMIT)
     assert b.size == 8 and not b.freed
     b.free()
     assert alloc.stats().live_blocks == 0
@@ -236,8 +243,14 @@ def test_bad_alignment(alloc, alignment):
 
 
 def test_out_of_memory_raises_and_recovers(alloc):
+    # MAX_ALLOC bytes: past any 64-bit address space, so the first fails; a 32-bit process may
+    # find one such block (half its address space), never three
+    held = []
     with pytest.raises(MemoryError) as ei:
-        alloc.malloc(2 ** 62)
+        for _ in range(3):
+            held.append(alloc.malloc(MAX_ALLOC))
+    for b in held:
+        b.free()
     assert isinstance(ei.value, NativeMemError)
     assert alloc.stats().failures >= 1
     b = alloc.malloc(10)
