@@ -241,7 +241,20 @@ nm_allocator_t *nm_allocator_from_winheap(const nm_winheap_fns_t *fns, const cha
 }
 
 /* ---- macOS malloc zones ----------------------------------------------------------------- */
-#define NM__Z(ctx) ((nm_zone_fns_t *)(ctx))
+/* The head of malloc_zone_t (<malloc/malloc.h>, unchanged since its first version): two reserved
+ * words, then the zone's size function -- which returns a block's size, or 0 when the block is
+ * not the zone's, without asking any other zone (malloc_size() asks each registered zone). */
+typedef struct nm__zone_head {
+    void *reserved1, *reserved2;
+    size_t (*size)(void *zone, const void *p);
+} nm__zone_head_t;
+
+typedef struct nm__zone_ctx {
+    nm_zone_fns_t f;
+    size_t (*zone_size)(void *zone, const void *p); /* the zone's own; NULL: f.size (malloc_size) */
+} nm__zone_ctx_t;
+
+#define NM__Z(ctx) (&((nm__zone_ctx_t *)(ctx))->f)
 static void *nm__z_malloc(void *ctx, size_t n) {
     return ((void *(*)(void *, size_t))NM__Z(ctx)->zone_malloc)(NM__Z(ctx)->zone, n);
 }
@@ -257,23 +270,36 @@ static void nm__z_free(void *ctx, void *p) {
 static void *nm__z_memalign(void *ctx, size_t a, size_t n) {
     return ((void *(*)(void *, size_t, size_t))NM__Z(ctx)->zone_memalign)(NM__Z(ctx)->zone, a, n);
 }
-static size_t nm__z_usable(void *ctx, const void *p) {
+static size_t nm__z_usable(void *ctx, const void *p) { /* on every nm_free: one direct call */
+    nm__zone_ctx_t *z = (nm__zone_ctx_t *)ctx;
+    return z->zone_size(z->f.zone, p);
+}
+static size_t nm__z_usable_global(void *ctx, const void *p) {
     return ((size_t(*)(const void *))NM__Z(ctx)->size)(p);
 }
 
 nm_allocator_t *nm_allocator_from_zone(const nm_zone_fns_t *fns, const char *name) {
     nm_allocator_t *a;
+    nm__zone_ctx_t *z;
+    size_t (*zone_size)(void *, const void *);
     if (fns == NULL || !fns->zone || !fns->zone_malloc || !fns->zone_calloc || !fns->zone_realloc ||
-        !fns->zone_free || !fns->zone_memalign || !fns->size) {
-        _nm_set_error(NM_ERR_INVALID, "nm_allocator_from_zone: zone, its malloc, calloc, realloc, free, memalign and malloc_size are required");
+        !fns->zone_free || !fns->zone_memalign) {
+        _nm_set_error(NM_ERR_INVALID, "nm_allocator_from_zone: zone, its malloc, calloc, realloc, free and memalign are required");
         return NULL;
     }
-    a = _nm_table_new(name, sizeof(nm_zone_fns_t));
+    zone_size = ((const nm__zone_head_t *)fns->zone)->size;
+    if (zone_size == NULL && fns->size == NULL) {
+        _nm_set_error(NM_ERR_INVALID, "nm_allocator_from_zone: the zone has no size function and no malloc_size was given");
+        return NULL;
+    }
+    a = _nm_table_new(name, sizeof(nm__zone_ctx_t));
     if (a == NULL) return NULL;
-    memcpy(a->ctx, fns, sizeof *fns);
+    z = (nm__zone_ctx_t *)a->ctx;
+    memcpy(&z->f, fns, sizeof *fns);
+    z->zone_size = zone_size;
     a->malloc = nm__z_malloc; a->calloc = nm__z_calloc; a->realloc = nm__z_realloc;
     a->free = nm__z_free; a->memalign = nm__z_memalign;
-    a->usable_size = nm__z_usable;
+    a->usable_size = zone_size ? nm__z_usable : nm__z_usable_global;
     a->alignment = 16; /* every macOS zone (and malloc) returns 16-byte aligned blocks */
     return a;
 }

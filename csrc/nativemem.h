@@ -202,7 +202,9 @@ typedef struct nm_winheap_fns {
 } nm_winheap_fns_t;
 nm_allocator_t *nm_allocator_from_winheap(const nm_winheap_fns_t *fns, const char *name);
 
-/* macOS malloc-zone functions resolved from libSystem; the zone is the context. */
+/* macOS malloc-zone functions resolved from libSystem; the zone is the context.  Usable sizes
+ * come from the zone's own `size` function (malloc_zone_t's third field, read from the zone when
+ * the table is made): a direct lookup, where malloc_size() asks every zone in turn. */
 typedef struct nm_zone_fns {
     void *zone;             /* malloc_zone_t * from malloc_create_zone            */
     void *zone_malloc;      /* void *malloc_zone_malloc(zone, size)               */
@@ -210,7 +212,8 @@ typedef struct nm_zone_fns {
     void *zone_realloc;     /* void *malloc_zone_realloc(zone, p, size)           */
     void *zone_free;        /* void malloc_zone_free(zone, p)                     */
     void *zone_memalign;    /* void *malloc_zone_memalign(zone, alignment, size)  */
-    void *size;             /* size_t malloc_size(const void *p)                  */
+    void *size;             /* size_t malloc_size(const void *p): used only when the
+                               zone has no size function; may then not be NULL   */
 } nm_zone_fns_t;
 nm_allocator_t *nm_allocator_from_zone(const nm_zone_fns_t *fns, const char *name);
 

@@ -253,6 +253,80 @@ static nm_allocator_t *plain_libc(void) {
 }
 #endif
 
+/* ---- a macOS-style malloc zone (the head of malloc_zone_t: two reserved words, then the zone's
+ * size function), wired as backends.py wires a real one: usable sizes come from the zone's own
+ * size function, never from the process-wide malloc_size() (which asks every zone) ----------- */
+typedef struct fake_zone {
+    void *reserved1, *reserved2;
+    size_t (*size)(void *zone, const void *p);
+    long size_calls;
+} fake_zone_t;
+static long fake_malloc_size_calls;
+typedef struct { size_t size; size_t pad; } fake_zhdr_t; /* 16 bytes: blocks stay 16-aligned */
+static void *fz_alloc(size_t n, size_t align, int zero) {
+    char *raw;
+    if (align < 16) align = 16;
+    raw = (char *)malloc(n + align + sizeof(fake_zhdr_t) + sizeof(void *));
+    if (raw == NULL) return NULL;
+    {
+        char *user = (char *)(((uintptr_t)raw + sizeof(fake_zhdr_t) + sizeof(void *) + align - 1) & ~(uintptr_t)(align - 1));
+        ((fake_zhdr_t *)user)[-1].size = n;
+        ((void **)((fake_zhdr_t *)user - 1))[-1] = raw;
+        if (zero) memset(user, 0, n);
+        return user;
+    }
+}
+static void fz_release(void *p) { free(((void **)((fake_zhdr_t *)p - 1))[-1]); }
+static void *fz_malloc(void *zone, size_t n) { (void)zone; return fz_alloc(n, 16, 0); }
+static void *fz_calloc(void *zone, size_t n, size_t s) { (void)zone; return fz_alloc(n * s, 16, 1); }
+static void fz_free(void *zone, void *p) { (void)zone; if (p) fz_release(p); }
+static void *fz_memalign(void *zone, size_t a, size_t n) { (void)zone; return fz_alloc(n, a, 0); }
+static void *fz_realloc(void *zone, void *p, size_t n) {
+    void *q = fz_alloc(n, 16, 0);
+    size_t old = p ? ((fake_zhdr_t *)p)[-1].size : 0;
+    (void)zone;
+    if (q && p) { memcpy(q, p, old < n ? old : n); fz_release(p); }
+    return q;
+}
+static size_t fz_zone_size(void *zone, const void *p) {
+    ((fake_zone_t *)zone)->size_calls++;
+    return ((const fake_zhdr_t *)p)[-1].size;
+}
+static size_t fz_malloc_size(const void *p) { fake_malloc_size_calls++; return ((const fake_zhdr_t *)p)[-1].size; }
+
+static void check_zone_usable_size(void) {
+    fake_zone_t zone = {NULL, NULL, fz_zone_size, 0};
+    nm_zone_fns_t f;
+    nm_allocator_t *a;
+    void *p;
+    fprintf(stderr, "  zone table: usable size from the zone's own size function\n");
+    f.zone = &zone;
+    f.zone_malloc = (void *)fz_malloc; f.zone_calloc = (void *)fz_calloc; f.zone_realloc = (void *)fz_realloc;
+    f.zone_free = (void *)fz_free; f.zone_memalign = (void *)fz_memalign; f.size = (void *)fz_malloc_size;
+    a = nm_allocator_from_zone(&f, "zone");
+    CHECK(a != NULL && nm_allocator_alignment(a) == 16);
+    if (!a) return;
+    check_table(a, "zone (fake)");
+    p = nm_malloc(a, 77);
+    CHECK(p != NULL && nm_usable_size(a, p) == 77);
+    nm_free(a, p);
+    CHECK(zone.size_calls > 0 && fake_malloc_size_calls == 0);
+    nm_allocator_destroy(a);
+    /* a zone without a size function: malloc_size is the fallback, and required */
+    zone.size = NULL;
+    a = nm_allocator_from_zone(&f, "zone");
+    CHECK(a != NULL);
+    if (a) {
+        p = nm_malloc(a, 5);
+        CHECK(p != NULL && nm_usable_size(a, p) == 5 && fake_malloc_size_calls > 0);
+        nm_free(a, p);
+        nm_allocator_destroy(a);
+    }
+    f.size = NULL;
+    CHECK(nm_allocator_from_zone(&f, "zone") == NULL && nm_last_error() == NM_ERR_INVALID);
+    nm_clear_error();
+}
+
 /* A thread's last freed object (kept for its next allocation) goes back to its chunk when the
  * thread exits. */
 static void one_object(void *arg) {
@@ -903,6 +977,7 @@ int main(void) {
     if (extra) { check_table(extra, "plain"); nm_allocator_destroy(extra); }
 #endif
     check_structures(nm_allocator_libc());
+    check_zone_usable_size();
     check_align8();
     check_threads();
     check_debug_threads(NULL, "libc");
