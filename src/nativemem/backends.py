@@ -2,9 +2,17 @@
 
 Each backend is probed with ctypes: the library is located, loaded, asked to prove its identity
 (jemalloc answers ``mallctl("version")``, mimalloc ``mi_version()``, a Windows heap reports its
-Low Fragmentation Heap, a macOS zone its name), and its function addresses are handed to C as an
-``nm_allocator_t`` table.  The ctypes libraries and function objects are kept alive for the life
-of the process, since C holds their addresses.
+heap mode with ``HeapQueryInformation``, a macOS zone its name), and its function addresses are
+handed to C as an ``nm_allocator_t`` table.  The ctypes libraries and function objects are kept
+alive for the life of the process, since C holds their addresses.
+
+Probing never changes the process's own allocator.  On macOS a jemalloc or mimalloc dylib may
+register itself as the default malloc zone when it is loaded (Homebrew's jemalloc does: no symbol
+prefix, zone allocator on), which would move CPython and every extension onto it mid-process; so
+there they are probed in a child process, which reports the library's identity and whether loading
+it changed the process's malloc zones.  One that does is refused (unless it is already in the
+process, e.g. through DYLD_INSERT_LIBRARIES); one that does not is loaded only when an allocator on
+it is asked for, never by :func:`backends`.
 """
 from __future__ import annotations
 
@@ -12,7 +20,9 @@ import ctypes
 import ctypes.util
 import glob
 import os
+import json
 import platform
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass
@@ -44,12 +54,25 @@ class BackendInfo:
 
 
 class _Loaded:
-    """A probed backend: its info and, when available, its base C table (never destroyed)."""
+    """A probed backend: its info and, when available, its base C table (never destroyed) -- or,
+    for a library probed in a child process, how to load it when a table is first needed."""
 
-    def __init__(self, info: BackendInfo, table: Any = None, keepalive: Any = None) -> None:
+    def __init__(self, info: BackendInfo, table: Any = None, keepalive: Any = None,
+                 loader: Optional[Callable[[], "_Loaded"]] = None) -> None:
         self.info = info
         self.table = table
         self.keepalive = keepalive
+        self.loader = loader
+
+    def get_table(self) -> Any:
+        """The base table, loading the library into this process first if it was probed in a
+        child (caller holds _lock)."""
+        if self.table is None and self.loader is not None:
+            got = self.loader()
+            if not got.info.available or got.table is None:
+                raise E.BackendUnavailableError(f"backend {self.info.name!r} could not be loaded: {got.info.reason}")
+            self.table, self.keepalive, self.loader = got.table, got.keepalive, None
+        return self.table
 
 
 _lock = threading.RLock()
@@ -146,6 +169,132 @@ def _jemalloc_remedy(path: str) -> str:
             f"or set LD_PRELOAD (or GLIBC_TUNABLES={JEMALLOC_TLS_TUNABLE}) yourself before Python starts")
 
 
+# ---- probing in a child process (macOS: loading may switch the process's malloc zone) ---------
+#: Backends probed in a child process rather than loaded into this one.
+_PROBE_IN_CHILD = {"jemalloc": sys.platform == "darwin", "mimalloc": sys.platform == "darwin"}
+
+# Run as `python -I -c _CHILD_PROBE PATH KIND`: loads PATH, asks its identity, and reports the
+# process's malloc zones (macOS: their count and zone 0, the one malloc uses) before and after.
+_CHILD_PROBE = r"""
+import ctypes, json, sys
+path, kind = sys.argv[1], sys.argv[2]
+
+def zones():
+    if sys.platform != "darwin":
+        return None, None
+    ls = ctypes.CDLL("/usr/lib/libSystem.B.dylib")
+    ls.malloc_get_all_zones.argtypes = [ctypes.c_uint, ctypes.c_void_p,
+                                        ctypes.POINTER(ctypes.POINTER(ctypes.c_void_p)), ctypes.POINTER(ctypes.c_uint)]
+    ls.malloc_get_all_zones.restype = ctypes.c_int
+    ls.malloc_get_zone_name.argtypes = [ctypes.c_void_p]
+    ls.malloc_get_zone_name.restype = ctypes.c_char_p
+    arr, n = ctypes.POINTER(ctypes.c_void_p)(), ctypes.c_uint(0)
+    if ls.malloc_get_all_zones(0, None, ctypes.byref(arr), ctypes.byref(n)) != 0 or n.value == 0:
+        return None, None
+    name = ls.malloc_get_zone_name(arr[0]) or b"?"
+    return n.value, "%#x %s" % (arr[0] or 0, name.decode("utf-8", "replace"))
+
+out = {}
+out["zones_before"], out["zone0_before"] = zones()
+try:
+    h = ctypes.CDLL(path)
+except OSError as exc:
+    out["error"] = str(exc)
+else:
+    if kind == "jemalloc":
+        prefix = next((p for p in ("", "je_") if hasattr(h, p + "mallctl")), None)
+        out["prefix"] = prefix
+        if prefix is not None:
+            m = getattr(h, prefix + "mallctl")
+            m.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.c_void_p,
+                          ctypes.c_size_t]
+            ver, sz = ctypes.c_char_p(), ctypes.c_size_t(ctypes.sizeof(ctypes.c_char_p))
+            if m(b"version", ctypes.byref(ver), ctypes.byref(sz), None, 0) == 0 and ver.value:
+                out["version"] = ver.value.decode()
+    elif hasattr(h, "mi_version"):
+        h.mi_version.restype = ctypes.c_int
+        out["version_number"] = h.mi_version()
+    out["zones_after"], out["zone0_after"] = zones()
+print(json.dumps(out))
+"""
+
+
+def _child_probe(path: str, kind: str) -> Dict[str, Any]:
+    """What a child process found loading ``path`` (see _CHILD_PROBE); {"error": ...} on failure."""
+    try:
+        r = subprocess.run([sys.executable, "-I", "-c", _CHILD_PROBE, path, kind], capture_output=True, text=True,
+                           timeout=120, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"error": f"the child process probing it failed: {exc}"}
+    lines = r.stdout.strip().splitlines()
+    try:
+        got = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        got = None
+    if not isinstance(got, dict):
+        tail = (r.stderr.strip() or r.stdout.strip())[-300:]
+        return {"error": f"the child process probing it exited with status {r.returncode}: {tail}"}
+    return got
+
+
+def _registers_zone(res: Dict[str, Any]) -> bool:
+    """True when loading the library changed the child's malloc zones (count, or zone 0)."""
+    before, after = res.get("zones_before"), res.get("zones_after")
+    if before is None or after is None:
+        return False
+    return bool(before != after or res.get("zone0_before") != res.get("zone0_after"))
+
+
+def _zone_reason(name: str, path: str, version: str) -> str:
+    return (f"{path} ({name} {version}) registers itself as a malloc zone when it is loaded (found by a "
+            f"child process: loading it changed the process's malloc zones; Homebrew's {name} does), which "
+            f"would move this whole process -- CPython, NumPy -- onto {name} mid-run; nativemem does not load "
+            f"it. To run on {name}: start the program with DYLD_INSERT_LIBRARIES={path} (the whole process on "
+            f"{name}, consistently), or use a build without the zone (jemalloc: --with-jemalloc-prefix=je_ "
+            f"--disable-zone-allocator; mimalloc: -DMI_OVERRIDE=OFF)")
+
+
+def _in_process(path: str) -> bool:
+    """True when ``path`` is already loaded in this process (checked without loading it)."""
+    mode = getattr(os, "RTLD_NOLOAD", None)
+    if mode is None:
+        return False
+    try:
+        ctypes.CDLL(path, mode=mode)
+    except OSError:
+        return False
+    return True
+
+
+def _probe_in_child(name: str, path: str, load: Callable[[], _Loaded]) -> _Loaded:
+    """Probe ``path`` in a child process; available only when loading it leaves malloc alone, and
+    then loaded into this process (by ``load``) only when an allocator on it is made."""
+    res = _child_probe(path, name)
+    how = "probed in a child process"
+    err = res.get("error")
+    if err:
+        if name == "jemalloc" and "static TLS" in str(err):
+            return _Loaded(BackendInfo(name, False, path=path, reason=_jemalloc_remedy(path)))
+        return _Loaded(BackendInfo(name, False, path=path, reason=f"cannot load {path} ({how}): {err}"))
+    if name == "jemalloc":
+        if res.get("prefix") is None:
+            return _Loaded(BackendInfo(name, False, path=path, reason=f"{path} has no mallctl: not jemalloc ({how})"))
+        version = str(res.get("version") or "")
+        if not version:
+            return _Loaded(BackendInfo(name, False, path=path, reason=f"mallctl('version') failed ({how})"))
+        version = version.split("-")[0]
+    else:
+        v = res.get("version_number")
+        if not isinstance(v, int):
+            return _Loaded(BackendInfo(name, False, path=path, reason=f"{path} has no mi_version: not mimalloc ({how})"))
+        version = f"{v // 100}.{(v % 100) // 10}.{v % 10}"
+    if _registers_zone(res):
+        return _Loaded(BackendInfo(name, False, version, path, reason=_zone_reason(name, path, version)))
+    zones = ": it registers no malloc zone" if res.get("zones_after") is not None else ""
+    return _Loaded(BackendInfo(name, True, f"{version} ({how}{zones}; loaded into this process when an "
+                                            f"allocator on it is made)", path), loader=load)
+
+
 def _probe_jemalloc() -> _Loaded:
     preloaded = _loaded_path("jemalloc")
     path = preloaded or find_library("jemalloc")
@@ -154,6 +303,12 @@ def _probe_jemalloc() -> _Loaded:
                 "darwin": "brew install jemalloc"}.get(sys.platform[:6] if sys.platform != "darwin" else "darwin",
                                                        "install jemalloc")
         return _Loaded(BackendInfo("jemalloc", False, reason=f"libjemalloc not found; {hint}"))
+    if _PROBE_IN_CHILD.get("jemalloc") and not preloaded and not _in_process(path):
+        return _probe_in_child("jemalloc", path, lambda: _load_jemalloc(path, False))
+    return _load_jemalloc(path, preloaded is not None or _in_process(path))
+
+
+def _load_jemalloc(path: str, preloaded: bool) -> _Loaded:
     try:
         libh = ctypes.CDLL(path)
     except OSError as exc:
@@ -180,7 +335,8 @@ def _probe_jemalloc() -> _Loaded:
 
 
 def _probe_mimalloc() -> _Loaded:
-    path = _loaded_path("mimalloc") or find_library("mimalloc")
+    preloaded = _loaded_path("mimalloc")
+    path = preloaded or find_library("mimalloc")
     if not path:
         hint = {"linux": "apt-get install libmimalloc2.0 (Debian/Ubuntu)",
                 "darwin": "brew install mimalloc"}.get("darwin" if sys.platform == "darwin" else "linux",
@@ -188,6 +344,12 @@ def _probe_mimalloc() -> _Loaded:
         if sys.platform == "win32":
             hint = "put mimalloc.dll on PATH"
         return _Loaded(BackendInfo("mimalloc", False, reason=f"libmimalloc not found; {hint}"))
+    if _PROBE_IN_CHILD.get("mimalloc") and not preloaded and not _in_process(path):
+        return _probe_in_child("mimalloc", path, lambda: _load_mimalloc(path))
+    return _load_mimalloc(path)
+
+
+def _load_mimalloc(path: str) -> _Loaded:
     try:
         libh = ctypes.CDLL(path)
     except OSError as exc:
@@ -361,7 +523,9 @@ def allocator(name: Optional[str] = None) -> Allocator:
     loaded = _load(name)
     if not loaded.info.available:
         raise E.BackendUnavailableError(f"backend {name!r} is unavailable: {loaded.info.reason}")
-    table = check_ptr(lib.nm_allocator_clone(loaded.table, ffi.NULL), f"cannot create a {name} allocator")
+    with _lock:  # a backend probed in a child process is loaded into this one now, once
+        base = loaded.get_table()
+    table = check_ptr(lib.nm_allocator_clone(base, ffi.NULL), f"cannot create a {name} allocator")
     return Allocator(table, owned=True, keepalive=loaded, backend=name)
 
 
