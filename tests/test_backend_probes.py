@@ -171,3 +171,69 @@ def test_in_process_check_loads_nothing():
         if path and os.path.basename(path).split(".")[0] not in before:
             assert not B._in_process(path)
             assert os.path.basename(path) not in open("/proc/self/maps").read()
+
+
+# ---- Windows heaps: the mode as HeapQueryInformation reports it -------------------------------
+def _fake_kernel32(set_ok=True, state=0, query_ok=True):
+    """kernel32's heap functions as ctypes function pointers over Python stand-ins (the table
+    builder takes their addresses; the allocation functions are never called here)."""
+    calls = {"set": 0}
+    BOOL, HANDLE = ctypes.c_int, ctypes.c_void_p
+
+    def heap_set(heap, cls, info, size):
+        calls["set"] += 1
+        assert cls == 0 and ctypes.c_ulong.from_address(info).value == 2
+        return 1 if set_ok else 0
+
+    def heap_query(heap, cls, info, size, ret):
+        if not query_ok:
+            return 0
+        ctypes.c_ulong.from_address(info).value = state
+        return 1
+
+    class K32:
+        HeapCreate = ctypes.CFUNCTYPE(HANDLE, ctypes.c_ulong, ctypes.c_size_t, ctypes.c_size_t)(lambda f, a, b: 0x1000)
+        GetProcessHeap = ctypes.CFUNCTYPE(HANDLE)(lambda: 0x2000)
+        HeapSetInformation = ctypes.CFUNCTYPE(BOOL, HANDLE, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)(heap_set)
+        HeapQueryInformation = ctypes.CFUNCTYPE(BOOL, HANDLE, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t,
+                                                ctypes.c_void_p)(heap_query)
+        HeapAlloc = HeapReAlloc = HeapFree = HeapSize = ctypes.CFUNCTYPE(ctypes.c_void_p)(lambda: None)
+    return K32, calls
+
+
+@pytest.mark.parametrize("state", [0, 2])
+def test_private_heap_mode_is_what_the_heap_reports(state):
+    k32, calls = _fake_kernel32(state=state)
+    got = B._probe_heap_on(k32, False, "Windows 10.0.19045")
+    assert got.info.available and calls["set"] == 1
+    if state == 2:
+        assert got.info.version == ("Windows 10.0.19045 LFH (HeapCompatibilityInformation = 2); "
+                                    "enabled with HeapSetInformation")
+    else:  # Wine: HeapSetInformation succeeds, the heap still reports 0 -- said, not claimed as LFH
+        assert "LFH (" not in got.info.version
+        assert got.info.version == ("Windows 10.0.19045 standard heap (HeapCompatibilityInformation = 0); "
+                                    "HeapSetInformation(LFH) succeeded, yet the heap does not report the LFH")
+
+
+def test_private_heap_says_when_enabling_the_lfh_failed(monkeypatch):
+    monkeypatch.setattr(B.ctypes, "get_last_error", lambda: 87, raising=False)
+    k32, _ = _fake_kernel32(set_ok=False, state=0)
+    got = B._probe_heap_on(k32, False, "Windows 10.0.19045")
+    assert got.info.version.endswith("enabling the LFH failed (HeapSetInformation error 87)")
+    k32, _ = _fake_kernel32(query_ok=False)
+    got = B._probe_heap_on(k32, False, "Windows 10.0.19045")
+    assert "heap mode unknown (HeapQueryInformation failed: error 87)" in got.info.version
+    assert "LFH (" not in got.info.version
+
+
+def test_process_heap_is_not_reconfigured():
+    k32, calls = _fake_kernel32(state=2)
+    got = B._probe_heap_on(k32, True, "Windows 10.0.19045")
+    assert calls["set"] == 0
+    assert got.info.version == "Windows 10.0.19045 LFH (HeapCompatibilityInformation = 2)"
+
+
+def test_heap_backend_is_unavailable_off_windows():
+    if sys.platform == "win32":
+        pytest.skip("on Windows")
+    assert not B._probe_heap(False).info.available

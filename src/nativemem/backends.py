@@ -393,10 +393,38 @@ def _winheap_table(k32: Any, heap: int, label: str) -> Any:
     return check_ptr(lib.nm_allocator_from_winheap(fns, name), f"cannot build the {label} table")
 
 
-def _lfh_state(k32: Any, heap: int) -> int:
+def _lfh_state(k32: Any, heap: int) -> Tuple[Optional[int], int]:
+    """(HeapCompatibilityInformation, 0), or (None, the error) when HeapQueryInformation fails."""
     info = ctypes.c_ulong(0)
-    k32.HeapQueryInformation(heap, 0, ctypes.byref(info), ctypes.sizeof(info), None)
-    return info.value
+    if not k32.HeapQueryInformation(heap, 0, ctypes.byref(info), ctypes.sizeof(info), None):
+        return None, _last_error()
+    return info.value, 0
+
+
+def _last_error() -> int:
+    get = getattr(ctypes, "get_last_error", None)  # Windows only
+    return int(get()) if get is not None else 0
+
+
+_HEAP_MODES = {0: "standard heap", 1: "look-aside heap", 2: "LFH"}
+
+
+def _describe_heap(set_result: Optional[Tuple[bool, int]], state: Optional[int], query_error: int) -> str:
+    """The heap's mode as verified: what HeapQueryInformation reports, and what became of the
+    request to enable the Low Fragmentation Heap (``set_result``: (succeeded, error); None when
+    none was made).  Never says LFH unless the heap reports it."""
+    if state is None:
+        mode = f"heap mode unknown (HeapQueryInformation failed: error {query_error})"
+    else:
+        mode = f"{_HEAP_MODES.get(state, 'heap mode ' + str(state))} (HeapCompatibilityInformation = {state})"
+    if set_result is None:
+        return mode
+    ok, err = set_result
+    if not ok:
+        return f"{mode}; enabling the LFH failed (HeapSetInformation error {err})"
+    if state != 2:
+        return f"{mode}; HeapSetInformation(LFH) succeeded, yet the heap does not report the LFH"
+    return f"{mode}; enabled with HeapSetInformation"
 
 
 def _probe_heap(process: bool) -> _Loaded:
@@ -405,21 +433,32 @@ def _probe_heap(process: bool) -> _Loaded:
         return _Loaded(BackendInfo(name, False, reason="Windows heaps (HeapAlloc) exist only on Windows"))
     try:
         k32 = _kernel32()
+    except (OSError, AttributeError) as exc:
+        return _Loaded(BackendInfo(name, False, reason=f"kernel32 heap functions unavailable: {exc}"))
+    ver = sys.getwindowsversion()  # type: ignore[attr-defined,unused-ignore]  # (Windows only)
+    return _probe_heap_on(k32, process, f"Windows {ver.major}.{ver.minor}.{ver.build}")
+
+
+def _probe_heap_on(k32: Any, process: bool, windows: str) -> _Loaded:
+    """The heap backend over kernel32 functions ``k32`` (ctypes), its mode as checked."""
+    name = "process-heap" if process else "heap"
+    try:
         heap = k32.GetProcessHeap() if process else k32.HeapCreate(0, 0, 0)
         if not heap:
-            return _Loaded(BackendInfo(name, False, reason=f"HeapCreate failed: {ctypes.get_last_error()}"))
+            what = "GetProcessHeap" if process else "HeapCreate"
+            return _Loaded(BackendInfo(name, False, reason=f"{what} failed: error {_last_error()}"))
+        set_result: Optional[Tuple[bool, int]] = None
         if not process:
             lfh = ctypes.c_ulong(2)  # HeapCompatibilityInformation = 2: Low Fragmentation Heap
-            k32.HeapSetInformation(heap, 0, ctypes.byref(lfh), ctypes.sizeof(lfh))
-        state = _lfh_state(k32, heap)
+            ok = bool(k32.HeapSetInformation(heap, 0, ctypes.byref(lfh), ctypes.sizeof(lfh)))
+            set_result = (ok, 0 if ok else _last_error())
+        state, query_error = _lfh_state(k32, heap)
         table = _winheap_table(k32, heap, name)
     except (OSError, AttributeError) as exc:
         return _Loaded(BackendInfo(name, False, reason=f"kernel32 heap functions unavailable: {exc}"))
     _keep.append(k32)
-    kind = {0: "standard", 1: "look-aside", 2: "LFH"}.get(state, f"mode {state}")
-    ver = sys.getwindowsversion()
-    return _Loaded(BackendInfo(name, True, f"Windows {ver.major}.{ver.minor}.{ver.build} {kind}", "kernel32.dll"),
-                   table, k32)
+    return _Loaded(BackendInfo(name, True, f"{windows} {_describe_heap(set_result, state, query_error)}",
+                               "kernel32.dll"), table, k32)
 
 
 def _probe_zone() -> _Loaded:

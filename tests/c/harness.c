@@ -232,10 +232,22 @@ static nm_allocator_t *windows_heap(int process) {
     nm_winheap_fns_t f;
     HANDLE heap = process ? GetProcessHeap() : HeapCreate(0, 0, 0);
     ULONG lfh = 2, got = 0;
-    if (!process) HeapSetInformation(heap, HeapCompatibilityInformation, &lfh, sizeof lfh);
-    HeapQueryInformation(heap, HeapCompatibilityInformation, &got, sizeof got, NULL);
-    fprintf(stderr, "  windows %s: HeapCompatibilityInformation = %lu%s\n", process ? "process heap" : "private heap",
-            (unsigned long)got, got == 2 ? " (LFH)" : "");
+    BOOL set_ok = TRUE, query_ok;
+    DWORD set_err = 0;
+    char set_note[96] = "";
+    /* what backends.py does, said as backends.py says it: only what the heap reports */
+    if (!process) {
+        set_ok = HeapSetInformation(heap, HeapCompatibilityInformation, &lfh, sizeof lfh);
+        if (!set_ok) set_err = GetLastError();
+        if (!set_ok) snprintf(set_note, sizeof set_note, "; HeapSetInformation(LFH) failed: error %lu", (unsigned long)set_err);
+        else snprintf(set_note, sizeof set_note, "; HeapSetInformation(LFH) succeeded");
+    }
+    query_ok = HeapQueryInformation(heap, HeapCompatibilityInformation, &got, sizeof got, NULL);
+    CHECK(query_ok);
+    fprintf(stderr, "  windows %s: HeapCompatibilityInformation = %lu (%s)%s%s\n",
+            process ? "process heap" : "private heap", (unsigned long)got,
+            got == 2 ? "LFH" : got == 1 ? "look-aside" : got == 0 ? "standard heap" : "?", set_note,
+            !process && set_ok && got != 2 ? ", yet the heap does not report the LFH" : "");
     f.heap = heap;
     f.heap_alloc = (void *)GetProcAddress(k32, "HeapAlloc");
     f.heap_realloc = (void *)GetProcAddress(k32, "HeapReAlloc");
