@@ -237,3 +237,16 @@ def test_heap_backend_is_unavailable_off_windows():
     if sys.platform == "win32":
         pytest.skip("on Windows")
     assert not B._probe_heap(False).info.available
+
+
+# ---- the bench's "ctypes malloc+free" row calls the C library the libc backend uses -----------
+def test_bench_ctypes_row_uses_the_ucrt_on_windows(monkeypatch):
+    bench = importlib.import_module("nativemem.bench")
+    opened = []
+    monkeypatch.setattr(bench.ctypes, "CDLL", lambda name, *a, **k: opened.append(name) or object())
+    monkeypatch.setattr(bench.sys, "platform", "win32")
+    bench._ctypes_libc()
+    monkeypatch.setattr(bench.sys, "platform", "linux")
+    bench._ctypes_libc()
+    assert opened == ["ucrtbase", None]
+    assert "cdll.msvcrt" not in open(bench.__file__).read()

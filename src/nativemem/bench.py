@@ -288,6 +288,15 @@ def _per_call(fn: Callable[[], Any], n: int) -> float:
     return (time.perf_counter_ns() - t0) / n
 
 
+def _ctypes_libc() -> Any:
+    """The C library of the "ctypes malloc+free" row: the one the libc backend calls.  On Windows
+    that is the Universal CRT (ucrtbase.dll: CPython and the extension are built against it), not
+    the legacy msvcrt.dll, a different heap; elsewhere the process's own symbols."""
+    if sys.platform == "win32":
+        return ctypes.CDLL("ucrtbase")
+    return ctypes.CDLL(None)
+
+
 def _py_workloads(quick: bool) -> List[Workload]:
     import nativemem
     n = 20_000 if quick else 100_000
@@ -298,7 +307,7 @@ def _py_workloads(quick: bool) -> List[Workload]:
     libc = nativemem.allocator("libc")
     cfloor = libc.cdata
     w.fns["cffi nm_malloc+nm_free (floor)"] = lambda: _per_call(lambda: lib.nm_free(cfloor, lib.nm_malloc(cfloor, 64)), n)
-    c = ctypes.CDLL(None) if sys.platform != "win32" else ctypes.cdll.msvcrt
+    c = _ctypes_libc()
     c.malloc.restype = ctypes.c_void_p
     c.malloc.argtypes = [ctypes.c_size_t]
     c.free.argtypes = [ctypes.c_void_p]
