@@ -1,7 +1,7 @@
 /* nm_pool.h -- fixed-size object pools (declarations only; read into cffi's cdef).
  *
- * A pool carves objects of one size from power-of-two aligned chunks taken from an
- * nm_allocator_t.  Allocation and same-thread free take no lock (per-thread caches, each
+ * A pool carves objects of one size from power-of-two sized chunks taken from an
+ * nm_allocator_t (each aligned only to the objects' alignment).  Allocation and same-thread free take no lock (per-thread caches, each
  * owning chunks; frees from other threads go through a lock-free per-chunk bitmap).  Every
  * free is checked against a per-chunk allocation bitmap (foreign, misaligned and double frees
  * are reported), free-list links are encoded with a per-pool secret, and chunks are returned

@@ -1,10 +1,16 @@
 /* pool.c -- fixed-size object pools: chunks, per-thread caches, checked frees, debug modes.
  *
- * Layout.  A chunk is one nm_memalign block aligned to its own power-of-two size, so the
- * chunk header of any object is `ptr & ~(chunk_size - 1)`.  Before dereferencing that header
- * a free looks the base up in the pool's chunk registry (an open-addressing hash of chunk
- * bases, read lock-free), so a foreign pointer is never followed.  Header, then the
- * allocation bitmap, the remote-free bitmap, the per-slot sites (checked mode), then objects.
+ * Layout.  A chunk is one block of a power-of-two size cs from the allocator, aligned only to
+ * the pool's object alignment (nm_malloc when the allocator promises that much, else
+ * nm_memalign): an allocator that cannot align natively -- the headered adapters of Windows
+ * heaps and the CRT -- pays the alignment plus a header per chunk, not another cs (aligning a
+ * chunk to its own size cost 2 * cs + 16 there).  Chunks are found from an object's address
+ * through the pool's chunk registry (an open-addressing hash read lock-free): the address space
+ * is cut into frames of cs bytes, a chunk is registered under the frame where it starts, and as
+ * it is cs long, an object lies in the chunk that starts in its own frame at or below it, or
+ * else in the one that starts in the frame before; every check is address arithmetic, so a
+ * foreign pointer is never followed.  Header, then the allocation bitmap, the remote-free bitmap,
+ * the per-slot sites (checked mode), then objects.
  *
  * Threads.  Every thread using a pool gets a cache (nm__tcache_t) that OWNS chunks.  The owner
  * allocates from its chunks' free lists and bump pointers and frees into them without any lock
@@ -58,16 +64,18 @@ struct nm__tcache {
     nm_atomic_t allocs, frees;  /* written by the owning thread only                    */
     nm_atomic_t peak_net;
     intptr_t net;               /* allocs - frees of this cache (owner only)             */
-    uintptr_t last_chunk;       /* a chunk base this thread already found in the registry */
+    uintptr_t last_chunk;       /* a chunk start this thread already found in the registry */
     void *hot;                  /* the object this thread freed last into a chunk it owns:
                                    validated, its allocation bit clear (a second free is still
                                    caught), on no list; the next allocation takes it as is.
                                    Not in checked mode (its poison is verified on hand-out). */
     size_t hot_idx;
+    nm__chunk_t *hot_chunk;     /* hot's chunk                                            */
     nm__tcache_t *next;
 };
 
-/* Registry of chunk bases: open addressing, keys are chunk numbers (base >> shift) + 1. */
+/* Registry of chunks: open addressing; an entry is a chunk's start address (0: empty), hashed
+ * by its frame (start >> chunk_shift), of which at most one chunk starts in each. */
 typedef struct nm__reg {
     size_t cap, count;
     struct nm__reg *older;      /* replaced tables stay alive until destroy            */
@@ -89,8 +97,7 @@ struct nm_pool {
     unsigned flags;
     size_t object_size, stride, alignment, want_per_chunk;
     size_t chunk_size, nobj, objects_offset, bits_words;
-    uintptr_t chunk_mask;
-    unsigned chunk_shift;
+    unsigned chunk_shift;       /* log2(chunk_size): the registry's frames               */
     int vg;                     /* running under Valgrind: issue client requests */
     unsigned stride_tz;
     uintptr_t stride_inv;
@@ -210,44 +217,54 @@ NM_INLINE size_t nm__reg_hash(uintptr_t key, size_t cap) {
     return (size_t)((key * (uintptr_t)0x9E3779B97F4A7C15ull) >> 7) & (cap - 1);
 }
 
-static void nm__reg_put(nm__reg_t *r, uintptr_t key) {
-    size_t i = nm__reg_hash(key, r->cap);
+static void nm__reg_put(nm__reg_t *r, uintptr_t start, unsigned shift) {
+    size_t i = nm__reg_hash(start >> shift, r->cap);
     while (nm_atomic_load_relaxed(&r->keys[i]) != 0) i = (i + 1) & (r->cap - 1);
-    nm_atomic_store_release(&r->keys[i], (intptr_t)key);
+    nm_atomic_store_release(&r->keys[i], (intptr_t)start);
     r->count++;
 }
 
-/* Adds a chunk base (pool lock held).  Returns 0, or NM_ERR_NOMEM. */
-static int nm__reg_add(nm_pool_t *pool, uintptr_t base) {
+/* Adds a chunk's start (pool lock held).  Returns 0, or NM_ERR_NOMEM. */
+static int nm__reg_add(nm_pool_t *pool, uintptr_t start) {
     nm__reg_t *r = (nm__reg_t *)nm_atomic_load_relaxed(&pool->reg);
-    uintptr_t key = (base >> pool->chunk_shift) + 1;
     if ((r->count + 1) * 2 > r->cap) {
         nm__reg_t *n = nm__reg_new(pool, r->cap * 2);
         size_t i;
         if (!n) return NM_ERR_NOMEM;
         for (i = 0; i < r->cap; i++) {
             uintptr_t k = (uintptr_t)nm_atomic_load_relaxed(&r->keys[i]);
-            if (k) nm__reg_put(n, k);
+            if (k) nm__reg_put(n, k, pool->chunk_shift);
         }
         n->older = r;
         nm_atomic_store_release(&pool->reg, (intptr_t)n);
         r = n;
     }
-    nm__reg_put(r, key);
+    nm__reg_put(r, start, pool->chunk_shift);
     return 0;
 }
 
-/* The chunk holding `p` if p lies in one of this pool's chunks, else NULL.  Lock-free. */
-NM_INLINE nm__chunk_t *nm__chunk_of(nm_pool_t *pool, const void *p) {
-    nm__reg_t *r = (nm__reg_t *)nm_atomic_load_ptr_acquire(&pool->reg);
-    uintptr_t base = (uintptr_t)p & pool->chunk_mask;
-    uintptr_t key = (base >> pool->chunk_shift) + 1, k;
-    size_t i = nm__reg_hash(key, r->cap);
-    while ((k = (uintptr_t)nm_atomic_load_acquire(&r->keys[i])) != 0) {
-        if (k == key) return (nm__chunk_t *)base;
+/* The start of the chunk registered under `frame`, or 0.  Lock-free. */
+NM_INLINE uintptr_t nm__reg_find(const nm__reg_t *r, uintptr_t frame, unsigned shift) {
+    size_t i = nm__reg_hash(frame, r->cap);
+    uintptr_t k;
+    while ((k = (uintptr_t)nm_atomic_load_acquire((nm_atomic_t *)&r->keys[i])) != 0) {
+        if ((k >> shift) == frame) return k;
         i = (i + 1) & (r->cap - 1);
     }
-    return NULL;
+    return 0;
+}
+
+/* The chunk holding `p` if p lies in one of this pool's chunks, else NULL.  Lock-free.  The
+ * chunk starting in p's frame holds it when it starts at or below p; else the chunk starting in
+ * the frame before holds it when it reaches p (chunks are one frame long); else nobody does. */
+NM_INLINE nm__chunk_t *nm__chunk_of(nm_pool_t *pool, const void *p) {
+    nm__reg_t *r = (nm__reg_t *)nm_atomic_load_ptr_acquire(&pool->reg);
+    uintptr_t a = (uintptr_t)p, frame = a >> pool->chunk_shift, k;
+    k = nm__reg_find(r, frame, pool->chunk_shift);
+    if (k != 0 && k <= a) return (nm__chunk_t *)k;
+    if (frame == 0) return NULL;
+    k = nm__reg_find(r, frame - 1, pool->chunk_shift);
+    return k != 0 && a - k < pool->chunk_size ? (nm__chunk_t *)k : NULL;
 }
 
 /* ---- thread caches ------------------------------------------------------------------- */
@@ -257,7 +274,7 @@ static void NM_TLS_DTOR_CALL nm__thread_exit(void *arg);
 static void nm__tcache_release(nm_pool_t *pool, nm__tcache_t *tc) {
     nm__chunk_t *c = tc->owned, *next;
     if (tc->hot) { /* back on its chunk's free list before the chunk is orphaned */
-        nm__push_free(pool, (nm__chunk_t *)((uintptr_t)tc->hot & pool->chunk_mask), tc->hot);
+        nm__push_free(pool, tc->hot_chunk, tc->hot);
         tc->hot = NULL;
     }
     for (; c; c = next) {
@@ -418,7 +435,10 @@ static void nm__sample_peak(nm_pool_t *pool) {
 /* ---- chunks -------------------------------------------------------------------------- */
 /* A fresh chunk owned by `tc` (pool lock held). */
 static nm__chunk_t *nm__chunk_new(nm_pool_t *pool, nm__tcache_t *tc) {
-    char *mem = (char *)nm_memalign(pool->a, pool->chunk_size, pool->chunk_size);
+    /* aligned to the objects' alignment only (objects_offset keeps them so): see the top */
+    char *mem = (char *)(pool->alignment <= nm_allocator_alignment(pool->a)
+                             ? nm_malloc(pool->a, pool->chunk_size)
+                             : nm_memalign(pool->a, pool->alignment, pool->chunk_size));
     nm__chunk_t *c;
     char *p;
     if (!mem) return NULL;
@@ -604,7 +624,6 @@ nm_pool_t *nm_pool_create_ex(nm_allocator_t *a, size_t object_size, size_t objec
     pool->nobj = n;
     pool->objects_offset = off;
     pool->bits_words = words;
-    pool->chunk_mask = ~(uintptr_t)(cs - 1);
     for (pool->chunk_shift = 0; ((size_t)1 << pool->chunk_shift) < cs; pool->chunk_shift++) { }
     pool->vg = NM_VG_RUNNING() ? 1 : 0;
     for (odd = stride, pool->stride_tz = 0; !(odd & 1u); odd >>= 1) pool->stride_tz++;
@@ -795,8 +814,8 @@ NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, i
     if (tc->hot) { /* validated when it was freed; its chunk is still this thread's */
         slot = tc->hot;
         idx = tc->hot_idx;
+        c = tc->hot_chunk;
         tc->hot = NULL;
-        c = (nm__chunk_t *)((uintptr_t)slot & pool->chunk_mask);
         goto take;
     }
     for (;;) {
@@ -814,8 +833,9 @@ NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, i
             next = nm__encode(pool, slot, *(void **)slot);
             nm__link_close(pool, slot);
             idx = nm__slot_index(pool, c, slot);
+            /* the next link is followed by the next pop: only within this chunk's memory */
             if (NM_UNLIKELY(idx == (size_t)-1
-                            || (next != NULL && (((uintptr_t)next ^ (uintptr_t)slot) & pool->chunk_mask) != 0))) {
+                            || (next != NULL && (uintptr_t)next - (uintptr_t)c >= pool->chunk_size))) {
                 if (idx == (size_t)-1) { /* a link that passed the chunk check but is no object start */
                     c->free = NULL;
                     _nm_set_error(NM_ERR_CORRUPT, "pool free list corrupt: link to %p is not an object start", slot);
@@ -924,8 +944,8 @@ static NM_NOINLINE int nm__bad_free(nm_pool_t *pool, nm__chunk_t *c, void *p, si
 NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p) {
     nm__chunk_t *c;
     size_t idx;
-    /* chunks live until destroy, so a base this thread already verified needs no lookup */
-    if (NM_LIKELY(((uintptr_t)p & pool->chunk_mask) == tc->last_chunk && tc->last_chunk != 0)) {
+    /* chunks live until destroy, so a chunk this thread already found needs no lookup */
+    if (NM_LIKELY((uintptr_t)p - tc->last_chunk < pool->chunk_size && tc->last_chunk != 0)) {
         c = (nm__chunk_t *)tc->last_chunk;
     } else {
         c = nm__chunk_of(pool, p);
@@ -950,6 +970,7 @@ NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p) {
         if (tc->hot == NULL && !(pool->flags & NM_POOL_CHECKED)) { /* kept for the next alloc */
             tc->hot = p;
             tc->hot_idx = idx;
+            tc->hot_chunk = c;
         } else {
             nm__push_free(pool, c, p);
         }
@@ -1091,7 +1112,7 @@ int nm_pool_check(nm_pool_t *pool) {
             nm__link_open(pool, s);
             next = nm__encode(pool, s, *(void **)s);
             nm__link_close(pool, s);
-            if (next && (((uintptr_t)next & pool->chunk_mask) != (uintptr_t)c || nm__slot_index(pool, c, next) == (size_t)-1
+            if (next && ((uintptr_t)next - (uintptr_t)c >= pool->chunk_size || nm__slot_index(pool, c, next) == (size_t)-1
                          || ++steps > c->nobj))
                 rc = _nm_set_error(NM_ERR_CORRUPT, "pool free list corrupt at %p: link decodes to %p", s, next);
             s = next;

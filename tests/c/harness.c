@@ -265,6 +265,72 @@ static nm_allocator_t *plain_libc(void) {
 }
 #endif
 
+/* ---- pool chunks through a headered adapter (Windows heaps, the CRT, plain functions without
+ * posix_memalign): bytes asked of the allocator beneath, per chunk.  A chunk used to be
+ * nm_memalign(cs, cs), which such an adapter can only serve by asking for 2 * cs + header. ---- */
+static size_t raw_requested; /* bytes asked of HeapAlloc / malloc by the counting functions */
+#if defined(_WIN32)
+static LPVOID WINAPI counting_heap_alloc(HANDLE heap, DWORD flags, SIZE_T n) {
+    raw_requested += n;
+    return HeapAlloc(heap, flags, n);
+}
+static nm_allocator_t *counting_base(void) {
+    HMODULE k32 = GetModuleHandleA("kernel32.dll");
+    nm_winheap_fns_t f;
+    f.heap = HeapCreate(0, 0, 0);
+    f.heap_alloc = (void *)counting_heap_alloc;
+    f.heap_realloc = (void *)GetProcAddress(k32, "HeapReAlloc");
+    f.heap_free = (void *)GetProcAddress(k32, "HeapFree");
+    f.heap_size = (void *)GetProcAddress(k32, "HeapSize");
+    return nm_allocator_from_winheap(&f, "heap (counting)");
+}
+#define COUNTING_BASE "HeapAlloc"
+#else
+static void *counting_malloc(size_t n) { raw_requested += n; return malloc(n); }
+static void *counting_calloc(size_t n, size_t s) { raw_requested += n * s; return calloc(n, s); }
+static nm_allocator_t *counting_base(void) {
+    nm_plain_fns_t f;
+    f.malloc = counting_malloc; f.calloc = counting_calloc; f.realloc = realloc; f.free = free;
+    f.posix_memalign = NULL; /* headered, as Windows' CRT */
+    f.usable_size = NULL;
+    return nm_allocator_from_plain(&f, "plain-headered (counting)");
+}
+#define COUNTING_BASE "malloc (headered adapter)"
+#endif
+
+static void check_pool_chunk_overhead(void) {
+    static const size_t shapes[][3] = {{64, 256, 64}, {48, 64, 64}, {1000, 64, 64}, {32, 4096, 16}, {200, 32, 4096}};
+    nm_allocator_t *a = counting_base();
+    size_t i;
+    fprintf(stderr, "  pool chunks from %s: bytes asked per chunk\n", COUNTING_BASE);
+    CHECK(a != NULL);
+    if (!a) return;
+    for (i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        nm_pool_t *pool = nm_pool_create_ex(a, shapes[i][0], shapes[i][1], shapes[i][2], 0);
+        nm_pool_stats_t st;
+        size_t n = 0, per_chunk;
+        CHECK(pool != NULL);
+        if (!pool) continue;
+        raw_requested = 0;
+        do {
+            void *o = nm_pool_alloc(pool);
+            CHECK(o != NULL && (uintptr_t)o % shapes[i][2] == 0);
+            if (!o) break;
+            nm_pool_stats(pool, &st);
+        } while (++n < 1000000 && st.chunks < 8);
+        per_chunk = raw_requested / (size_t)st.chunks;
+        fprintf(stderr, "    %zu-byte objects, %zu-aligned: %lld chunks of %zu bytes (reserved %lld), %zu bytes asked of "
+                "the base per chunk (%.3fx)\n", shapes[i][0], shapes[i][2], (long long)st.chunks,
+                (size_t)(st.reserved_bytes / st.chunks), (long long)st.reserved_bytes, per_chunk,
+                (double)per_chunk / (double)(st.reserved_bytes / st.chunks));
+        /* a chunk plus its alignment, the adapter's header, and this thread's cache and the chunk
+         * registry spread over the 8 chunks */
+        CHECK(per_chunk <= (size_t)(st.reserved_bytes / st.chunks) + shapes[i][2] + 256);
+        nm_pool_destroy(pool);
+    }
+    nm_allocator_destroy(a);
+}
+
 /* ---- a macOS-style malloc zone (the head of malloc_zone_t: two reserved words, then the zone's
  * size function), wired as backends.py wires a real one: usable sizes come from the zone's own
  * size function, never from the process-wide malloc_size() (which asks every zone) ----------- */
@@ -1005,6 +1071,7 @@ int main(void) {
         }
     }
     check_pool_thread_exit();
+    check_pool_chunk_overhead();
     check_prop_deep();
 #if !defined(_WIN32)
     /* under qemu-user (.ci/c-checks.sh sets NM_HARNESS_EMULATED) a child forked while other
