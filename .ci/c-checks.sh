@@ -154,12 +154,13 @@ if [ -n "$ASAN_SO" ] && [ -f "$ASAN_SO" ] && "$PY" -m venv "$OUT/vasan" 2>/dev/n
        "$OUT/vasan/bin/pip" install -q --no-build-isolation "$ROOT" >"$OUT/asanbuild.log" 2>&1; then
     TESTS=()
     for t in test_allocator test_pool test_strtab test_cow test_numpy_handler test_threads_stress test_prop \
-             test_pool_asan test_bad_input test_hostile test_fork test_prop_deep test_debug test_usage_errors; do
+             test_pool_asan test_bad_input test_hostile test_fork test_prop_deep test_debug test_usage_errors \
+             test_alignment; do
       [ -f "$ROOT/tests/$t.py" ] && TESTS+=("$ROOT/tests/$t.py")
     done
     if (cd "$OUT" && LD_PRELOAD="$ASAN_SO" ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 PYTHONMALLOC=malloc \
         timeout 900 "$OUT/vasan/bin/python" -m pytest -q -p no:cacheprovider "${TESTS[@]}" \
-        -k "not overflow and not underflow and not write_after_free and not use_after_free_write and not corrupt and not guard_pages and not canary and not bounded and not realloc_moves_and_keeps_contents" \
+        -k "not overflow and not underflow and not write_after_free and not use_after_free_write and not corrupt and not guard_pages and not canary and not bounded and not realloc_moves_and_keeps_contents and not guard_page_blocks" \
         >"$OUT/asanpy.out" 2>&1); then
       note "Python suite under ASan: $(tail -n 1 "$OUT/asanpy.out")"
     else
