@@ -74,11 +74,7 @@ static int nmpy__release_block(NmBuffer *b, const char *site, int with_site) {
     } else {
         rc = with_site ? nm_free_checked_at(a->table, p, site, 0) : nm_free_checked(a->table, p);
     }
-    if (rc) { /* keep the message: destroying the table below must not lose it */
-        nmpy__maybe_destroy(a);
-        return rc;
-    }
-    nmpy__maybe_destroy(a);
+    nmpy__maybe_destroy(a); /* a closed allocator's table goes with its last Buffer */
     return rc;
 }
 

@@ -297,11 +297,6 @@ static PyType_Spec View_spec = {"nativemem._core.View", sizeof(NmView), 0,
                                 Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, View_slots};
 
 /* ---- configuration -------------------------------------------------------------------------- */
-static PyObject *nmpy__get(PyObject *mod, const char *name) {
-    PyObject *o = PyObject_GetAttrString(mod, name);
-    return o;
-}
-
 /* _configure(errors_module, make_error, as_address, pkg_dir, track_addr, untrack_addr, lasti_addr) */
 static PyObject *core_configure(PyObject *self, PyObject *args) {
     PyObject *errors, *make_error, *as_address, *pkg_dir;
@@ -311,7 +306,7 @@ static PyObject *core_configure(PyObject *self, PyObject *args) {
         return NULL;
 #define NMPY_GET(field, name)                                   \
     do {                                                        \
-        PyObject *o_ = nmpy__get(errors, name);                 \
+        PyObject *o_ = PyObject_GetAttrString(errors, name);                 \
         if (o_ == NULL) return NULL;                            \
         NMPY_XSETREF(nmpy.field, o_);                             \
     } while (0)
