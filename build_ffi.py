@@ -1,7 +1,8 @@
 """Build script for nativemem._native: cffi out-of-line API mode over csrc/.
 
-The public header csrc/nativemem.h (and the area headers nm_*.h it includes) is read into
-cdef(); every csrc/*.c is compiled into the extension.  Valgrind client requests are switched
+The public headers (csrc/include/: nativemem.h and the area headers it includes) are read into
+cdef(), and after them the testing header nm_testing.h (benchmark loops and test allocators, kept
+out of the public API); every csrc/*.c is compiled into the extension.  Valgrind client requests are switched
 on when valgrind/memcheck.h is found at build time.
 """
 import os
@@ -13,18 +14,24 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "csrc")
-_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+INCLUDE = os.path.join(CSRC, "include")
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*(?:/\*.*\*/)?\s*$')
 _DEFINE_INT = re.compile(r"^\s*#\s*define\s+NM_[A-Z0-9_]+\s+-?(0x)?[0-9A-Fa-f]+[uUlL]*\s*$")
 
 
-def read_cdef(name="nativemem.h"):
-    """Return the header's declarations with area includes inlined and include guards dropped."""
+def read_cdef(name="nativemem.h", seen=None):
+    """Return the header's declarations with area includes inlined (each header once) and include
+    guards dropped."""
+    seen = set() if seen is None else seen
+    if name in seen:
+        return ""
+    seen.add(name)
     out = []
-    with open(os.path.join(CSRC, name)) as f:
+    with open(os.path.join(INCLUDE, name)) as f:
         for line in f:
             m = _INCLUDE.match(line)
             if m:
-                out.append(read_cdef(m.group(1)))
+                out.append(read_cdef(m.group(1), seen))
             elif line.lstrip().startswith("#") and not _DEFINE_INT.match(line):
                 continue  # guards and system includes: cdef knows the standard types
             else:
@@ -67,12 +74,13 @@ SOURCES += sorted(os.path.relpath(os.path.join(CSRC, "python", f), HERE).replace
                   for f in os.listdir(os.path.join(CSRC, "python")) if f.endswith(".c"))
 
 ffibuilder = FFI()
-ffibuilder.cdef(read_cdef() + PY_LAYER_CDEF)
+_seen = set()
+ffibuilder.cdef(read_cdef("nativemem.h", _seen) + read_cdef("nm_testing.h", _seen) + PY_LAYER_CDEF)
 ffibuilder.set_source(
     "nativemem._native",
-    '#include "nativemem.h"\nint nmpy_init(void);\n',
+    '#include "nativemem.h"\n#include "nm_testing.h"\nint nmpy_init(void);\n',
     sources=SOURCES,
-    include_dirs=["csrc"],
+    include_dirs=["csrc/include", "csrc"],
     define_macros=DEFINES,
     extra_compile_args=CFLAGS,
     extra_link_args=extra.split() if extra else [],

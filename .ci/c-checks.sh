@@ -14,7 +14,7 @@ trap 'rm -rf "$OUT"' EXIT
 FAIL=0
 PY=${PYTHON:-python3}
 SRC=(csrc/*.c)
-CFLAGS=(-std=c11 -O1 -g -D_DEFAULT_SOURCE -Icsrc)
+CFLAGS=(-std=c11 -O1 -g -D_DEFAULT_SOURCE -Icsrc/include -Icsrc)
 note() { printf -- '--- %s\n' "$*"; }
 bad() { printf -- '*** FAILED: %s\n' "$*"; FAIL=1; }
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -99,7 +99,7 @@ fi
 
 # 5. Windows: mingw-w64 cross build, run under Wine
 if have x86_64-w64-mingw32-gcc && have wine; then
-  x86_64-w64-mingw32-gcc -std=c11 -O2 -Icsrc "${SRC[@]}" tests/c/harness.c -o "$OUT/harness.exe" || bad "build mingw"
+  x86_64-w64-mingw32-gcc -std=c11 -O2 -Icsrc/include -Icsrc "${SRC[@]}" tests/c/harness.c -o "$OUT/harness.exe" || bad "build mingw"
   export WINEDEBUG=-all WINEPREFIX="$OUT/wineprefix"
   if timeout 600 wine "$OUT/harness.exe" >"$OUT/wine.out" 2>"$OUT/wine.err"; then
     note "harness [mingw-w64 + Wine]: $(tail -n 1 "$OUT/wine.out"); $(grep -h 'windows private heap' "$OUT/wine.err")"
@@ -213,7 +213,7 @@ if [ ${#ZIG[@]} -gt 0 ]; then
     ok=1
     for f in "${SRC[@]}"; do
       "${ZIG[@]}" cc -target $t -std=c11 -ffreestanding -fms-extensions -fms-compatibility -DNM_CHECK_MSVC_BRANCH \
-        -Werror -Wno-unused-function -Itests/c/msvc -Icsrc -c "$f" -o "$OUT/msvc.o" >"$OUT/msvc.log" 2>&1 \
+        -Werror -Wno-unused-function -Itests/c/msvc -Icsrc/include -Icsrc -c "$f" -o "$OUT/msvc.o" >"$OUT/msvc.log" 2>&1 \
         || { ok=0; bad "MSVC-mode compile of $f for $t"; tail -n 20 "$OUT/msvc.log"; }
     done
     [ $ok = 1 ] && note "MSVC branch compiled for $t (clang in MSVC mode, NM_CHECK_MSVC_BRANCH): ${#SRC[@]} files"

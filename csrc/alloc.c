@@ -115,18 +115,18 @@ void nm_site_get(const char **file, int *line) {
 /* ---- statistics ---------------------------------------------------------------------- */
 NM_INLINE size_t nm__block_bytes(nm_allocator_t *a, const void *p, size_t requested) {
     /* blocks only: no bytes counted, no call */
-    if (a->flags & NM_ALLOC_NO_BYTE_STATS) return 0;
+    if (a->flags & NM__F_NO_BYTE_STATS) return 0;
     /* an EXACT_SIZE allocator's usable size is the request: no call (the arena's takes its lock) */
-    if (a->flags & NM_ALLOC_EXACT_SIZE) return requested;
+    if (a->flags & NM__F_EXACT_SIZE) return requested;
     return a->usable_size ? a->usable_size(a->ctx, p) : requested;
 }
 
-/* Two locked adds per allocation and two per free (one each with NM_ALLOC_NO_BYTE_STATS): live
+/* Two locked adds per allocation and two per free (one each with NM__F_NO_BYTE_STATS): live
  * blocks are allocs - frees, derived when read (st_live_blocks is not maintained). */
 NM_INLINE void nm__count_alloc(nm_allocator_t *a, size_t bytes) {
     intptr_t live, peak;
     nm_atomic_add_relaxed(&a->st_allocs, 1);
-    if (a->flags & NM_ALLOC_NO_BYTE_STATS) return;
+    if (a->flags & NM__F_NO_BYTE_STATS) return;
     live = nm_atomic_add_relaxed(&a->st_live_bytes, (intptr_t)bytes);
     peak = nm_atomic_load_relaxed(&a->st_peak_bytes);
     while (live > peak && !nm_atomic_cas_weak_relaxed(&a->st_peak_bytes, &peak, live)) {
@@ -147,7 +147,7 @@ static NM_NOINLINE void nm__maybe_finish_destroy(nm_allocator_t *a) {
 }
 
 NM_INLINE void nm__count_free(nm_allocator_t *a, size_t bytes) {
-    if (!(a->flags & NM_ALLOC_NO_BYTE_STATS)) nm_atomic_add_relaxed(&a->st_live_bytes, -(intptr_t)bytes);
+    if (!(a->flags & NM__F_NO_BYTE_STATS)) nm_atomic_add_relaxed(&a->st_live_bytes, -(intptr_t)bytes);
     nm_atomic_add_acq_rel(&a->st_frees, 1);
     if (NM_UNLIKELY(nm_atomic_load_relaxed(&a->st_dying) == 1)) nm__maybe_finish_destroy(a);
 }
@@ -155,7 +155,7 @@ NM_INLINE void nm__count_free(nm_allocator_t *a, size_t bytes) {
 static NM_NOINLINE void *nm__fail(nm_allocator_t *a, size_t size, unsigned seq) {
     nm_atomic_add_relaxed(&a->st_failures, 1);
     /* An allocator that reported a more specific error during the call keeps it. */
-    if ((a->flags & NM_ALLOC_REPORTS) && nm__err_seq != seq && nm__err_code != NM_ERR_NOMEM) return NULL;
+    if ((a->flags & NM__F_REPORTS) && nm__err_seq != seq && nm__err_code != NM_ERR_NOMEM) return NULL;
     return _nm_oom(a->name, size);
 }
 
@@ -163,7 +163,7 @@ static NM_NOINLINE void *nm__fail(nm_allocator_t *a, size_t size, unsigned seq) 
 static NM_NOINLINE void *nm__fail_aligned(nm_allocator_t *a, size_t alignment, size_t size, unsigned seq) {
     const char *name = a->name ? a->name : "?";
     nm_atomic_add_relaxed(&a->st_failures, 1);
-    if ((a->flags & NM_ALLOC_REPORTS) && nm__err_seq != seq && nm__err_code != NM_ERR_NOMEM) return NULL;
+    if ((a->flags & NM__F_REPORTS) && nm__err_seq != seq && nm__err_code != NM_ERR_NOMEM) return NULL;
     if (nm_atomic_load_relaxed(&nm__oom_policy) == NM_OOM_ABORT) {
         fprintf(stderr, "nativemem: out of memory in memalign(alignment=%zu, size=%zu) from %s; aborting "
                 "(oom policy 'abort')\n", alignment, size, name);
@@ -195,20 +195,20 @@ static NM_NOINLINE void *nm__malloc(nm_allocator_t *a, size_t size) {
     if (a->plain_malloc != NULL) { /* a plain backend: called directly, reports nothing */
         p = a->plain_malloc(size);
         if (NM_UNLIKELY(p == NULL)) return nm__fail(a, size, 0);
-        if (!(a->flags & NM_ALLOC_NO_STATS)) nm__count_alloc(a, nm__block_bytes(a, p, size));
+        if (!(a->flags & NM__F_NO_STATS)) nm__count_alloc(a, nm__block_bytes(a, p, size));
         return p;
     }
-    seq = (a->flags & NM_ALLOC_REPORTS) ? nm__err_seq : 0;
+    seq = (a->flags & NM__F_REPORTS) ? nm__err_seq : 0;
     p = a->malloc(a->ctx, size);
     if (NM_UNLIKELY(p == NULL)) return nm__fail(a, size, seq);
-    if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS))) nm__count_alloc(a, nm__block_bytes(a, p, size));
+    if (!(a->flags & (NM__F_NO_STATS | NM__F_SELF_STATS))) nm__count_alloc(a, nm__block_bytes(a, p, size));
     return p;
 }
 
 void *nm_malloc(nm_allocator_t *a, size_t size) {
     void *(*plain_malloc)(size_t) = a->plain_malloc;
     /* a plain backend counting blocks only: its malloc and one counter, nothing else */
-    if (plain_malloc != NULL && (a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_NO_BYTE_STATS)) == NM_ALLOC_NO_BYTE_STATS &&
+    if (plain_malloc != NULL && (a->flags & (NM__F_NO_STATS | NM__F_NO_BYTE_STATS)) == NM__F_NO_BYTE_STATS &&
         size - 1 < NM_MAX_ALLOC) { /* 1..NM_MAX_ALLOC: 0 and too big go the long way */
         void *p = plain_malloc(size);
         if (NM_LIKELY(p != NULL)) {
@@ -226,10 +226,15 @@ void *nm_calloc(nm_allocator_t *a, size_t n, size_t size) {
     unsigned seq;
     if (NM_UNLIKELY(nm_mul_overflow(n, size, &total) || total > NM_MAX_ALLOC)) return nm__too_big(a, n, size);
     if (total == 0) { n = 1; size = 1; total = 1; }
-    seq = (a->flags & NM_ALLOC_REPORTS) ? nm__err_seq : 0;
-    p = a->calloc(a->ctx, n, size);
+    seq = (a->flags & NM__F_REPORTS) ? nm__err_seq : 0;
+    if (a->calloc != NULL) {
+        p = a->calloc(a->ctx, n, size);
+    } else { /* a backend without calloc */
+        p = a->malloc(a->ctx, total);
+        if (p != NULL) memset(p, 0, total);
+    }
     if (NM_UNLIKELY(p == NULL)) return nm__fail(a, total, seq);
-    if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS))) nm__count_alloc(a, nm__block_bytes(a, p, total));
+    if (!(a->flags & (NM__F_NO_STATS | NM__F_SELF_STATS))) nm__count_alloc(a, nm__block_bytes(a, p, total));
     return p;
 }
 
@@ -240,16 +245,16 @@ void *nm_realloc(nm_allocator_t *a, void *p, size_t size) {
     if (p == NULL) return nm_malloc(a, size);
     if (NM_UNLIKELY(size > NM_MAX_ALLOC)) return nm__too_big(a, size, (size_t)-1);
     if (size == 0) size = 1;
-    if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS | NM_ALLOC_NO_BYTE_STATS)) && a->usable_size)
+    if (!(a->flags & (NM__F_NO_STATS | NM__F_SELF_STATS | NM__F_NO_BYTE_STATS)) && a->usable_size)
         old_bytes = a->usable_size(a->ctx, p);
-    seq = (a->flags & NM_ALLOC_REPORTS) ? nm__err_seq : 0;
+    seq = (a->flags & NM__F_REPORTS) ? nm__err_seq : 0;
     q = a->realloc(a->ctx, p, size);
     if (NM_UNLIKELY(q == NULL)) return nm__fail(a, size, seq);
     /* it succeeded, yet reported (corruption found releasing the old block): nobody else hears it */
-    if (NM_UNLIKELY((a->flags & NM_ALLOC_REPORTS) && nm__err_seq != seq)) _nm_report(a->name);
-    if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS | NM_ALLOC_NO_BYTE_STATS)) && a->usable_size) {
+    if (NM_UNLIKELY((a->flags & NM__F_REPORTS) && nm__err_seq != seq)) _nm_report(a->name);
+    if (!(a->flags & (NM__F_NO_STATS | NM__F_SELF_STATS | NM__F_NO_BYTE_STATS)) && a->usable_size) {
         intptr_t live, peak;
-        size_t new_bytes = (a->flags & NM_ALLOC_EXACT_SIZE) ? size : a->usable_size(a->ctx, q);
+        size_t new_bytes = (a->flags & NM__F_EXACT_SIZE) ? size : a->usable_size(a->ctx, q);
         live = nm_atomic_add_relaxed(&a->st_live_bytes, (intptr_t)new_bytes - (intptr_t)old_bytes);
         peak = nm_atomic_load_relaxed(&a->st_peak_bytes);
         while (live > peak && !nm_atomic_cas_weak_relaxed(&a->st_peak_bytes, &peak, live)) {
@@ -263,7 +268,7 @@ void *nm_realloc(nm_allocator_t *a, void *p, size_t size) {
 NM_INLINE int nm__free(nm_allocator_t *a, void *p, int report) {
     unsigned flags = a->flags, seq;
     size_t bytes = 0;
-    if (flags & NM_ALLOC_SELF_STATS) {
+    if (flags & NM__F_SELF_STATS) {
         /* It may tear its table down in this very free (the last block after a deferred destroy),
          * so it hands on what it reports itself, before that (debug.c: when _nm_checked_ctx is
          * not its context); nm_free stays one tail call. */
@@ -280,17 +285,17 @@ NM_INLINE int nm__free(nm_allocator_t *a, void *p, int report) {
          * tail call.  The table may go (a deferred destroy finished by this very free): the
          * function is read before, and the block is the backend's, not the table's. */
         void (*plain_free)(void *) = a->plain_free;
-        if (!(flags & NM_ALLOC_NO_STATS)) {
-            if (!(flags & NM_ALLOC_NO_BYTE_STATS) && a->usable_size) bytes = a->usable_size(a->ctx, p);
+        if (!(flags & NM__F_NO_STATS)) {
+            if (!(flags & NM__F_NO_BYTE_STATS) && a->usable_size) bytes = a->usable_size(a->ctx, p);
             nm__count_free(a, bytes);
         }
         plain_free(p);
         return NM_OK;
     }
-    if (!(flags & (NM_ALLOC_NO_STATS | NM_ALLOC_NO_BYTE_STATS))) bytes = a->usable_size ? a->usable_size(a->ctx, p) : 0;
-    if (!(flags & NM_ALLOC_REPORTS)) { /* plain backends report nothing: no TLS access */
+    if (!(flags & (NM__F_NO_STATS | NM__F_NO_BYTE_STATS))) bytes = a->usable_size ? a->usable_size(a->ctx, p) : 0;
+    if (!(flags & NM__F_REPORTS)) { /* plain backends report nothing: no TLS access */
         a->free(a->ctx, p);
-        if (!(flags & NM_ALLOC_NO_STATS)) nm__count_free(a, bytes);
+        if (!(flags & NM__F_NO_STATS)) nm__count_free(a, bytes);
         return NM_OK;
     }
     seq = nm__err_seq;
@@ -302,11 +307,11 @@ NM_INLINE int nm__free(nm_allocator_t *a, void *p, int report) {
         if (report) _nm_report(a->name);
         /* An allocator that detects a bad free (debug, arena) sets an error and frees nothing;
          * corruption found while freeing (a damaged canary) is reported but the block is freed. */
-        if (!(flags & NM_ALLOC_NO_STATS) && code != NM_ERR_INVALID_FREE && code != NM_ERR_DOUBLE_FREE)
+        if (!(flags & NM__F_NO_STATS) && code != NM_ERR_INVALID_FREE && code != NM_ERR_DOUBLE_FREE)
             nm__count_free(a, bytes);
         return code;
     }
-    if (!(flags & NM_ALLOC_NO_STATS)) nm__count_free(a, bytes);
+    if (!(flags & NM__F_NO_STATS)) nm__count_free(a, bytes);
     return NM_OK;
 }
 
@@ -318,8 +323,8 @@ void nm_free(nm_allocator_t *a, void *p) {
     plain_free = a->plain_free;
     /* a plain backend counting blocks only (or nothing): no call but the backend's free, a tail
      * call, unless this free finishes a deferred destroy (counted out first, as in nm__free) */
-    if (plain_free != NULL && (a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_NO_BYTE_STATS))) {
-        if (!(a->flags & NM_ALLOC_NO_STATS)) {
+    if (plain_free != NULL && (a->flags & (NM__F_NO_STATS | NM__F_NO_BYTE_STATS))) {
+        if (!(a->flags & NM__F_NO_STATS)) {
             nm_atomic_add_acq_rel(&a->st_frees, 1);
             if (NM_UNLIKELY(nm_atomic_load_relaxed(&a->st_dying) == 1)) nm__maybe_finish_destroy(a);
         }
@@ -333,7 +338,7 @@ int nm_free_checked(nm_allocator_t *a, void *p) {
     void *outer;
     int rc;
     if (p == NULL) return NM_OK;
-    if (!(a->flags & NM_ALLOC_REPORTS)) return nm__free(a, p, 0);
+    if (!(a->flags & NM__F_REPORTS)) return nm__free(a, p, 0);
     outer = _nm_checked_ctx; /* a free inside a free (a wrapper's base) restores the outer one */
     _nm_checked_ctx = a->ctx;
     rc = nm__free(a, p, 0);
@@ -377,10 +382,10 @@ void *nm_memalign(nm_allocator_t *a, size_t alignment, size_t size) {
                     size > NM_MAX_ALLOC || alignment > NM_MAX_ALLOC - size))
         return nm__bad_align(a, alignment, size);
     if (size == 0) size = 1;
-    seq = (a->flags & NM_ALLOC_REPORTS) ? nm__err_seq : 0;
+    seq = (a->flags & NM__F_REPORTS) ? nm__err_seq : 0;
     p = a->memalign(a->ctx, alignment, size);
     if (NM_UNLIKELY(p == NULL)) return nm__fail_aligned(a, alignment, size, seq);
-    if (!(a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS))) nm__count_alloc(a, nm__block_bytes(a, p, size));
+    if (!(a->flags & (NM__F_NO_STATS | NM__F_SELF_STATS))) nm__count_alloc(a, nm__block_bytes(a, p, size));
     return p;
 }
 
@@ -433,32 +438,95 @@ void nm_allocator_reset_peak(nm_allocator_t *a) {
     nm_atomic_store_relaxed(&a->st_peak_bytes, nm_atomic_load_relaxed(&a->st_live_bytes));
 }
 
-/* ---- table lifetime ------------------------------------------------------------------ */
-/* The context starts at a multiple of NM_MALLOC_ALIGN, as calloc's block does: sizeof the table
+/* ---- instances and their lifetime ---------------------------------------------------- */
+/* The context starts at a multiple of NM_MALLOC_ALIGN, as calloc's block does: sizeof the instance
  * need not be one (on 32-bit targets it is a multiple of 4 only as far as the C standard goes),
  * and a context right after it could misalign its 8-byte fields (MSVC x86 aligns uint64_t to 8). */
 #define NM__CTX_OFFSET ((size_t)_nm_align_up(sizeof(nm_allocator_t), NM_MALLOC_ALIGN))
 
-nm_allocator_t *_nm_table_new(const char *name, size_t ctx_size) {
+static int nm__ops_valid(const nm_allocator_ops_t *ops, const char *name) {
+    if (ops == NULL || !ops->malloc || !ops->realloc || !ops->free || !ops->memalign)
+        return _nm_set_error(NM_ERR_INVALID, "allocator '%s': its ops need malloc, realloc, free and memalign",
+                             name ? name : "?");
+    if (ops->alignment != 0 && !_nm_is_pow2(ops->alignment))
+        return _nm_set_error(NM_ERR_INVALID, "allocator '%s': alignment %zu is not a power of two",
+                             name ? name : "?", ops->alignment);
+    if (ops->flags & ~(unsigned)NM_OPS_EXACT_SIZE)
+        return _nm_set_error(NM_ERR_INVALID, "allocator '%s': unknown ops flags %#x", name ? name : "?",
+                             ops->flags);
+    return NM_OK;
+}
+
+/* The instance comes from the C library directly: nativemem's own allocators are built on it. */
+nm_allocator_t *_nm_allocator_make(const char *name, const nm_allocator_ops_t *ops, size_t ctx_size,
+                                   unsigned extra_flags) {
     size_t nlen = strlen(name ? name : "") + 1;
     size_t total = NM__CTX_OFFSET + _nm_align_up(ctx_size, 16) + nlen;
     char *mem = (char *)calloc(1, total);
     nm_allocator_t *a;
-    if (mem == NULL) return (nm_allocator_t *)_nm_oom("table", total);
+    if (mem == NULL) return (nm_allocator_t *)_nm_oom("allocator instance", total);
     a = (nm_allocator_t *)mem;
+    a->malloc = ops->malloc;
+    a->calloc = ops->calloc;
+    a->realloc = ops->realloc;
+    a->free = ops->free;
+    a->memalign = ops->memalign;
+    a->usable_size = ops->usable_size;
+    a->ops = ops;
+    a->flags = ops->flags | extra_flags;
+    a->alignment = ops->alignment ? ops->alignment : NM_MALLOC_ALIGN;
     a->ctx = ctx_size ? mem + NM__CTX_OFFSET : NULL;
     a->name = mem + NM__CTX_OFFSET + _nm_align_up(ctx_size, 16);
     memcpy((char *)a->name, name ? name : "", nlen);
-    a->destroy = _nm_table_free;
     return a;
 }
 
 void _nm_table_free(nm_allocator_t *a) { free(a); }
 
-static void nm__destroy_now(nm_allocator_t *a) { a->destroy(a); }
+nm_allocator_t *nm_allocator_new(const char *name, const nm_allocator_ops_t *ops, void *ctx) {
+    nm_allocator_t *a;
+    if (nm__ops_valid(ops, name) != NM_OK) return NULL;
+    a = _nm_allocator_make(name, ops, 0, 0);
+    if (a != NULL) a->ctx = ctx;
+    return a;
+}
 
-/* Destroy a table that may report (debug.c verifies its quarantine while tearing down): what it
- * reports has no caller to go to.  The name is copied first: the table goes with the call. */
+const char *nm_allocator_name(nm_allocator_t *a) { return a->name; }
+void *nm_allocator_context(nm_allocator_t *a) { return a->ctx; }
+
+int nm_allocator_set_stats(nm_allocator_t *a, int mode) {
+    unsigned f;
+    if (mode != NM_STATS_OFF && mode != NM_STATS_BLOCKS && mode != NM_STATS_BYTES)
+        return _nm_set_error(NM_ERR_INVALID, "allocator '%s': unknown statistics mode %d", a->name, mode);
+    if (a->flags & (NM__F_SELF_STATS | NM__F_STATIC))
+        return _nm_set_error(NM_ERR_UNSUPPORTED, "allocator '%s' keeps its own statistics", a->name);
+    if (nm_atomic_load_relaxed(&a->st_allocs) != 0)
+        return _nm_set_error(NM_ERR_BUSY, "allocator '%s' has allocated already: set its statistics mode first",
+                             a->name);
+    f = a->flags & ~(unsigned)(NM__F_NO_STATS | NM__F_NO_BYTE_STATS);
+    if (mode == NM_STATS_OFF) f |= NM__F_NO_STATS;
+    else if (mode == NM_STATS_BLOCKS) f |= NM__F_NO_BYTE_STATS;
+    a->flags = f;
+    return NM_OK;
+}
+
+int nm_allocator_get_stats_mode(nm_allocator_t *a) {
+    if (a->flags & NM__F_NO_STATS) return NM_STATS_OFF;
+    return (a->flags & NM__F_NO_BYTE_STATS) ? NM_STATS_BLOCKS : NM_STATS_BYTES;
+}
+
+static void nm__destroy_now(nm_allocator_t *a) {
+    void (*destroy)(void *) = (a->flags & NM__F_BORROWED) ? NULL : a->ops->destroy;
+    if (a->flags & NM__F_OWNS_TABLE) { /* it frees the instance too, maybe later */
+        destroy(a->ctx);
+        return;
+    }
+    if (destroy != NULL) destroy(a->ctx);
+    _nm_table_free(a);
+}
+
+/* Destroy an instance that may report (debug.c verifies its quarantine while tearing down): what
+ * it reports has no caller to go to.  The name is copied first: the instance goes with the call. */
 static NM_NOINLINE void nm__destroy_reporting(nm_allocator_t *a) {
     char name[64];
     unsigned seq = nm__err_seq;
@@ -469,9 +537,9 @@ static NM_NOINLINE void nm__destroy_reporting(nm_allocator_t *a) {
 
 void nm_allocator_destroy(nm_allocator_t *a) {
     intptr_t expected = 0;
-    if (a == NULL || (a->flags & NM_ALLOC_STATIC) || a->destroy == NULL) return;
-    if (a->flags & (NM_ALLOC_NO_STATS | NM_ALLOC_SELF_STATS)) { /* the latter defer by themselves */
-        if (a->flags & NM_ALLOC_REPORTS) nm__destroy_reporting(a);
+    if (a == NULL || (a->flags & NM__F_STATIC)) return;
+    if (a->flags & (NM__F_NO_STATS | NM__F_SELF_STATS)) { /* the latter defer by themselves */
+        if (a->flags & NM__F_REPORTS) nm__destroy_reporting(a);
         else nm__destroy_now(a);
         return;
     }
@@ -481,9 +549,10 @@ void nm_allocator_destroy(nm_allocator_t *a) {
 }
 
 nm_allocator_t *nm_allocator_clone(nm_allocator_t *base, const char *name) {
-    nm_allocator_t *a = _nm_table_new(name ? name : base->name, 0);
+    unsigned keep = base->flags & ~(unsigned)(NM__F_STATIC | NM__F_OWNS_TABLE);
+    nm_allocator_t *a = _nm_allocator_make(name ? name : base->name, base->ops, 0, keep | NM__F_BORROWED);
     if (a == NULL) return NULL;
-    a->malloc = base->malloc;
+    a->malloc = base->malloc; /* the base's, which may differ from its ops' (the libc singleton) */
     a->calloc = base->calloc;
     a->realloc = base->realloc;
     a->free = base->free;
@@ -493,7 +562,6 @@ nm_allocator_t *nm_allocator_clone(nm_allocator_t *base, const char *name) {
     a->alignment = base->alignment;
     a->plain_malloc = base->plain_malloc;
     a->plain_free = base->plain_free;
-    a->flags = base->flags & ~(unsigned)NM_ALLOC_STATIC;
     return a;
 }
 

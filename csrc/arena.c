@@ -45,6 +45,7 @@ typedef struct nm__arena {
     uint32_t sl_bitmap[NM__FL_COUNT];
     nm__ablk_t *heads[NM__FL_COUNT][NM__SL_COUNT];
     nm_atfork_t fork;       /* fork safety: the lock above (platform.h) */
+    nm_allocator_t *self;   /* its instance (the destroy frees both)                     */
 } nm__arena_t;
 
 NM_INLINE size_t nm__bsize(const nm__ablk_t *b) { return b->size & ~NM__AFREE; }
@@ -335,10 +336,15 @@ static void nm__arena_release(void *arg) {
 
 /* May run inside another object's locked section (a destroy deferred to the last nm_free, which
  * a pool or debug allocator over this arena may make under its lock): retire, not unregister. */
-static void nm__arena_destroy(nm_allocator_t *a) {
-    nm__arena_t *ar = (nm__arena_t *)a->ctx;
-    nm_atfork_retire(&ar->fork, nm__arena_release, a);
+static void nm__arena_destroy(void *ctx) {
+    nm__arena_t *ar = (nm__arena_t *)ctx;
+    nm_atfork_retire(&ar->fork, nm__arena_release, ar->self);
 }
+
+/* payloads: a 32-byte header into 16-byte blocks of a 16-aligned start */
+static const nm_allocator_ops_t nm__arena_ops = {nm__arena_malloc, nm__arena_calloc, nm__arena_realloc,
+                                                 nm__arena_free, nm__arena_memalign, nm__arena_usable,
+                                                 nm__arena_destroy, NM__AALIGN, NM_OPS_EXACT_SIZE};
 
 /* ---- public API ----------------------------------------------------------------------------- */
 nm_allocator_t *nm_arena_create(nm_allocator_t *base, size_t size) {
@@ -354,9 +360,10 @@ nm_allocator_t *nm_arena_create(nm_allocator_t *base, size_t size) {
         _nm_set_error(NM_ERR_OVERFLOW, "arena size %zu is too large", size);
         return NULL;
     }
-    a = _nm_table_new("arena", sizeof(nm__arena_t));
+    a = _nm_allocator_make("arena", &nm__arena_ops, sizeof(nm__arena_t), NM__F_REPORTS | NM__F_OWNS_TABLE);
     if (a == NULL) return NULL;
     ar = (nm__arena_t *)a->ctx;
+    ar->self = a;
     ar->base = base;
     ar->region_size = size;
     /* the region's start is aligned to NM__AALIGN below, whatever base returns: no assumption */
@@ -378,22 +385,13 @@ nm_allocator_t *nm_arena_create(nm_allocator_t *base, size_t size) {
     sentinel->magic = nm__bmagic(sentinel);
     sentinel->req = 0;
     nm__list_insert(ar, first);
-    a->malloc = nm__arena_malloc;
-    a->calloc = nm__arena_calloc;
-    a->realloc = nm__arena_realloc;
-    a->free = nm__arena_free;
-    a->memalign = nm__arena_memalign;
-    a->usable_size = nm__arena_usable;
-    a->destroy = nm__arena_destroy;
-    a->flags |= NM_ALLOC_EXACT_SIZE | NM_ALLOC_REPORTS;
-    a->alignment = NM__AALIGN; /* payloads: a 32-byte header into 16-byte blocks of a 16-aligned start */
     nm_atfork_init(&ar->fork, nm_atfork_spin_lock, nm_atfork_spin_unlock, NULL, &ar->lock, NM_ATFORK_OBJECT);
     nm_atfork_register(&ar->fork);
     return a;
 }
 
 static nm__arena_t *nm__as_arena(nm_allocator_t *a) {
-    if (a == NULL || a->malloc != nm__arena_malloc) {
+    if (a == NULL || a->ops != &nm__arena_ops) {
         _nm_set_error(NM_ERR_INVALID, "allocator '%s' is not an arena", a ? a->name : "(null)");
         return NULL;
     }

@@ -4,7 +4,9 @@
  * Python side (nativemem.bench) interleaves contenders and reports medians and ratios.
  */
 #include "nm_internal.h"
+#include "nm_testing.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 /* xorshift64*: deterministic sizes and choices, identical for every contender. */
@@ -18,6 +20,8 @@ NM_INLINE uint64_t nm__rng(uint64_t *s) {
 }
 
 NM_INLINE void nm__touch(void *p) { *(volatile char *)p = 1; }
+/* Keeps the compiler from discarding a loop. */
+static volatile uintptr_t nm__sink;
 
 double nm_bench_pairs(nm_allocator_t *a, size_t size, size_t iterations, uint64_t *ops) {
     uint64_t t0;
@@ -267,4 +271,96 @@ double nm_bench_atomic_pairs(size_t iterations) {
         if (nm_atomic_add_release(&word, -1) == 0) nm_atomic_fence_acquire();
     }
     return iterations ? (double)(nm_now_ns() - t0) / (double)iterations : 0.0;
+}
+
+/* ---- the other areas: pools, reference counts, interning, copy-on-write ---------------- */
+double nm_pool_bench_pairs(nm_pool_t *p, size_t iterations) {
+    uint64_t t0, t1;
+    size_t i;
+    uintptr_t acc = 0;
+    if (iterations == 0) return 0.0;
+    t0 = nm_now_ns();
+    for (i = 0; i < iterations; i++) {
+        void *o = nm_pool_alloc(p);
+        acc += (uintptr_t)o;
+        nm_pool_free(p, o);
+    }
+    t1 = nm_now_ns();
+    nm__sink = acc;
+    return (double)(t1 - t0) / (double)iterations;
+}
+
+double nm_pool_bench_batch(nm_pool_t *p, size_t batch, size_t rounds) {
+    void **v;
+    uint64_t t0, t1;
+    size_t r, total;
+    if (batch == 0 || rounds == 0 || nm_mul_overflow(batch, rounds, &total)) return 0.0;
+    v = (void **)calloc(batch, sizeof(void *));
+    if (!v) return -1.0;
+    t0 = nm_now_ns();
+    for (r = 0; r < rounds; r++) {
+        nm_pool_alloc_many(p, v, batch);
+        nm_pool_free_many(p, v, batch);
+    }
+    t1 = nm_now_ns();
+    free(v);
+    return (double)(t1 - t0) / (double)total;
+}
+
+double nm_ref_bench_pairs(size_t iterations) {
+    nm_refcount_t r;
+    uint64_t t0;
+    size_t i;
+    nm_ref_init(&r, NULL, NULL);
+    t0 = nm_now_ns();
+    for (i = 0; i < iterations; i++) {
+        nm_ref_retain_at(&r, NULL, 0);
+        nm_ref_release_at(&r, NULL, 0);
+    }
+    return iterations ? (double)(nm_now_ns() - t0) / (double)iterations : 0.0;
+}
+
+double nm_strtab_bench_hits(nm_allocator_t *a, size_t entries, size_t iterations) {
+    nm_strtab_t *t = nm_strtab_create(a);
+    char *keys;
+    int *lens;
+    uint64_t t0, x = 1;
+    size_t i;
+    double ns = -1.0;
+    if (t == NULL || entries == 0) return -1.0;
+    keys = (char *)malloc(entries * 24);
+    lens = (int *)malloc(entries * sizeof(int));
+    if (keys == NULL || lens == NULL) goto out;
+    for (i = 0; i < entries; i++) {
+        lens[i] = snprintf(keys + i * 24, 24, "key-%zu", i);
+        if (nm_strtab_intern(t, keys + i * 24, (size_t)lens[i]) == NULL) goto out;
+    }
+    t0 = nm_now_ns();
+    for (i = 0; i < iterations; i++) {
+        size_t k;
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        k = (size_t)((x >> 33) % entries);
+        nm_strtab_release(t, nm_strtab_intern(t, keys + k * 24, (size_t)lens[k]));
+    }
+    ns = (double)(nm_now_ns() - t0) / (double)(iterations ? iterations : 1);
+out:
+    free(keys);
+    free(lens);
+    nm_strtab_destroy(t);
+    return ns;
+}
+
+double nm_cow_bench_make_writable(nm_allocator_t *a, size_t size, size_t iterations) {
+    nm_cow_t *c = nm_cow_create(a, size);
+    uint64_t t0;
+    size_t i;
+    if (c == NULL) return -1.0;
+    t0 = nm_now_ns();
+    for (i = 0; i < iterations; i++) {
+        c = nm_cow_make_writable(c);
+        ((volatile char *)nm_cow_data(c))[0] = (char)i;
+    }
+    t0 = nm_now_ns() - t0;
+    nm_cow_release(c);
+    return iterations ? (double)t0 / (double)iterations : 0.0;
 }

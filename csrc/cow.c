@@ -89,18 +89,3 @@ nm_cow_t *nm_cow_make_writable(nm_cow_t *c) {
 void *nm_cow_data(nm_cow_t *c) { return c->data; }
 size_t nm_cow_size(const nm_cow_t *c) { return c->size; }
 intptr_t nm_cow_refs(const nm_cow_t *c) { return nm_atomic_load_relaxed((nm_atomic_t *)&c->refs); }
-
-double nm_cow_bench_make_writable(nm_allocator_t *a, size_t size, size_t iterations) {
-    nm_cow_t *c = nm_cow_create(a, size);
-    uint64_t t0;
-    size_t i;
-    if (c == NULL) return -1.0;
-    t0 = nm_now_ns();
-    for (i = 0; i < iterations; i++) {
-        c = nm_cow_make_writable(c);
-        ((volatile char *)c->data)[0] = (char)i;
-    }
-    t0 = nm_now_ns() - t0;
-    nm_cow_release(c);
-    return iterations ? (double)t0 / (double)iterations : 0.0;
-}

@@ -397,7 +397,7 @@ static int nm__raw_free(nm__dbg_t *d, nm__dblk_t *r) {
     }
     NM_ASAN_UNPOISON(r->raw, r->raw_size);
     NM__VG(d, NM_VG_UNDEFINED(r->raw, r->raw_size));
-    if (NM_LIKELY(!(d->base->flags & NM_ALLOC_REPORTS))) { /* libc & co. report nothing */
+    if (NM_LIKELY(!(d->base->flags & NM__F_REPORTS))) { /* libc & co. report nothing */
         nm_free(d->base, r->raw);
         return NM_OK;
     }
@@ -789,10 +789,11 @@ static NM_NOINLINE void nm__teardown_reporting(nm__dbg_t *d, int report) {
     if (report && _nm_error_seq() != seq) _nm_report(name);
 }
 
-/* The table's destroy (NM_ALLOC_SELF_STATS: nm_allocator_destroy calls it directly): now when
- * no block is live, else on the last free. */
-static void nm__dbg_destroy(nm_allocator_t *a) {
-    nm__dbg_t *d = (nm__dbg_t *)a->ctx;
+/* The instance's destroy (NM__F_SELF_STATS | NM__F_OWNS_TABLE: nm_allocator_destroy calls it
+ * directly): now when no block is live, else on the last free. */
+static void nm__dbg_destroy(void *ctx) {
+    nm__dbg_t *d = (nm__dbg_t *)ctx;
+    nm_allocator_t *a = d->self;
     int now = 0;
     nm_atfork_unregister_spin(&d->lock); /* fork safety (platform.h): before taking the lock */
     nm_spin_lock(&d->lock);
@@ -803,6 +804,10 @@ static void nm__dbg_destroy(nm_allocator_t *a) {
     nm_spin_unlock(&d->lock);
     if (now) nm__teardown(a);
 }
+
+static const nm_allocator_ops_t nm__dbg_ops = {nm__dbg_malloc, nm__dbg_calloc, nm__dbg_realloc, nm__dbg_free,
+                                               nm__dbg_memalign, nm__dbg_usable, nm__dbg_destroy, NM__DALIGN,
+                                               NM_OPS_EXACT_SIZE};
 
 /* ---- public API ------------------------------------------------------------------------------------ */
 nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t quarantine) {
@@ -816,7 +821,8 @@ nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t 
         _nm_set_error(NM_ERR_INVALID, "quarantine of %zu blocks is too large", quarantine);
         return NULL;
     }
-    a = _nm_table_new("debug", sizeof(nm__dbg_t));
+    a = _nm_allocator_make("debug", &nm__dbg_ops, sizeof(nm__dbg_t),
+                           NM__F_SELF_STATS | NM__F_REPORTS | NM__F_OWNS_TABLE);
     if (a == NULL) return NULL;
     a->name = "debug"; /* static: a free that tears the table down still names it in a report */
     d = (nm__dbg_t *)a->ctx;
@@ -828,22 +834,13 @@ nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t 
     d->page = nm_os_page_size();
     d->base_align = nm_allocator_alignment(d->base);
     d->vg = NM_VG_RUNNING() ? 1 : 0;
-    a->malloc = nm__dbg_malloc;
-    a->calloc = nm__dbg_calloc;
-    a->realloc = nm__dbg_realloc;
-    a->free = nm__dbg_free;
-    a->memalign = nm__dbg_memalign;
-    a->usable_size = nm__dbg_usable;
-    a->destroy = nm__dbg_destroy;
-    a->flags |= NM_ALLOC_EXACT_SIZE | NM_ALLOC_SELF_STATS | NM_ALLOC_REPORTS;
-    a->alignment = NM__DALIGN;
     nm_atfork_register_spin(&d->lock); /* fork safety (platform.h) */
     return a;
 }
 
 nm_allocator_t *nm_debug_create(nm_allocator_t *base, unsigned flags) { return nm_debug_create_ex(base, flags, 1024); }
 
-int nm_debug_is(nm_allocator_t *a) { return a != NULL && a->malloc == nm__dbg_malloc; }
+int nm_debug_is(nm_allocator_t *a) { return a != NULL && a->ops == &nm__dbg_ops; }
 
 static nm__dbg_t *nm__as_dbg(nm_allocator_t *a);
 int nm_debug_set_quarantine_bytes(nm_allocator_t *a, size_t max_bytes) {

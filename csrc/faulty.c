@@ -2,6 +2,7 @@
  * for out-of-memory tests of every structure built on the allocator table: pools, arenas,
  * interning, COW, debug), and a base that promises 8-byte alignment only. */
 #include "nm_internal.h"
+#include "nm_testing.h"
 
 typedef struct nm__faulty {
     nm_allocator_t *base;
@@ -37,32 +38,43 @@ static void *nm__f_memalign(void *ctx, size_t a, size_t n) {
 static void nm__f_free(void *ctx, void *p) { nm_free(((nm__faulty_t *)ctx)->base, p); }
 static size_t nm__f_usable(void *ctx, const void *p) { return nm_usable_size(((nm__faulty_t *)ctx)->base, p); }
 
+static const nm_allocator_ops_t nm__faulty_ops = {nm__f_malloc, nm__f_calloc, nm__f_realloc, nm__f_free,
+                                                  nm__f_memalign, nm__f_usable, NULL, 0, 0};
+
 nm_allocator_t *nm_allocator_faulty(nm_allocator_t *base, long fail_at) {
-    nm_allocator_t *a = _nm_table_new("faulty", sizeof(nm__faulty_t));
+    nm_allocator_t *a = _nm_allocator_make("faulty", &nm__faulty_ops, sizeof(nm__faulty_t), NM__F_REPORTS); /* its base may report */
     nm__faulty_t *f;
     if (a == NULL) return NULL;
     f = (nm__faulty_t *)a->ctx;
     f->base = base ? base : nm_allocator_libc();
     f->fail_at = fail_at;
     a->alignment = nm_allocator_alignment(f->base); /* its blocks are base's */
-    a->malloc = nm__f_malloc;
-    a->calloc = nm__f_calloc;
-    a->realloc = nm__f_realloc;
-    a->free = nm__f_free;
-    a->memalign = nm__f_memalign;
-    a->usable_size = nm__f_usable;
-    a->flags |= NM_ALLOC_REPORTS; /* its base may report */
     return a;
 }
 
+static nm__faulty_t *nm__as_faulty(nm_allocator_t *a) {
+    if (a == NULL || a->ops != &nm__faulty_ops) {
+        _nm_set_error(NM_ERR_INVALID, "allocator '%s' is not a faulty test allocator", a ? a->name : "(null)");
+        return NULL;
+    }
+    return (nm__faulty_t *)a->ctx;
+}
+
 void nm_faulty_set(nm_allocator_t *a, long fail_at) {
-    nm__faulty_t *f = (nm__faulty_t *)a->ctx;
+    nm__faulty_t *f = nm__as_faulty(a);
+    if (f == NULL) return;
     nm_atomic_store_relaxed(&f->requests, 0);
     nm_atomic_store_relaxed(&f->failures, 0);
     nm_atomic_store_relaxed(&f->fail_at, fail_at);
 }
-long nm_faulty_requests(nm_allocator_t *a) { return (long)nm_atomic_load_relaxed(&((nm__faulty_t *)a->ctx)->requests); }
-long nm_faulty_failures(nm_allocator_t *a) { return (long)nm_atomic_load_relaxed(&((nm__faulty_t *)a->ctx)->failures); }
+long nm_faulty_requests(nm_allocator_t *a) {
+    nm__faulty_t *f = nm__as_faulty(a);
+    return f ? (long)nm_atomic_load_relaxed(&f->requests) : -1;
+}
+long nm_faulty_failures(nm_allocator_t *a) {
+    nm__faulty_t *f = nm__as_faulty(a);
+    return f ? (long)nm_atomic_load_relaxed(&f->failures) : -1;
+}
 
 /* ---- a base that promises 8-byte alignment only ----------------------------------------------- *
  *   raw block (16-aligned, from base):  [pad][offset, size][user: size bytes][guard 8]
@@ -121,17 +133,12 @@ static void *nm__a8_realloc(void *ctx, void *p, size_t n) {
 }
 static size_t nm__a8_usable(void *ctx, const void *p) { (void)ctx; return nm__a8_hdr(p)->size; }
 
+static const nm_allocator_ops_t nm__a8_ops = {nm__a8_malloc, nm__a8_calloc, nm__a8_realloc, nm__a8_free,
+                                              nm__a8_memalign, nm__a8_usable, NULL, 8, NM_OPS_EXACT_SIZE};
+
 nm_allocator_t *nm_allocator_align8(nm_allocator_t *base) {
-    nm_allocator_t *a = _nm_table_new("align8", sizeof(nm_allocator_t *));
+    nm_allocator_t *a = _nm_allocator_make("align8", &nm__a8_ops, sizeof(nm_allocator_t *), NM__F_REPORTS); /* it reports overruns */
     if (a == NULL) return NULL;
     *(nm_allocator_t **)a->ctx = base ? base : nm_allocator_libc();
-    a->malloc = nm__a8_malloc;
-    a->calloc = nm__a8_calloc;
-    a->realloc = nm__a8_realloc;
-    a->free = nm__a8_free;
-    a->memalign = nm__a8_memalign;
-    a->usable_size = nm__a8_usable;
-    a->flags |= NM_ALLOC_EXACT_SIZE | NM_ALLOC_REPORTS; /* it reports overruns */
-    a->alignment = 8;
     return a;
 }

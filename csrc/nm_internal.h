@@ -1,4 +1,5 @@
-/* nm_internal.h -- private helpers shared by the C core's files (not part of the API). */
+/* nm_internal.h -- private to the C core (the .c files of csrc): the allocator instance behind the opaque
+ * nm_allocator_t, the thread's state, and helpers.  Not installed, not part of the API. */
 #ifndef NM_INTERNAL_H
 #define NM_INTERNAL_H
 
@@ -6,6 +7,58 @@
 #include "platform.h"
 
 #include <stdarg.h>
+
+/* ---- the allocator instance (opaque in nm_alloc.h) ------------------------------------------ */
+/* Instance flags: the backend's (nm_allocator_ops_flags) in the low bits, then the front door's. */
+enum nm__alloc_flags {
+    NM__F_EXACT_SIZE = NM_OPS_EXACT_SIZE, /* usable_size is the request: no call for statistics  */
+    NM__F_STATIC = 1u << 8,       /* never destroyed (the libc singleton)                        */
+    NM__F_NO_STATS = 1u << 9,     /* NM_STATS_OFF: nm_malloc & co. count nothing                 */
+    NM__F_NO_BYTE_STATS = 1u << 10, /* NM_STATS_BLOCKS: no usable_size call, no byte counters    */
+    NM__F_SELF_STATS = 1u << 11,  /* the backend counts its blocks in the instance's statistics
+                                     itself, under its own lock, and defers its own destruction */
+    NM__F_REPORTS = 1u << 12,     /* its functions may set errors (arena, debug, test wrappers):
+                                     the front door then watches the thread's error            */
+    NM__F_OWNS_TABLE = 1u << 13,  /* ops->destroy(ctx) frees the instance too (debug, arena: a
+                                     teardown deferred to a last free or to after a fork)       */
+    NM__F_BORROWED = 1u << 14     /* ctx is another instance's (a clone): destroy frees only this */
+};
+
+struct nm_allocator {
+    /* The backend's operations, copied from its nm_allocator_ops_t at creation so that a call is
+     * one load and one indirect call, as with a mutable table.  calloc may be NULL (nm_calloc then
+     * uses malloc + memset), usable_size too. */
+    void *(*malloc)(void *ctx, size_t size);
+    void *(*calloc)(void *ctx, size_t n, size_t size);
+    void *(*realloc)(void *ctx, void *p, size_t size);
+    void (*free)(void *ctx, void *p);
+    void *(*memalign)(void *ctx, size_t alignment, size_t size);
+    size_t (*usable_size)(void *ctx, const void *p);
+    void *ctx;
+    unsigned flags;                 /* nm__alloc_flags                                        */
+    size_t alignment;               /* resolved: never 0                                      */
+    /* Plain backends (the C library; nm_allocator_from_plain without headers): the backend's own
+     * malloc and free, which nm_malloc and nm_free call directly (one indirect call, not two).
+     * NULL in every other instance. */
+    void *(*plain_malloc)(size_t size);
+    void (*plain_free)(void *p);
+    /* statistics, relaxed atomics (nm_allocator_stats); live blocks are allocs - frees */
+    intptr_t st_allocs;
+    intptr_t st_frees;
+    intptr_t st_live_bytes;
+    intptr_t st_peak_bytes;
+    intptr_t st_failures;
+    intptr_t st_dying;              /* destroy requested while blocks were live: 1; done: 2     */
+    const nm_allocator_ops_t *ops;  /* the backend's identity (nm_debug_is) and its destroy     */
+    const char *name;
+};
+
+/* A new instance over `ops` with a zeroed context of `ctx_size` bytes inside the same block (a->ctx;
+ * NULL when 0) and `name` copied; flags = ops->flags | extra_flags.  NULL with NM_ERR_NOMEM set.
+ * Freed by nm_allocator_destroy (ops->destroy(ctx) first), or by _nm_table_free for NM__F_OWNS_TABLE. */
+nm_allocator_t *_nm_allocator_make(const char *name, const nm_allocator_ops_t *ops, size_t ctx_size,
+                                   unsigned extra_flags);
+void _nm_table_free(nm_allocator_t *a);
 
 /* Record `code` and a printf-style message as the calling thread's error; returns code. */
 int _nm_set_error(int code, const char *fmt, ...)
@@ -49,13 +102,13 @@ typedef struct nm__align_probe { char c; union { long double ld; double d; long 
 #  define NM_MALLOC_ALIGN ((size_t)offsetof(nm__align_probe_t, u))
 #endif
 
-/* The alignment `a`'s malloc blocks are guaranteed to have (its table's, else NM_MALLOC_ALIGN). */
-NM_INLINE size_t _nm_alignment(const nm_allocator_t *a) { return a->alignment ? a->alignment : NM_MALLOC_ALIGN; }
+/* The alignment `a`'s malloc blocks are guaranteed to have. */
+NM_INLINE size_t _nm_alignment(const nm_allocator_t *a) { return a->alignment; }
 
 NM_INLINE int _nm_is_pow2(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
 NM_INLINE uintptr_t _nm_align_up(uintptr_t x, size_t a) { return (x + (a - 1)) & ~(uintptr_t)(a - 1); }
 
-/* For NM_ALLOC_SELF_STATS allocators, which count their blocks in the table's statistics under
+/* For NM__F_SELF_STATS allocators, which count their blocks in the table's statistics under
  * their own lock (every update of the table serialised by it), and defer their destruction
  * themselves (nm_allocator_destroy calls their destroy at once; see debug.c). */
 NM_INLINE void _nm_table_count_alloc_serial(nm_allocator_t *a, size_t bytes) {
@@ -70,8 +123,5 @@ NM_INLINE void _nm_table_count_free_serial(nm_allocator_t *a, size_t bytes) {
     nm_atomic_store_release(&a->st_frees, nm_atomic_load_relaxed(&a->st_frees) + 1);
 }
 
-/* Allocate a zeroed allocator table (from the C library) with `name` copied into it. */
-nm_allocator_t *_nm_table_new(const char *name, size_t ctx_size);
-void _nm_table_free(nm_allocator_t *a);
 
 #endif /* NM_INTERNAL_H */

@@ -1,5 +1,11 @@
-/* platform.c -- OS page mapping and protection behind platform.h's small interface. */
-#include "nm_internal.h"
+/* platform.c -- the OS behind platform.h's small interface: threads, clocks, the contended path
+ * of the spinlock, and the fork-safety registry with its pthread_atfork handlers.  It uses the OS
+ * and the C library directly and includes nothing of nativemem but platform.h: the rest of the
+ * core depends on it, never the other way. */
+#include "platform.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 #include <time.h>
 #if !defined(_WIN32)
@@ -64,16 +70,16 @@ static void *nm__thread_main(void *v) {
     return NULL;
 }
 nm_thread_t *nm_thread_start(nm_thread_fn fn, void *arg) {
-    struct nm_thread *t = (struct nm_thread *)nm_malloc(nm_allocator_libc(), sizeof *t);
+    struct nm_thread *t = (struct nm_thread *)malloc(sizeof *t);
     if (t == NULL) return NULL;
     t->fn = fn;
     t->arg = arg;
-    if (pthread_create(&t->t, NULL, nm__thread_main, t) != 0) { nm_free(nm_allocator_libc(), t); return NULL; }
+    if (pthread_create(&t->t, NULL, nm__thread_main, t) != 0) { free(t); return NULL; }
     return t;
 }
 void nm_thread_join(nm_thread_t *t) {
     pthread_join(t->t, NULL);
-    nm_free(nm_allocator_libc(), t);
+    free(t);
 }
 void nm_thread_yield(void) { sched_yield(); }
 

@@ -28,13 +28,13 @@
  * Chunks go back to the allocator only in nm_pool_destroy.
  */
 #include "nm_internal.h"
+#include "pool_bughunt.h"
 
 #include <stdio.h>
 
 #define NM__WBITS (sizeof(uintptr_t) * 8)
 #define NM__TC_SLOTS 32
 #define NM__POISON 0xDD
-#define NM__MAX_ALIGN 4096
 
 typedef struct nm__chunk nm__chunk_t;
 typedef struct nm__tcache nm__tcache_t;
@@ -82,14 +82,6 @@ typedef struct nm__reg {
     nm_atomic_t keys[1];
 } nm__reg_t;
 
-/* Bughunt mode: every object is its own backend block, tracked in this map. */
-typedef struct nm__bh_ent {
-    uintptr_t addr;
-    int state;                  /* 0 empty, 1 live, 2 freed                            */
-    int line;
-    const char *file;
-} nm__bh_ent_t;
-
 struct nm_pool {
     uint64_t id;
     uintptr_t secret;
@@ -107,9 +99,8 @@ struct nm_pool {
     nm_atomic_t reg;            /* nm__reg_t *                                          */
     nm_atomic_t tcs[NM__TC_SLOTS]; /* thread id hash -> nm__tcache_t * (hint, verified)  */
     nm_atomic_t nchunks, reserved, peak_sampled;
-    nm__bh_ent_t *bh;
-    size_t bh_cap, bh_count;
-    int64_t bh_allocs, bh_frees, bh_live, bh_peak;
+    nm__bh_t *bh;               /* bughunt mode (pool_bughunt.c), chosen at creation: NULL
+                                   in every other mode                                   */
     nm_pool_t *next_live;
     nm_atfork_t fork;           /* fork safety: pool->lock (platform.h) */
 };
@@ -580,9 +571,9 @@ nm_pool_t *nm_pool_create_ex(nm_allocator_t *a, size_t object_size, size_t objec
     if (!a) a = nm_allocator_libc(); /* NULL: the C library */
     if (object_size == 0) { _nm_set_error(NM_ERR_INVALID, "nm_pool_create: object size is 0"); return NULL; }
     if (objects_per_chunk == 0) { _nm_set_error(NM_ERR_INVALID, "nm_pool_create: objects_per_chunk is 0"); return NULL; }
-    if (!_nm_is_pow2(alignment) || alignment < sizeof(void *) || alignment > NM__MAX_ALIGN) {
+    if (!_nm_is_pow2(alignment) || alignment < sizeof(void *) || alignment > NM_POOL_MAX_ALIGN) {
         _nm_set_error(NM_ERR_INVALID, "nm_pool_create: alignment %zu is not a power of two in [%zu, %d]",
-                      alignment, sizeof(void *), NM__MAX_ALIGN);
+                      alignment, sizeof(void *), NM_POOL_MAX_ALIGN);
         return NULL;
     }
     if (flags & ~(unsigned)(NM_POOL_ZERO | NM_POOL_CHECKED | NM_POOL_BUGHUNT | NM_POOL_QUIET)) {
@@ -634,6 +625,15 @@ nm_pool_t *nm_pool_create_ex(nm_allocator_t *a, size_t object_size, size_t objec
         if (!r) { nm_free(a, pool); return NULL; }
         nm_atomic_store_relaxed(&pool->reg, (intptr_t)r);
     }
+    if (flags & NM_POOL_BUGHUNT) { /* the mode is chosen here, once */
+        pool->bh = _nm_bh_create(a, object_size, alignment, (flags & NM_POOL_ZERO) != 0, &pool->lock);
+        if (!pool->bh) {
+            nm_free(a, (void *)nm_atomic_load_relaxed(&pool->reg));
+            nm_mutex_destroy(&pool->lock);
+            nm_free(a, pool);
+            return NULL;
+        }
+    }
     nm_atfork_register(&nm__pools_fork); /* once; before taking the lock it protects */
     nm_mutex_lock(&nm__pools_lock);
     pool->id = ++nm__pool_ids;
@@ -684,12 +684,7 @@ void nm_pool_destroy(nm_pool_t *pool) {
             }
         }
     }
-    if (pool->flags & NM_POOL_BUGHUNT) {
-        size_t i;
-        for (i = 0; i < pool->bh_cap; i++)
-            if (pool->bh[i].state == 1) nm_free(pool->a, (void *)pool->bh[i].addr);
-        nm_free(pool->a, pool->bh);
-    }
+    if (pool->bh) _nm_bh_destroy(pool->bh);
     for (c = pool->all; c; c = next) {
         next = c->next_all;
         NM__VG(pool, NM_VG_DEFINED(c->objects, c->nobj * pool->stride));
@@ -708,85 +703,6 @@ void nm_pool_destroy(nm_pool_t *pool) {
     nm_mutex_destroy(&pool->lock);
     pool->id = 0;
     nm_free(pool->a, pool);
-}
-
-/* ---- bughunt mode: one backend block per object -------------------------------------- */
-static nm__bh_ent_t *nm__bh_find(nm_pool_t *pool, uintptr_t addr) {
-    size_t i;
-    if (!pool->bh_cap) return NULL;
-    i = nm__reg_hash(addr >> 4, pool->bh_cap);
-    while (pool->bh[i].state != 0) {
-        if (pool->bh[i].addr == addr) return &pool->bh[i];
-        i = (i + 1) & (pool->bh_cap - 1);
-    }
-    return NULL;
-}
-
-static nm__bh_ent_t *nm__bh_insert(nm_pool_t *pool, uintptr_t addr) {
-    nm__bh_ent_t *e = nm__bh_find(pool, addr);
-    size_t i;
-    if (e) return e;
-    if ((pool->bh_count + 1) * 2 > pool->bh_cap) {
-        size_t ncap = pool->bh_cap ? pool->bh_cap * 2 : 64, j;
-        nm__bh_ent_t *old = pool->bh, *nt = (nm__bh_ent_t *)nm_calloc(pool->a, ncap, sizeof *nt);
-        if (!nt) return NULL;
-        for (j = 0; j < pool->bh_cap; j++) {
-            if (!old[j].state) continue;
-            i = nm__reg_hash(old[j].addr >> 4, ncap);
-            while (nt[i].state) i = (i + 1) & (ncap - 1);
-            nt[i] = old[j];
-        }
-        nm_free(pool->a, old);
-        pool->bh = nt;
-        pool->bh_cap = ncap;
-    }
-    i = nm__reg_hash(addr >> 4, pool->bh_cap);
-    while (pool->bh[i].state) i = (i + 1) & (pool->bh_cap - 1);
-    pool->bh[i].addr = addr;
-    pool->bh_count++;
-    return &pool->bh[i];
-}
-
-static void *nm__bh_alloc(nm_pool_t *pool, const char *file, int line) {
-    void *p = nm_memalign_at(pool->a, pool->alignment, pool->object_size, file, line);
-    nm__bh_ent_t *e;
-    if (!p) return NULL;
-    nm_mutex_lock(&pool->lock);
-    e = nm__bh_insert(pool, (uintptr_t)p);
-    if (!e) {
-        nm_mutex_unlock(&pool->lock);
-        nm_free(pool->a, p);
-        return NULL;
-    }
-    e->state = 1;
-    e->file = file;
-    e->line = line;
-    pool->bh_allocs++;
-    if (++pool->bh_live > pool->bh_peak) pool->bh_peak = pool->bh_live;
-    nm_mutex_unlock(&pool->lock);
-    if (pool->flags & NM_POOL_ZERO) memset(p, 0, pool->object_size);
-    return p;
-}
-
-static int nm__bh_free(nm_pool_t *pool, void *p) {
-    nm__bh_ent_t *e;
-    int rc = 0;
-    nm_mutex_lock(&pool->lock);
-    e = nm__bh_find(pool, (uintptr_t)p);
-    if (!e) {
-        rc = _nm_set_error(NM_ERR_INVALID_FREE, "invalid free of %p: not an object of this pool (%zu-byte objects)",
-                           p, pool->object_size);
-    } else if (e->state == 2) {
-        rc = _nm_set_error(NM_ERR_DOUBLE_FREE, "double free of %p (%zu bytes), last allocated at %s%s%.0d",
-                           p, pool->object_size, nm__sitef(e->file), e->line ? ":" : "", e->line);
-    } else {
-        e->state = 2;
-        pool->bh_frees++;
-        pool->bh_live--;
-    }
-    nm_mutex_unlock(&pool->lock);
-    if (rc == 0) nm_free(pool->a, p);
-    return rc;
 }
 
 /* ---- allocation ---------------------------------------------------------------------- */
@@ -899,14 +815,14 @@ take:
 
 void *nm_pool_alloc(nm_pool_t *pool) {
     nm__tcache_t *tc;
-    if (NM_UNLIKELY(pool->flags & NM_POOL_BUGHUNT)) return nm__bh_alloc(pool, _nm_site_file, _nm_site_line);
+    if (NM_UNLIKELY(pool->bh != NULL)) return _nm_bh_alloc(pool->bh, _nm_site_file, _nm_site_line);
     tc = nm__tc(pool);
     return NM_LIKELY(tc != NULL) ? nm__alloc(pool, tc, NULL, 0) : NULL;
 }
 
 void *nm_pool_alloc_at(nm_pool_t *pool, const char *file, int line) {
     nm__tcache_t *tc;
-    if (pool->flags & NM_POOL_BUGHUNT) return nm__bh_alloc(pool, file, line);
+    if (pool->bh) return _nm_bh_alloc(pool->bh, file, line);
     tc = nm__tc(pool);
     return tc ? nm__alloc(pool, tc, file ? file : "<unknown>", line) : NULL;
 }
@@ -914,9 +830,9 @@ void *nm_pool_alloc_at(nm_pool_t *pool, const char *file, int line) {
 size_t nm_pool_alloc_many(nm_pool_t *pool, void **out, size_t n) {
     size_t i;
     nm__tcache_t *tc;
-    if (pool->flags & NM_POOL_BUGHUNT) {
+    if (pool->bh) {
         for (i = 0; i < n; i++)
-            if (!(out[i] = nm__bh_alloc(pool, _nm_site_file, _nm_site_line))) return i;
+            if (!(out[i] = _nm_bh_alloc(pool->bh, _nm_site_file, _nm_site_line))) return i;
         return n;
     }
     tc = nm__tc(pool);
@@ -986,7 +902,7 @@ NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p) {
 
 int nm_pool_free(nm_pool_t *pool, void *ptr) {
     nm__tcache_t *tc;
-    if (NM_UNLIKELY(pool->flags & NM_POOL_BUGHUNT)) return nm__bh_free(pool, ptr);
+    if (NM_UNLIKELY(pool->bh != NULL)) return _nm_bh_free(pool->bh, ptr);
     tc = nm__tc(pool);
     if (!tc) return NM_ERR_NOMEM;
     return nm__free(pool, tc, ptr);
@@ -998,12 +914,12 @@ int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
     int rc, first = 0;
     size_t bad = 0;
     char msg[400];
-    if (!(pool->flags & NM_POOL_BUGHUNT)) {
+    if (!pool->bh) {
         tc = nm__tc(pool);
         if (!tc) return NM_ERR_NOMEM;
     }
     for (i = 0; i < n; i++) {
-        rc = tc ? nm__free(pool, tc, ptrs[i]) : nm__bh_free(pool, ptrs[i]);
+        rc = tc ? nm__free(pool, tc, ptrs[i]) : _nm_bh_free(pool->bh, ptrs[i]);
         if (rc && !first) {
             first = rc;
             snprintf(msg, sizeof msg, "%s", nm_last_error_message());
@@ -1017,15 +933,7 @@ int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
 int nm_pool_owns(nm_pool_t *pool, const void *ptr) {
     nm__chunk_t *c;
     size_t idx;
-    if (pool->flags & NM_POOL_BUGHUNT) {
-        nm__bh_ent_t *e;
-        int r;
-        nm_mutex_lock(&pool->lock);
-        e = nm__bh_find(pool, (uintptr_t)ptr);
-        r = e && e->state == 1;
-        nm_mutex_unlock(&pool->lock);
-        return r;
-    }
+    if (pool->bh) return _nm_bh_owns(pool->bh, ptr);
     c = nm__chunk_of(pool, ptr);
     if (!c) return 0;
     idx = nm__slot_index(pool, c, ptr);
@@ -1036,17 +944,11 @@ int nm_pool_owns(nm_pool_t *pool, const void *ptr) {
 void nm_pool_stats(nm_pool_t *pool, nm_pool_stats_t *out) {
     int64_t a, f, tcpk, live, pk;
     memset(out, 0, sizeof *out);
-    nm_mutex_lock(&pool->lock);
-    if (pool->flags & NM_POOL_BUGHUNT) {
-        out->allocations = pool->bh_allocs;
-        out->frees = pool->bh_frees;
-        out->live = pool->bh_live;
-        out->peak = pool->bh_peak;
-        out->chunks = pool->bh_live;
-        out->reserved_bytes = pool->bh_live * (int64_t)pool->object_size;
-        nm_mutex_unlock(&pool->lock);
+    if (pool->bh) {
+        _nm_bh_stats(pool->bh, out);
         return;
     }
+    nm_mutex_lock(&pool->lock);
     live = nm__live_sum(pool, &a, &f, &tcpk);
     pk = nm_atomic_load_relaxed(&pool->peak_sampled);
     if (tcpk > pk) pk = tcpk;
@@ -1069,20 +971,8 @@ unsigned nm_pool_flags(nm_pool_t *pool) { return pool->flags; }
 size_t nm_pool_live_objects(nm_pool_t *pool, nm_pool_object_t *out, size_t n) {
     size_t count = 0, i;
     nm__chunk_t *c;
+    if (pool->bh) return _nm_bh_live_objects(pool->bh, out, n);
     nm_mutex_lock(&pool->lock);
-    if (pool->flags & NM_POOL_BUGHUNT) {
-        for (i = 0; i < pool->bh_cap; i++) {
-            if (pool->bh[i].state != 1) continue;
-            if (out && count < n) {
-                out[count].ptr = (void *)pool->bh[i].addr;
-                out[count].file = pool->bh[i].file;
-                out[count].line = pool->bh[i].line;
-            }
-            count++;
-        }
-        nm_mutex_unlock(&pool->lock);
-        return count;
-    }
     for (c = pool->all; c; c = c->next_all) {
         for (i = 0; i < c->bump; i++) {
             if (!nm__bit_get(c->alloc_bits, i) || nm__bit_get(c->remote_bits, i)) continue;
@@ -1101,7 +991,7 @@ size_t nm_pool_live_objects(nm_pool_t *pool, nm_pool_object_t *out, size_t n) {
 int nm_pool_check(nm_pool_t *pool) {
     nm__chunk_t *c;
     int rc = 0;
-    if (pool->flags & NM_POOL_BUGHUNT) return 0;
+    if (pool->bh) return 0; /* every object is the backend's: its checker's to verify */
     nm_mutex_lock(&pool->lock);
     for (c = pool->all; c && !rc; c = c->next_all) {
         size_t i;
@@ -1131,57 +1021,4 @@ int nm_pool_check(nm_pool_t *pool) {
     }
     nm_mutex_unlock(&pool->lock);
     return rc;
-}
-
-/* ---- measurement loops (for benchmarks/) --------------------------------------------- */
-/* Keeps the compiler from discarding the loop. */
-static volatile uintptr_t nm__bench_sink;
-
-double nm_pool_bench_pairs(nm_pool_t *p, size_t iterations) {
-    uint64_t t0, t1;
-    size_t i;
-    uintptr_t acc = 0;
-    if (iterations == 0) return 0.0;
-    t0 = nm_now_ns();
-    for (i = 0; i < iterations; i++) {
-        void *o = nm_pool_alloc(p);
-        acc += (uintptr_t)o;
-        nm_pool_free(p, o);
-    }
-    t1 = nm_now_ns();
-    nm__bench_sink = acc;
-    return (double)(t1 - t0) / (double)iterations;
-}
-
-double nm_pool_bench_batch(nm_pool_t *p, size_t batch, size_t rounds) {
-    void **v;
-    uint64_t t0, t1;
-    size_t r, total;
-    if (batch == 0 || rounds == 0 || nm_mul_overflow(batch, rounds, &total)) return 0.0;
-    v = (void **)nm_calloc(p->a, batch, sizeof(void *));
-    if (!v) return -1.0;
-    t0 = nm_now_ns();
-    for (r = 0; r < rounds; r++) {
-        nm_pool_alloc_many(p, v, batch);
-        nm_pool_free_many(p, v, batch);
-    }
-    t1 = nm_now_ns();
-    nm_free(p->a, v);
-    return (double)(t1 - t0) / (double)total;
-}
-
-double nm_malloc_bench_pairs(nm_allocator_t *a, size_t size, size_t iterations) {
-    uint64_t t0, t1;
-    size_t i;
-    uintptr_t acc = 0;
-    if (iterations == 0) return 0.0;
-    t0 = nm_now_ns();
-    for (i = 0; i < iterations; i++) {
-        void *o = nm_malloc(a, size);
-        acc += (uintptr_t)o;
-        nm_free(a, o);
-    }
-    t1 = nm_now_ns();
-    nm__bench_sink = acc;
-    return (double)(t1 - t0) / (double)iterations;
 }

@@ -74,7 +74,7 @@ static NM_NOINLINE int nm__ref_error(nm_refcount_t *r, int kind, intptr_t seen, 
     return NM_ERR_REFCOUNT;
 }
 
-int nm_ref_inc_at(nm_refcount_t *r, const char *file, int line) {
+int nm_ref_retain_at(nm_refcount_t *r, const char *file, int line) {
     intptr_t n = nm_atomic_add_relaxed(&r->count, 1);
     if (NM_UNLIKELY(n <= 1 || n >= NM__PINNED)) {
         if (n == 1) return nm__ref_error(r, NM_REF_ERR_INC_FROM_ZERO, 0, file, line);
@@ -86,7 +86,7 @@ int nm_ref_inc_at(nm_refcount_t *r, const char *file, int line) {
     return NM_OK;
 }
 
-int nm_ref_dec_at(nm_refcount_t *r, const char *file, int line) {
+int nm_ref_release_at(nm_refcount_t *r, const char *file, int line) {
     intptr_t n = nm_atomic_add_release(&r->count, -1);
     if (NM_LIKELY(n > 0 && n < NM__PINNED)) {
         if (NM_UNLIKELY(r->trace != NULL)) nm__trace(r, file, line, -1, n);
@@ -101,8 +101,8 @@ int nm_ref_dec_at(nm_refcount_t *r, const char *file, int line) {
     return 1;
 }
 
-int nm_ref_inc(nm_refcount_t *r) { return nm_ref_inc_at(r, _nm_site_file, _nm_site_line); }
-int nm_ref_dec(nm_refcount_t *r) { return nm_ref_dec_at(r, _nm_site_file, _nm_site_line); }
+int nm_ref_retain(nm_refcount_t *r) { return nm_ref_retain_at(r, _nm_site_file, _nm_site_line); }
+int nm_ref_release(nm_refcount_t *r) { return nm_ref_release_at(r, _nm_site_file, _nm_site_line); }
 
 int nm_ref_trace_enable(nm_refcount_t *r, size_t capacity) {
     nm_ref_trace_t *t;
@@ -136,17 +136,4 @@ size_t nm_ref_trace_get(nm_refcount_t *r, nm_ref_event_t *out, size_t cap) {
         if (n < cap) out[n] = t->ev[i % t->cap];
     nm_mutex_unlock(&t->lock);
     return n;
-}
-
-double nm_ref_bench_pairs(size_t iterations) {
-    nm_refcount_t r;
-    uint64_t t0;
-    size_t i;
-    nm_ref_init(&r, NULL, NULL);
-    t0 = nm_now_ns();
-    for (i = 0; i < iterations; i++) {
-        nm_ref_inc_at(&r, NULL, 0);
-        nm_ref_dec_at(&r, NULL, 0);
-    }
-    return iterations ? (double)(nm_now_ns() - t0) / (double)iterations : 0.0;
 }

@@ -326,33 +326,3 @@ size_t nm_strtab_destroy(nm_strtab_t *t) {
     nm_free(t->a, t);
     return left;
 }
-
-double nm_strtab_bench_hits(nm_allocator_t *a, size_t entries, size_t iterations) {
-    nm_strtab_t *t = nm_strtab_create(a);
-    char *keys;
-    int *lens;
-    uint64_t t0, x = 1;
-    size_t i;
-    double ns = -1.0;
-    if (t == NULL || entries == 0) return -1.0;
-    keys = (char *)nm_malloc(nm_allocator_libc(), entries * 24);
-    lens = (int *)nm_malloc(nm_allocator_libc(), entries * sizeof(int));
-    if (keys == NULL || lens == NULL) goto out;
-    for (i = 0; i < entries; i++) {
-        lens[i] = snprintf(keys + i * 24, 24, "key-%zu", i);
-        if (nm_strtab_intern(t, keys + i * 24, (size_t)lens[i]) == NULL) goto out;
-    }
-    t0 = nm_now_ns();
-    for (i = 0; i < iterations; i++) {
-        size_t k;
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        k = (size_t)((x >> 33) % entries);
-        nm_strtab_release(t, nm_strtab_intern(t, keys + k * 24, (size_t)lens[k]));
-    }
-    ns = (double)(nm_now_ns() - t0) / (double)(iterations ? iterations : 1);
-out:
-    nm_free(nm_allocator_libc(), keys);
-    nm_free(nm_allocator_libc(), lens);
-    nm_strtab_destroy(t);
-    return ns;
-}

@@ -90,8 +90,8 @@ def test_use_after_close_and_release():
     for call in (pr.destroy, lambda: pr.value, lambda: setattr(pr, "value", 1), lambda: pr.children,
                  lambda: nm.Prop("c", pr)):
         _raises(call)
-    pr.unref()
-    _raises(pr.ref)
+    pr.release()
+    _raises(pr.retain)
 
 
 def test_wrong_types_everywhere():

@@ -36,13 +36,13 @@ CASES = {
     "debug": (
         "d = nativemem.DebugAllocator()",
         "b = d.malloc(64); b.free()\n"
-        "lib.nm_malloc_bench_pairs(d.cdata, 64, 500)",
+        "lib.nm_bench_pairs(d.cdata, 64, 500, ffi.NULL)",
         "b = d.malloc(64); b.free()",
     ),
     "arena": (
         "a = nativemem.Arena(1 << 20)",
         "b = a.malloc(64); b.free()\n"
-        "lib.nm_malloc_bench_pairs(a.cdata, 64, 500)",
+        "lib.nm_bench_pairs(a.cdata, 64, 500, ffi.NULL)",
         "b = a.malloc(64); b.free()",
     ),
     # A long key held by one reference: interning it again compares its 16 MiB under its shard's

@@ -1,5 +1,5 @@
 """The front door's fast path for plain backends (libc, mimalloc): blocks counted exactly with
-and without byte accounting (NM_ALLOC_NO_BYTE_STATS), and the deferred destroy intact."""
+and without byte accounting (NM_STATS_BLOCKS), and the deferred destroy intact."""
 import threading
 
 import pytest
@@ -15,7 +15,7 @@ def _table(name, blocks_only):
     a = lib.nm_allocator_clone(base.cdata, ffi.NULL)
     assert a != ffi.NULL
     if blocks_only:
-        a.flags |= lib.NM_ALLOC_NO_BYTE_STATS
+        assert lib.nm_allocator_set_stats(a, lib.NM_STATS_BLOCKS) == lib.NM_OK
     return a
 
 

@@ -460,7 +460,7 @@ COPY_CODE = """
         elif kind == "CowBuffer":
             check("CowBuffer copy bytes", bytes(c) == b"xyz" and c.refcount == 1)
         elif kind == "RefCount":
-            c.inc(); c.dec()
+            c.retain(); c.release()
         elif kind == "Prop":
             check("Prop copy value", c.value == 3 and c.name == "n")
 
@@ -1128,7 +1128,7 @@ def test_repeated_lifecycles_bounded():
             "string table": lambda: N.StringTable().intern("x"),
             "deepcopy buffer": lambda: copy.deepcopy(a.malloc(100)),
             "object pool": lambda: N.ObjectPool(ffi, "struct point").new(),
-            "traced refcount": lambda: N.RefCount(trace=True).inc(),
+            "traced refcount": lambda: N.RefCount(trace=True).retain(),
             "prop tree": lambda: N.Prop("c", parent=N.Prop("p", value="v" * 100)),
             "cdata export": lambda: a.malloc(16).cdata,
         }

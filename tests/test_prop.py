@@ -45,7 +45,7 @@ def test_zombie_refuses_use_and_memory_goes_with_the_last_reference():
     base = live()
     root = Prop("root")
     child = Prop("child", root, 5)
-    extra = child.ref()
+    extra = child.retain()
     assert child.refcount == 3  # parent, child handle, extra
     root.destroy()
     assert child.zombie and root.zombie
@@ -56,7 +56,7 @@ def test_zombie_refuses_use_and_memory_goes_with_the_last_reference():
     with pytest.raises(ClosedError):
         Prop("late", root)
     assert child.refcount == 2
-    extra.unref()
+    extra.release()
     with pytest.raises(ClosedError):
         extra.value
     del child, root
@@ -90,7 +90,7 @@ def test_destroy_subtrees_while_threads_take_and_drop_references():
                     for s in list(subs):
                         try:
                             for ch in s.children:
-                                ch.ref().unref()
+                                ch.retain().release()
                                 _ = ch.value
                         except ClosedError:
                             pass

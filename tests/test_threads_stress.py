@@ -24,7 +24,7 @@ def test_thread_stress():
     shared_refs = [RefCount(lambda i=i: destroyed.append(i)) for i in range(64)]
     for r in shared_refs:
         for _ in range(N):
-            r.inc()  # one reference per thread, dropped at the end
+            r.retain()  # one reference per thread, dropped at the end
     handoff = []
     ops = [0] * N
     errors = []
@@ -58,8 +58,8 @@ def test_thread_stress():
                             mine_str.pop(rng.randrange(len(mine_str))).release()
                     else:
                         r = shared_refs[rng.randrange(len(shared_refs))]
-                        r.inc()
-                        assert not r.dec()
+                        r.retain()
+                        assert not r.release()
                     ops[k] += 1
             for o in mine_pool:
                 pool.free(o)
@@ -68,7 +68,7 @@ def test_thread_stress():
             for s in mine_str:
                 s.release()
             for r in shared_refs:
-                r.dec()
+                r.release()
         except BaseException as exc:  # pragma: no cover
             errors.append(exc)
 
@@ -88,6 +88,6 @@ def test_thread_stress():
     assert len(table) == 0
     assert all(r.count == 1 for r in shared_refs) and destroyed == []
     for r in shared_refs:
-        assert r.dec()
+        assert r.release()
     assert sorted(destroyed) == list(range(64))  # each destructor exactly once
     print(f"thread stress: {N} threads, {sum(ops)} operations in {SECONDS}s")

@@ -31,8 +31,8 @@ def test_trace_capacity_wrong_type(bad, trace):
 def test_trace_capacity_limits_accepted():
     for cap in (1, MAX_TRACE_CAPACITY):
         r = nm.RefCount(trace=True, trace_capacity=cap)
-        r.inc()
-        r.dec()
+        r.retain()
+        r.release()
         assert len(r.trace()) == min(cap, 2)
 
     class Idx:  # any __index__ integer, as for sizes
@@ -64,28 +64,28 @@ def test_destructor_that_raises_leaves_the_count_consistent():
     for trace in (False, True):
         calls.clear()
         r = nm.RefCount(boom, trace=trace)
-        r.inc()
-        assert r.dec() is False
+        r.retain()
+        assert r.release() is False
         with pytest.raises(KeyError, match="from the destructor"):
-            r.dec()
+            r.release()
         assert r.count == 0 and not r.is_immortal and calls == [1]
         with pytest.raises(nm.RefcountError, match="below zero"):
-            r.dec()
+            r.release()
         assert r.is_immortal and calls == [1]  # pinned: never run again
         r2 = nm.RefCount(boom)
         with pytest.raises(KeyError):
-            r2.dec()
+            r2.release()
         with pytest.raises(nm.RefcountError, match="increment from zero"):
-            r2.inc()
+            r2.retain()
         assert calls == [1, 1]
 
 
 def test_refcount_cannot_be_copied_or_pickled():
     destroyed = []
     r = nm.RefCount(lambda: destroyed.append(1), trace=True)
-    r.inc()
+    r.retain()
     for op in (copy.copy, copy.deepcopy, pickle.dumps):
         with pytest.raises(E.InvalidTypeError, match="cannot be copied"):
             op(r)
     assert r.count == 2 and len(r.trace()) == 1
-    assert not r.dec() and r.dec() and destroyed == [1]
+    assert not r.release() and r.release() and destroyed == [1]

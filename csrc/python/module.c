@@ -174,7 +174,6 @@ static PyObject *core_hook_reports(PyObject *self, PyObject *arg) {
 }
 
 /* ---- tracemalloc ------------------------------------------------------------------------------ */
-#define NMPY_TRACEMALLOC_DOMAIN 0x6E6D /* nativemem.debug.TRACEMALLOC_DOMAIN */
 typedef int (*nmpy_track_fn)(unsigned int domain, uintptr_t ptr, size_t size);
 typedef int (*nmpy_untrack_fn)(unsigned int domain, uintptr_t ptr);
 static nmpy_track_fn nmpy__track;
@@ -182,10 +181,10 @@ static nmpy_untrack_fn nmpy__untrack;
 
 /* Both return at once (a flag test) unless tracemalloc is tracing. */
 void nmpy_trace(uintptr_t address, size_t size) {
-    if (nmpy__track && nmpy__track(NMPY_TRACEMALLOC_DOMAIN, address, size) == -1) PyErr_Clear();
+    if (nmpy__track && nmpy__track(NM_TRACEMALLOC_DOMAIN, address, size) == -1) PyErr_Clear();
 }
 void nmpy_untrace(uintptr_t address) {
-    if (nmpy__untrack) nmpy__untrack(NMPY_TRACEMALLOC_DOMAIN, address);
+    if (nmpy__untrack) nmpy__untrack(NM_TRACEMALLOC_DOMAIN, address);
 }
 
 /* ---- View: a counted export of memory owned by another object ------------------------------ */

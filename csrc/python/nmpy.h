@@ -16,7 +16,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include "../nativemem.h"
+#include "nativemem.h"
 
 #define NMPY_XSETREF(dst, src)          \
     do {                                \

@@ -443,6 +443,7 @@ static void Interned_dealloc(PyObject *self) {
 }
 
 static PyMethodDef Interned_methods[] = {
+    {"retain", Interned_copy, METH_NOARGS, "Another handle holding its own reference (as copy.copy)."},
     {"release", Interned_release, METH_NOARGS, "Give the reference back (RefcountError if released twice)."},
     {"__bytes__", Interned_bytes, METH_NOARGS, NULL},
     {"__enter__", Interned_enter, METH_NOARGS, NULL},

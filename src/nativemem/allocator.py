@@ -67,7 +67,7 @@ class Allocator(_core.Allocator):
                  _depth: int = 1) -> None:
         if not isinstance(_table, ffi.CData) or _table == ffi.NULL:
             raise E.InvalidTypeError("Allocator is created by nativemem.allocator(), Arena() or DebugAllocator()")
-        nm = name if name is not None else ffi.string(_table.name).decode()
+        nm = name if name is not None else ffi.string(lib.nm_allocator_name(_table)).decode()
         address = int(ffi.cast("uintptr_t", _table))
         with _owners_lock:
             other = _owners.get(address)

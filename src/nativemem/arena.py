@@ -70,8 +70,8 @@ class Arena(Allocator):
         """Walk every block: used and free bytes and blocks, the largest free block, histograms."""
         out = ffi.new("nm_arena_stats_t *")
         check_status(lib.nm_arena_stats(self._table, out))
-        hist_u = {1 << i: out.used_hist[i] for i in range(32) if out.used_hist[i]}
-        hist_f = {1 << i: out.free_hist[i] for i in range(32) if out.free_hist[i]}
+        hist_u = {1 << i: out.used_hist[i] for i in range(lib.NM_ARENA_HIST_BINS) if out.used_hist[i]}
+        hist_f = {1 << i: out.free_hist[i] for i in range(lib.NM_ARENA_HIST_BINS) if out.free_hist[i]}
         return ArenaStats(out.capacity, out.used_bytes, out.free_bytes, out.largest_free, out.used_blocks,
                           out.free_blocks, hist_u, hist_f)
 

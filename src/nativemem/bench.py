@@ -119,12 +119,13 @@ def _c_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
 
     if only in (None, "backends"):
         direct = _direct_fns()
-        # the same backends counting blocks only (NM_ALLOC_NO_BYTE_STATS: no usable_size per call)
+        # the same backends counting blocks only (NM_STATS_BLOCKS: no usable_size per call)
         blocks_only: Dict[str, Any] = {}
         for name in ("libc", "mimalloc"):
             if name in allocs:
                 b = nativemem.allocator(name)
-                b.cdata.flags |= lib.NM_ALLOC_NO_BYTE_STATS
+                if lib.nm_allocator_set_stats(b.cdata, lib.NM_STATS_BLOCKS) != lib.NM_OK:
+                    continue
                 blocks_only[f"{name}, blocks only"] = b
         keep += [direct, blocks_only]
         sizes = (64,) if quick else (16, 64, 256, 4096)

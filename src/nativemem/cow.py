@@ -105,6 +105,11 @@ class CowBuffer:
             raise E.BufferInUseError("release the writable view before sharing this buffer")
         return type(self)._wrap(lib.nm_cow_retain(c), self._allocator)
 
+    def retain(self) -> "CowBuffer":
+        """Another handle holding its own reference (the verb of every reference-counted type;
+        the same as :meth:`share`)."""
+        return self.share()
+
     def make_writable(self) -> "CowBuffer":
         """A handle you may write: ``self`` when it is the only reference (no copy), else a private
         copy, and this handle's share of the original is released.  Use ``b = b.make_writable()``."""

@@ -35,7 +35,7 @@ from .allocator import Allocator
 __all__ = ["DebugAllocator", "Leak", "DebugStats", "TRACEMALLOC_DOMAIN", "suppressions_path"]
 
 #: tracemalloc domain under which nativemem's debug allocator reports native blocks.
-TRACEMALLOC_DOMAIN = 0x6E6D
+TRACEMALLOC_DOMAIN: int = lib.NM_TRACEMALLOC_DOMAIN
 
 
 def suppressions_path() -> str:
@@ -94,15 +94,15 @@ document_fields(
 
 class DebugAllocator(Allocator):
     """``DebugAllocator(base=None, *, traceback_depth=1, quarantine=1024, guard_pages=False,
-    quarantine_bytes=64 MiB)``.
+    quarantine_bytes=None)``.
 
     ``base`` is the Allocator the blocks come from (default: libc).  Freed blocks wait in a
-    quarantine of at most ``quarantine`` blocks and ``quarantine_bytes`` bytes (0: no byte
-    bound; a larger block leaves at once, its poison checked), oldest leaving first.  Errors
+    quarantine of at most ``quarantine`` blocks and ``quarantine_bytes`` bytes (None: the C
+    core's default, ``NM_DEBUG_QUARANTINE_BYTES``, 64 MiB; 0: no byte bound; a larger block leaves at once, its poison checked), oldest leaving first.  Errors
     found during ``free()`` raise at once; :meth:`check` scans every block."""
 
     def __init__(self, base: Optional[Allocator] = None, *, traceback_depth: int = 1, quarantine: int = 1024,
-                 guard_pages: bool = False, quarantine_bytes: int = 64 << 20) -> None:
+                 guard_pages: bool = False, quarantine_bytes: Optional[int] = None) -> None:
         if base is not None and not isinstance(base, Allocator):
             raise E.InvalidTypeError(f"base must be a nativemem.Allocator, not {type(base).__name__}")
         depth = as_size(traceback_depth, "traceback_depth")
@@ -111,7 +111,8 @@ class DebugAllocator(Allocator):
         if depth > 1000:
             raise E.InvalidArgumentError(f"traceback_depth {depth} is more than 1000 frames")
         q = as_size(quarantine, "quarantine")
-        qbytes = as_size(quarantine_bytes, "quarantine_bytes")
+        qbytes = (lib.NM_DEBUG_QUARANTINE_BYTES if quarantine_bytes is None
+                  else as_size(quarantine_bytes, "quarantine_bytes"))
         if not isinstance(guard_pages, bool):
             raise E.InvalidTypeError(f"guard_pages must be a bool, not {type(guard_pages).__name__}")
         flags = lib.NM_DEBUG_GUARD_PAGES if guard_pages else 0

@@ -26,7 +26,7 @@ from .allocator import Allocator
 __all__ = ["Pool", "PoolStats", "PoolObject", "ObjectPool"]
 
 _PTR = ffi.sizeof("void *")
-_MAX_ALIGN = 4096
+_MAX_ALIGN: int = lib.NM_POOL_MAX_ALIGN
 
 
 class PoolStats(NamedTuple):

@@ -3,13 +3,20 @@
 Each :class:`Prop` object holds one reference on the native prop's memory.  ``destroy()`` ends
 its content: it is unlinked from its parent, its value and children are released (children are
 destroyed too) and it becomes a zombie; any use then raises :class:`ClosedError` while
-references remain, and the memory returns to the prop pool with the last one.
+references remain, and the memory returns to its allocator with the last one.
+
+A prop, its name and its value are drawn from an allocator: ``allocator=`` for a root (default:
+libc), the parent's for a child.  Handles keep that allocator alive.  Verbs as on every
+reference-counted type of nativemem: :meth:`Prop.retain` (another handle) and
+:meth:`Prop.release` (give this handle's reference back).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, List, Optional, Union
 
 from . import errors as E
+from .allocator import Allocator
 from ._ffi import check_ptr, check_status, ffi, lib
 
 __all__ = ["Prop"]
@@ -19,18 +26,30 @@ _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 class Prop:
-    """``Prop(name=None, parent=None, value=None)``."""
+    """``Prop(name=None, parent=None, value=None, *, allocator=None)``.
 
-    __slots__ = ("_p", "__weakref__")
+    ``allocator`` (a :class:`nativemem.Allocator`) is where the prop, its name and its values come
+    from; None: the parent's, or libc for a root."""
 
-    def __init__(self, name: Optional[str] = None, parent: Optional["Prop"] = None, value: Value = None) -> None:
+    __slots__ = ("_p", "_a", "__weakref__")
+    _p: Any
+    _a: Optional[Allocator]
+
+    def __init__(self, name: Optional[str] = None, parent: Optional["Prop"] = None, value: Value = None, *,
+                 allocator: Optional[Allocator] = None) -> None:
+        self._p = None
         if name is not None and not isinstance(name, str):
             raise E.InvalidTypeError(f"prop name must be a str or None, not {type(name).__name__}")
         if parent is not None and not isinstance(parent, Prop):
             raise E.InvalidTypeError(f"parent must be a Prop or None, not {type(parent).__name__}")
+        if allocator is not None and not isinstance(allocator, Allocator):
+            raise E.InvalidTypeError(f"allocator must be a nativemem.Allocator or None, not {type(allocator).__name__}")
         nm = name.encode("utf-8", "surrogatepass") if name is not None else None
         par = parent._live() if parent is not None else ffi.NULL
-        p = lib.nm_prop_create(par, nm if nm is not None else ffi.NULL, len(nm) if nm else 0)
+        owner = allocator if allocator is not None else (parent._a if parent is not None else None)
+        table = allocator.cdata if allocator is not None else ffi.NULL  # ClosedError once closed
+        p = lib.nm_prop_create(table, par, nm if nm is not None else ffi.NULL, len(nm) if nm else 0)
+        self._a = owner  # the Python allocator stays alive while a handle on the prop does
         self._p = check_ptr(p, "cannot create prop")
         if value is not None:
             try:
@@ -40,15 +59,16 @@ class Prop:
                 raise
 
     @classmethod
-    def _adopt(cls, p: Any) -> "Prop":
+    def _adopt(cls, p: Any, owner: Any) -> "Prop":
         self = object.__new__(cls)
         self._p = p
+        self._a = owner
         return self
 
     def _live(self) -> Any:
         p = self._p
         if p is None:
-            raise E.ClosedError("this Prop handle was released (unref)")
+            raise E.ClosedError("this Prop handle was released (release())")
         return p
 
     # -- tree ----------------------------------------------------------------------------------
@@ -69,7 +89,7 @@ class Prop:
     def parent(self) -> Optional["Prop"]:
         """A new handle on the parent (None for a root or a destroyed prop)."""
         q = lib.nm_prop_parent(self._live())
-        return None if q == ffi.NULL else Prop._adopt(q)
+        return None if q == ffi.NULL else Prop._adopt(q, self._a)
 
     @property
     def children(self) -> List["Prop"]:
@@ -80,9 +100,9 @@ class Prop:
             arr = ffi.new("nm_prop_t *[]", max(n, 1))
             got = check_status(lib.nm_prop_children(p, arr, n))
             if got <= n:
-                return [Prop._adopt(arr[i]) for i in range(got)]
+                return [Prop._adopt(arr[i], self._a) for i in range(got)]
             for i in range(n):  # the tree grew meanwhile: drop and retry
-                lib.nm_prop_ref_dec(arr[i])
+                lib.nm_prop_release(arr[i])
 
     @property
     def zombie(self) -> bool:
@@ -102,7 +122,7 @@ class Prop:
             return float(out.f)
         if t in (lib.NM_PROP_STRING, lib.NM_PROP_BYTES):
             data: bytes = ffi.unpack(out.data, out.len)
-            lib.nm_free(lib.nm_allocator_libc(), ffi.cast("void *", out.data))
+            lib.nm_prop_value_clear(out)
             return data.decode("utf-8", "surrogatepass") if t == lib.NM_PROP_STRING else data
         return None
 
@@ -130,19 +150,34 @@ class Prop:
         check_status(rc)
 
     # -- lifetime --------------------------------------------------------------------------------
-    def ref(self) -> "Prop":
+    def retain(self) -> "Prop":
         """Another handle holding its own reference."""
         p = self._live()
-        check_status(lib.nm_prop_ref_inc(p))
-        return Prop._adopt(p)
+        check_status(lib.nm_prop_retain(p))
+        return Prop._adopt(p, self._a)
 
-    def unref(self) -> None:
+    def release(self) -> None:
         """Give this handle's reference back now (the handle is unusable afterwards)."""
         p = self._live()
         self._p = None
-        rc = lib.nm_prop_ref_dec(p)
+        rc = lib.nm_prop_release(p)
         if rc < 0:
             check_status(rc)
+
+    def ref(self) -> "Prop":
+        """Deprecated name of :meth:`retain`."""
+        warnings.warn("Prop.ref() is now Prop.retain()", DeprecationWarning, stacklevel=2)
+        return self.retain()
+
+    def unref(self) -> None:
+        """Deprecated name of :meth:`release`."""
+        warnings.warn("Prop.unref() is now Prop.release()", DeprecationWarning, stacklevel=2)
+        self.release()
+
+    @property
+    def allocator(self) -> Optional[Allocator]:
+        """The Allocator this prop draws from (None: libc, or one handed over by C code)."""
+        return self._a
 
     @property
     def refcount(self) -> int:
@@ -158,16 +193,16 @@ class Prop:
         if p is not None:
             self._p = None
             try:
-                lib.nm_prop_ref_dec(p)
+                lib.nm_prop_release(p)
             except Exception:
                 pass
 
     def __copy__(self) -> "Prop":
-        """copy.copy: another handle with its own reference (as ref())."""
-        return self.ref()
+        """copy.copy: another handle with its own reference (as retain())."""
+        return self.retain()
 
     def __deepcopy__(self, memo: Any) -> "Prop":
-        raise E.InvalidTypeError("a Prop cannot be deep-copied (it is a node of a tree); use ref() for a handle")
+        raise E.InvalidTypeError("a Prop cannot be deep-copied (it is a node of a tree); use retain() for a handle")
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise E.InvalidTypeError("a Prop cannot be pickled")

@@ -10,6 +10,7 @@ new count (Movian's PROP_REF_TRACE); an underflow's error includes the trace.
 from __future__ import annotations
 
 import operator
+import warnings
 from typing import Any, Callable, List, NamedTuple, NoReturn, Optional
 
 from . import errors as E
@@ -36,15 +37,15 @@ def _trace_capacity(value: Any) -> int:
 
 
 class RefEvent(NamedTuple):
-    """One traced ``inc()`` or ``dec()``: which, the count after it, and where it was called."""
-    op: str      # "inc" or "dec"
+    """One traced ``retain()`` or ``release()``: which, the count after it, and where it was called."""
+    op: str      # "retain" or "release"
     count: int  # type: ignore[assignment]  # the count after the operation (shadows tuple.count)
     site: str
 
 
 document_fields(
     RefEvent,
-    op="'inc' or 'dec'.",
+    op="'retain' or 'release'.",
     count="The count after the operation.",
     site="The caller, 'file:line in function'.",
 )
@@ -106,15 +107,15 @@ class RefCount:
         """The current count (0 once destroyed)."""
         return int(lib.nm_ref_count(self._r))
 
-    def inc(self) -> None:
+    def retain(self) -> None:
         """Take a reference.  RefcountError from zero (use after free) or on overflow."""
-        rc = lib.nm_ref_inc_at(self._r, caller_site() if self._traced else ffi.NULL, 0)
+        rc = lib.nm_ref_retain_at(self._r, caller_site() if self._traced else ffi.NULL, 0)
         if rc:
             check_status(rc)
 
-    def dec(self) -> bool:
+    def release(self) -> bool:
         """Drop a reference; True when it was the last (the destructor has run)."""
-        rc = lib.nm_ref_dec_at(self._r, caller_site() if self._traced else ffi.NULL, 0)
+        rc = lib.nm_ref_release_at(self._r, caller_site() if self._traced else ffi.NULL, 0)
         if rc < 0:
             check_status(rc)
         if rc == 1:
@@ -124,6 +125,16 @@ class RefCount:
             return True
         return False
 
+    def inc(self) -> None:
+        """Deprecated name of :meth:`retain`."""
+        warnings.warn("RefCount.inc() is now RefCount.retain()", DeprecationWarning, stacklevel=2)
+        self.retain()
+
+    def dec(self) -> bool:
+        """Deprecated name of :meth:`release`."""
+        warnings.warn("RefCount.dec() is now RefCount.release()", DeprecationWarning, stacklevel=2)
+        return self.release()
+
     def trace(self) -> List[RefEvent]:
         """The recorded inc/dec events, oldest first ([] unless made with ``trace=True``)."""
         if not self._traced:
@@ -131,7 +142,7 @@ class RefCount:
         n = lib.nm_ref_trace_get(self._r, ffi.NULL, 0)
         out = ffi.new("nm_ref_event_t[]", max(n, 1))
         got = min(lib.nm_ref_trace_get(self._r, out, n), n)
-        return [RefEvent("inc" if out[i].op > 0 else "dec", int(out[i].count), site_text(out[i].file, out[i].line))
+        return [RefEvent("retain" if out[i].op > 0 else "release", int(out[i].count), site_text(out[i].file, out[i].line))
                 for i in range(got)]
 
     def __repr__(self) -> str:

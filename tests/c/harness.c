@@ -4,6 +4,7 @@
  * fault injection.  Run normally, under ASan/UBSan, under Valgrind and (threads) under TSan by
  * .ci/c-checks.sh.  Exit status 0 when every check passed. */
 #include "nativemem.h"
+#include "nm_testing.h"
 #include "platform.h"
 
 #include <stdio.h>
@@ -70,7 +71,7 @@ static void worker(void *arg) {
         if (s == NULL || strcmp(s, key) != 0) abort();
         if (nm_strtab_release(w->tab, s) != NM_OK) abort();
     }
-    for (i = 0; i < 1000; i++) nm_ref_dec(w->ref);
+    for (i = 0; i < 1000; i++) nm_ref_release(w->ref);
 }
 
 /* Run fn on n threads, thread i getting (char *)args + i * stride, and wait for them all. */
@@ -95,7 +96,7 @@ static void check_threads(void) {
     fprintf(stderr, "  threads\n");
     memset(slots, 0, sizeof slots);
     nm_ref_init(&ref, on_destroy, NULL);
-    for (i = 0; i < N * 1000; i++) nm_ref_inc(&ref);
+    for (i = 0; i < N * 1000; i++) nm_ref_retain(&ref);
     destroyed = 0;
     {
         nm_pool_t *pool = nm_pool_create(NULL, 48, 64, NM_POOL_ZERO);
@@ -109,7 +110,7 @@ static void check_threads(void) {
         CHECK(st.live == 0 && st.allocations == N * 20000 && st.frees == st.allocations);
         CHECK(nm_strtab_count(tab) == 0);
         CHECK(nm_ref_count(&ref) == 1 && destroyed == 0);
-        CHECK(nm_ref_dec(&ref) == 1 && destroyed == 1);
+        CHECK(nm_ref_release(&ref) == 1 && destroyed == 1);
         nm_strtab_destroy(tab);
         nm_pool_destroy(pool);
     }
@@ -178,8 +179,8 @@ static void check_structures(nm_allocator_t *base) {
         nm_prop_t *root, *child;
         nm_prop_value_t v;
         nm_ref_init(&r, NULL, NULL);
-        CHECK(nm_ref_inc(&r) == NM_OK && nm_ref_dec(&r) == 0 && nm_ref_dec(&r) == 1);
-        CHECK(nm_ref_dec(&r) == NM_ERR_REFCOUNT && nm_ref_inc(&r) == NM_OK);
+        CHECK(nm_ref_retain(&r) == NM_OK && nm_ref_release(&r) == 0 && nm_ref_release(&r) == 1);
+        CHECK(nm_ref_release(&r) == NM_ERR_REFCOUNT && nm_ref_retain(&r) == NM_OK);
         nm_clear_error();
         a = nm_strtab_intern(t, "x\0y", 3);
         b = nm_strtab_intern(t, "x\0y", 3);
@@ -192,14 +193,14 @@ static void check_structures(nm_allocator_t *base) {
         CHECK(w != c && nm_cow_refs(c) == 1 && memcmp(nm_cow_data(w), "abc", 3) == 0);
         CHECK(nm_cow_make_writable(w) == w);
         CHECK(nm_cow_release(w) == 1 && nm_cow_release(c) == 1);
-        root = nm_prop_create(NULL, "root", 4);
-        child = nm_prop_create(root, "child", 5);
+        root = nm_prop_create(NULL, NULL, "root", 4);
+        child = nm_prop_create(NULL, root, "child", 5);
         CHECK(root && child && nm_prop_set_int(child, 7) == NM_OK);
         CHECK(nm_prop_get(child, &v) == NM_OK && v.type == NM_PROP_INT && v.i == 7);
         CHECK(nm_prop_destroy(root) == NM_OK && nm_prop_is_zombie(child));
         CHECK(nm_prop_set_int(child, 1) == NM_ERR_CLOSED);
         nm_clear_error();
-        CHECK(nm_prop_ref_dec(child) == 1 && nm_prop_ref_dec(root) == 1 && nm_prop_live_count() == 0);
+        CHECK(nm_prop_release(child) == 1 && nm_prop_release(root) == 1 && nm_prop_live_count() == 0);
     }
 
     fprintf(stderr, "  fault injection\n");
@@ -460,15 +461,15 @@ static void check_pool_thread_exit(void) {
 
 /* ---- props: a chain a million deep, ended by destroy and by its last reference ------------- */
 static nm_prop_t *prop_chain(int depth) {
-    nm_prop_t *root = nm_prop_create(NULL, "root", 4), *cur = root;
+    nm_prop_t *root = nm_prop_create(NULL, NULL, "root", 4), *cur = root;
     int i;
     for (i = 0; i < depth && cur; i++) {
-        nm_prop_t *c = nm_prop_create(cur, "c", 1);
-        if (cur != root) nm_prop_ref_dec(cur); /* its parent holds it */
+        nm_prop_t *c = nm_prop_create(NULL, cur, "c", 1);
+        if (cur != root) nm_prop_release(cur); /* its parent holds it */
         cur = c;
     }
     CHECK(cur != NULL);
-    if (cur && cur != root) nm_prop_ref_dec(cur);
+    if (cur && cur != root) nm_prop_release(cur);
     return root;
 }
 
@@ -483,12 +484,12 @@ static void check_prop_deep(void) {
     if (root) {
         CHECK(nm_prop_destroy(root) == NM_OK && nm_prop_is_zombie(root));
         CHECK(nm_prop_live_count() == base + 1);
-        CHECK(nm_prop_ref_dec(root) == 1);
+        CHECK(nm_prop_release(root) == 1);
     }
     CHECK(nm_prop_live_count() == base);
     root = prop_chain(depth);
     CHECK(root != NULL && nm_prop_live_count() == base + depth + 1);
-    if (root) CHECK(nm_prop_ref_dec(root) == 1); /* dropped without destroy: the chain goes too */
+    if (root) CHECK(nm_prop_release(root) == 1); /* dropped without destroy: the chain goes too */
     CHECK(nm_prop_live_count() == base);
 }
 
@@ -514,13 +515,13 @@ typedef struct {
 static void touch_all(fork_objs_t *w) {
     void *p = nm_malloc(w->dbg, 64), *q = nm_malloc(w->arena, 64), *o = nm_pool_alloc(w->pool);
     const char *s = nm_strtab_intern(w->tab, "x", 1);
-    nm_prop_t *root = nm_prop_create(NULL, "a", 1), *c = root ? nm_prop_create(root, "b", 1) : NULL;
+    nm_prop_t *root = nm_prop_create(NULL, NULL, "a", 1), *c = root ? nm_prop_create(NULL, root, "b", 1) : NULL;
     if (!p || !q || !o || !s || !root || !c) abort();
     nm_free(w->dbg, p);
     nm_free(w->arena, q);
     if (nm_pool_free(w->pool, o) != NM_OK || nm_strtab_release(w->tab, s) != NM_OK) abort();
-    nm_prop_ref_dec(c);
-    if (nm_prop_destroy(root) != NM_OK || nm_prop_ref_dec(root) != 1) abort();
+    nm_prop_release(c);
+    if (nm_prop_destroy(root) != NM_OK || nm_prop_release(root) != 1) abort();
 }
 
 static void pool_pair(void *arg) { /* a thread's start and exit take the pool's locks */

@@ -3,6 +3,7 @@
  * "nativemem:" report when nativemem itself catches the bug, 0 when nothing caught it (then the
  * tool running it must have: Valgrind's --error-exitcode or ASan's abort). */
 #include "nativemem.h"
+#include "nm_testing.h"
 
 #include <stdio.h>
 #include <string.h>

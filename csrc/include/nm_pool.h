@@ -10,6 +10,10 @@
  * Alignment: nm_pool_create uses 64 (a cache line); nm_pool_create_ex takes any power of two
  * from sizeof(void *) up to 4096.
  */
+#ifndef NM_POOL_H
+#define NM_POOL_H
+
+#include "nm_alloc.h"
 
 typedef struct nm_pool nm_pool_t;
 
@@ -35,6 +39,9 @@ typedef struct nm_pool_object {
     const char *file;
     int line;
 } nm_pool_object_t;
+
+/* The largest object alignment nm_pool_create_ex accepts. */
+#define NM_POOL_MAX_ALIGN 4096
 
 /* `a` NULL means the C library allocator. */
 nm_pool_t *nm_pool_create(nm_allocator_t *a, size_t object_size, size_t objects_per_chunk, unsigned flags);
@@ -64,8 +71,4 @@ size_t nm_pool_live_objects(nm_pool_t *pool, nm_pool_object_t *out, size_t n);
  * 0 when intact, else NM_ERR_USE_AFTER_FREE / NM_ERR_CORRUPT naming the first damaged object. */
 int nm_pool_check(nm_pool_t *pool);
 
-/* Measurement loops for benchmarks: ns per alloc+free pair; ns per object for batches of
- * `batch` allocs then `batch` frees; the same pair loop over nm_malloc/nm_free. */
-double nm_pool_bench_pairs(nm_pool_t *p, size_t iterations);
-double nm_pool_bench_batch(nm_pool_t *p, size_t batch, size_t rounds);
-double nm_malloc_bench_pairs(nm_allocator_t *a, size_t size, size_t iterations);
+#endif /* NM_POOL_H */

@@ -2,6 +2,8 @@
 #ifndef NM_NUMPY_H
 #define NM_NUMPY_H
 
+#include "nm_alloc.h"
+
 /* Same layout as NumPy's PyDataMem_Handler (numpy/ndarraytypes.h, version 1), so no NumPy
  * header is needed to build it. */
 typedef struct nm_numpy_handler {

@@ -1,6 +1,8 @@
-/* nm_debug.h -- the debug allocator (debug.c); included by nativemem.h. */
+/* nm_debug.h -- the debug allocator (debug.c). */
 #ifndef NM_DEBUG_H
 #define NM_DEBUG_H
+
+#include "nm_alloc.h"
 
 enum nm_debug_flags {
     NM_DEBUG_GUARD_PAGES = 1, /* one page run per block, tail against a no-access page       */
@@ -42,6 +44,8 @@ nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t 
  * NM_DEBUG_QUARANTINE_BYTES): the oldest blocks leave first, and a block larger than the bound
  * goes back to base at once (its poison verified), as ASan's quarantine does.  0: no byte bound. */
 #define NM_DEBUG_QUARANTINE_BYTES 67108864
+/* The tracemalloc domain ("nm") under which the Python layer reports the debug allocator's blocks. */
+#define NM_TRACEMALLOC_DOMAIN 0x6E6D
 int nm_debug_set_quarantine_bytes(nm_allocator_t *a, size_t max_bytes);
 /* 1 when `a` is a debug allocator. */
 int nm_debug_is(nm_allocator_t *a);

@@ -1,6 +1,8 @@
-/* nm_arena.h -- public API of the bounded arena (arena.c); included by nativemem.h. */
+/* nm_arena.h -- public API of the bounded arena (arena.c). */
 #ifndef NM_ARENA_H
 #define NM_ARENA_H
+
+#include "nm_alloc.h"
 
 /* ---- bounded arena (Movian's PS3 heap): one fixed region, TLSF inside ------------------ */
 enum { NM_ARENA_HIST_BINS = 32 };
