@@ -42,7 +42,6 @@ def pytest_addoption(parser: Any) -> None:
 def _install_hooks() -> None:
     """Record pools as they are made, and the site of each Buffer a test allocates (nativemem's
     debug allocators record their own).  Undone by :func:`_remove_hooks`."""
-    from ._sites import caller_site  # noqa: F401  (the C site helper must exist)
     from ._ffi import _core
     from .allocator import Allocator
     from .pool import Pool
@@ -64,7 +63,7 @@ def _install_hooks() -> None:
             buf = original(self, *args)
             if _RUNNING[0] and not _is_debug(self):  # debug allocators record their own sites
                 if len(_TRACKED) >= _STATE.setdefault("prune_at", 4096):
-                    _TRACKED[:] = [(r, s) for r, s in _TRACKED if r() is not None and not r().freed]
+                    _TRACKED[:] = [(r, s) for r, s in _TRACKED if not getattr(r(), "freed", True)]
                     _STATE["prune_at"] = max(4096, 2 * len(_TRACKED))
                 _TRACKED.append((weakref.ref(buf), int(_core.site_address(_SITE_DEPTH))))
             return buf
