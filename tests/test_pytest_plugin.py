@@ -40,6 +40,11 @@ def at(source: str, needle: str, test: str) -> str:
     return f"test_inner.py:{n} in {test}"
 
 
+def allocated_at(section: str, site: str) -> int:
+    """How many lines of ``section`` say 'allocated at <path ending in site>'."""
+    return len(re.findall(r"allocated at \S*" + re.escape(site) + "$", section, re.M))
+
+
 def _section(text: str, test: str) -> str:
     """The failure section of one test in pytest's output."""
     m = re.search(r"_+ " + re.escape(test) + r" _+\n(.*?)(?=\n_{3,} |\n=+ )", text, re.S)
@@ -115,10 +120,10 @@ KINDS = """
         def test_pool():
             p = nativemem.Pool(32)
             KEEP.append(p)
-            p.alloc()
+            p.alloc()  # unchecked
 
         def test_module_level_pool():
-            POOL.alloc()
+            POOL.alloc_many(2)
 
         def test_checked_pool():
             p = nativemem.Pool(48, checked=True)
@@ -152,17 +157,19 @@ def test_leaks_from_every_kind_of_allocator_and_pool_are_caught(run):
     assert "12 bytes" in sec and at(KINDS, "calloc(3, 4)", "test_module_level_allocator") in sec
     sec = _section(text, "test_pool")
     assert "pool 'pool32'" in sec and "1 object(s)" in sec and at(KINDS, "Pool(32)", "test_pool") in sec
-    assert "checked=True" in sec
+    assert allocated_at(sec, at(KINDS, "p.alloc()  # unchecked", "test_pool")) == 1
     sec = _section(text, "test_module_level_pool")
-    assert "pool 'pool24'" in sec and "1 object(s)" in sec and at(KINDS, "Pool(24)", "<module>") in sec
+    assert "pool 'pool24'" in sec and "2 object(s)" in sec and at(KINDS, "Pool(24)", "<module>") in sec
+    assert allocated_at(sec, at(KINDS, "alloc_many(2)", "test_module_level_pool")) == 2
     sec = _section(text, "test_checked_pool")
-    assert "pool 'pool48'" in sec and "allocated at " in sec and at(KINDS, "p.alloc()  # checked", "test_checked_pool") in sec
+    assert "pool 'pool48'" in sec and allocated_at(sec, at(KINDS, "p.alloc()  # checked", "test_checked_pool")) == 1
     sec = _section(text, "test_arena")
     assert "12 bytes" in sec and "allocator 'arena'" in sec and at(KINDS, "malloc(12)", "test_arena") in sec
     sec = _section(text, "test_debug_allocator")
     assert "13 bytes" in sec and "allocator 'debug'" in sec and at(KINDS, "malloc(13)", "test_debug_allocator") in sec
     sec = _section(text, "test_object_pool")
     assert "1 object(s)" in sec and at(KINDS, "ObjectPool(None, Point)", "test_object_pool") in sec
+    assert allocated_at(sec, at(KINDS, "op.new()", "test_object_pool")) == 1
     for name in ("test_libc", "test_module_level_allocator", "test_pool", "test_module_level_pool",
                  "test_checked_pool", "test_arena", "test_debug_allocator", "test_object_pool"):
         _no_internals(_section(text, name))

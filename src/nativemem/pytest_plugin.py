@@ -5,9 +5,10 @@ test's call phase is watched for native memory it leaves allocated through *any*
 allocator or pool: the default one, ``nativemem.allocator("libc")`` & co., an ``Arena``, a
 ``DebugAllocator`` or a ``Pool``/``ObjectPool``, whether made by the test or before it.  A test
 leaking blocks fails, naming for each block the allocator (or pool) and the test's own line that
-allocated it: debug allocators record it themselves; for the others the plugin records the
-caller of ``malloc``/``calloc``/``memalign`` while a test runs; a pool's objects have sites when
-the pool is ``checked=True`` (else the pool's name, its creation line and the count are given).
+allocated it: debug allocators and checked pools record it themselves; for the others the
+plugin records the caller of ``malloc``/``calloc``/``memalign`` and ``Pool.alloc``/``alloc_many``
+while a test runs (it wraps those methods while the option is on).  Blocks made without a
+recorded site (``copy.copy(buffer)``, C code using a pool) are counted, with their allocator.
 Frames of pytest and pluggy are never shown as sites.  Memory kept by a pool as its own
 (chunks cached for reuse, its control block) is not a leak: what counts is its live objects.
 ``@pytest.mark.nativemem_leaks(allow=N)`` tolerates up to N blocks and objects in all.
@@ -28,6 +29,9 @@ _STATE: Dict[str, Any] = {}
 _POOLS: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
 # Buffers made by malloc/calloc/memalign of a non-debug allocator during the running test.
 _TRACKED: List[Tuple["weakref.ReferenceType[Any]", int]] = []
+# (id of a pool, object address) -> site of its allocation, for the objects allocated during the
+# running test (checked pools record their own sites).
+_POOL_OBJECTS: Dict[Tuple[int, int], int] = {}
 _RUNNING = [False]
 _SITE_DEPTH = 6  # frames captured per site; pytest's and pluggy's are dropped when shown
 _PATCHED: List[Tuple[Any, str, Any]] = []  # (class, attribute, original or None) to restore
@@ -71,7 +75,29 @@ def _install_hooks() -> None:
         method.__doc__ = getattr(original, "__doc__", None)
         return method
 
+    def pool_alloc(original: Any) -> Any:
+        def alloc(self: Any) -> Any:
+            address = original(self)
+            if _RUNNING[0] and not (self.checked or self.bughunt):
+                _POOL_OBJECTS[(id(self), address)] = int(_core.site_address(_SITE_DEPTH))
+            return address
+        alloc.__doc__ = getattr(original, "__doc__", None)
+        return alloc
+
+    def pool_alloc_many(original: Any) -> Any:
+        def alloc_many(self: Any, n: int) -> Any:
+            addresses = original(self, n)
+            if _RUNNING[0] and not (self.checked or self.bughunt):
+                site = int(_core.site_address(_SITE_DEPTH))
+                for address in addresses:
+                    _POOL_OBJECTS[(id(self), address)] = site
+            return addresses
+        alloc_many.__doc__ = getattr(original, "__doc__", None)
+        return alloc_many
+
     patch(Pool, "__init__", pool_init)
+    patch(Pool, "alloc", pool_alloc)
+    patch(Pool, "alloc_many", pool_alloc_many)
     for name in ("malloc", "calloc", "memalign"):
         patch(Allocator, name, alloc_method)
 
@@ -210,7 +236,7 @@ def _leak_report(base: _Baseline) -> Tuple[int, List[str]]:
         if buf is not None and not buf.freed:
             alive.setdefault(id(buf.allocator), []).append((buf, site))
     for a in allocs:
-        if _is_debug(a):
+        if _is_debug(a) and not a.closed:  # a closed debug allocator lists no blocks: count them
             continue
         prev = base.before(base.buffers, a)
         delta = a.live_buffers - (prev[1] if prev is not None else 0)
@@ -246,12 +272,15 @@ def _leak_report(base: _Baseline) -> Tuple[int, List[str]]:
                      f"during the test still live")
         objs = p.live_objects()
         if p.checked or p.bughunt:
-            shown = [o for o in objs if o.site][-delta:]
-            for o in shown[:20]:
-                frames = _user_frames((o.site or "").split("\n"))
-                lines.append(f"      {o.address:#x} allocated at {frames[0] if frames else o.site}")
+            sites = [(o.address, _user_frames((o.site or "").split("\n"))) for o in objs if o.site]
         else:
-            lines.append("      (make the pool with checked=True to see where each object was allocated)")
+            sites = [(o.address, _site_frames(_POOL_OBJECTS[(id(p), o.address)])) for o in objs
+                     if (id(p), o.address) in _POOL_OBJECTS]
+        for address, frames in sites[-delta:][:20]:
+            lines.append(f"      {address:#x} allocated at {frames[0] if frames else '<unknown>'}")
+        if len(sites) < delta:
+            lines.append(f"      ({delta - len(sites)} without a recorded site: made by the pool's C users, or "
+                         f"make the pool with checked=True)")
     for a in allocs:  # an arena or debug allocator made in the test, drawing from a debug allocator
         keep = a._keepalive
         if _is_debug(keep) and base.before(base.buffers, a) is None:
@@ -282,6 +311,7 @@ def pytest_runtest_call(item: Any) -> Generator[None, Any, Any]:
     base = _Baseline()
     errors_before = dbg.debug_stats().errors
     del _TRACKED[:]
+    _POOL_OBJECTS.clear()
     _RUNNING[0] = True
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", nativemem.CorruptionWarning)
@@ -304,11 +334,13 @@ def pytest_runtest_call(item: Any) -> Generator[None, Any, Any]:
         problems.append(f"  the debug allocator found {new_errors} corruption/misuse error(s) during the test")
     if problems:
         del _TRACKED[:]
+        _POOL_OBJECTS.clear()
         pytest.fail("nativemem found memory corruption during the test:\n" + "\n".join(problems), pytrace=False)
     try:
         count, lines = _leak_report(base)
     finally:
         del _TRACKED[:]
+        _POOL_OBJECTS.clear()
     marker: Optional[Any] = item.get_closest_marker("nativemem_leaks")
     allow = int(marker.kwargs.get("allow", 0)) if marker else 0
     if count > allow:
