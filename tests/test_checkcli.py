@@ -371,3 +371,20 @@ def test_check_blocks_surviving_the_dropped_namespace_are_leaks(tmp_path):
     data = json.loads(out.read_text())
     assert data["leaked_blocks"] == 2 and data["leaked_bytes"] == 96
     assert data["still_reachable"]["blocks"] == 1 and data["still_reachable"]["bytes"] == 100
+
+
+def test_check_counts_leaks_of_other_allocators(tmp_path):
+    # A block of nativemem.allocator("libc") kept past the end (it has no debug records: counted)
+    script = tmp_path / "other.py"
+    script.write_text(textwrap.dedent("""
+        import builtins, nativemem
+        lib = nativemem.allocator("libc")
+        builtins.kept = [lib.malloc(10), lib.malloc(20)]
+        REACHABLE_ONLY = lib.malloc(30)
+        lib.malloc(40).free()
+    """))
+    out = tmp_path / "r.json"
+    r = _check(["--json", out, script])
+    assert r.returncode == 1, r.stderr
+    assert "2 Buffer(s) of allocator 'libc'" in r.stderr and "no leaks" not in r.stderr
+    assert json.loads(out.read_text())["other_allocators"][0]["blocks"] == 2

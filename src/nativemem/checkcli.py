@@ -174,6 +174,20 @@ def _format_reachable(report: Dict[str, Any], limit: int = 20) -> str:
     return "\n".join(lines)
 
 
+def _other_buffers(dbg: Any) -> Dict[Any, int]:
+    """Live Buffers of every allocator other than ``dbg`` (nativemem.allocator("libc"), an Arena,
+    another DebugAllocator...), by (name, backend, id)."""
+    from .allocator import _owners, _owners_lock
+    with _owners_lock:
+        allocs = list(_owners.values())
+    out: Dict[Any, int] = {}
+    for a in allocs:
+        if a is not dbg and a.live_buffers:
+            key = (a.name, a.backend, id(a))
+            out[key] = out.get(key, 0) + a.live_buffers
+    return out
+
+
 class _Watch:
     """Records CorruptionWarnings (still showing them on ``out``) and NativeMemErrors raised
     where they cannot propagate (sys.unraisablehook), while installed."""
@@ -263,6 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         capture = min(depth + below, MAX_ALLOC)
     dbg = nativemem.DebugAllocator(traceback_depth=capture, quarantine=ns.quarantine)
     errors_before = dbg.debug_stats().errors
+    others_before = _other_buffers(dbg)
     errors: List[str] = []
     script_failed = False
     status: Any = 0
@@ -329,14 +344,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report["script_failed"] = script_failed
     if reachable["blocks"]:
         print(_format_reachable(reachable), file=out)
+    others = []
+    for alloc, count in _other_buffers(dbg).items():
+        extra = count - others_before.get(alloc, 0)
+        if extra > 0:
+            others.append({"allocator": alloc[0], "backend": alloc[1], "blocks": extra})
+    report["other_allocators"] = others
     if report["leaked_blocks"]:
         print(_format_leaks(report), file=out)
+    for o in others:
+        print(f"nativemem: {o['blocks']} Buffer(s) of allocator {o['allocator']!r} (backend {o['backend']!r}) still "
+              f"allocated; only the default allocator records sites here (use nativemem.allocator() or a "
+              f"DebugAllocator in the script to see where)", file=out)
     for e in errors:
         print(f"nativemem check: {e}", file=out)
     if script_failed:
         print(f"nativemem check: the script failed ({status if isinstance(status, str) else f'exit status {status}'})",
               file=out)
-    if not report["leaked_blocks"] and not errors:
+    if not report["leaked_blocks"] and not others and not errors:
         what = "no leaks, no corruption" if not script_failed else "no leaks or corruption in what it ran"
         print(f"nativemem check: {what} ({report['total_allocs']} allocations, peak {report['peak_bytes']} bytes)",
               file=out)
@@ -349,4 +374,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"nativemem check: cannot write the JSON report to {ns.json}: "
                   f"{getattr(exc, 'strerror', None) or exc}", file=out)
             return 2
-    return 1 if (report["leaked_blocks"] or errors or script_failed) else 0
+    return 1 if (report["leaked_blocks"] or others or errors or script_failed) else 0
