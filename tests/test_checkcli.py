@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 
 from conftest import run_python
@@ -295,3 +296,95 @@ def test_check_script_imports_its_siblings(tmp_path):
     script.write_text("import helper_mod_for_check\nassert helper_mod_for_check.VALUE == 7\n")
     r = _check([script])  # cwd is not the script's directory
     assert r.returncode == 0, r.stderr
+
+
+# -- still reachable (Valgrind's distinction) ------------------------------------------------------
+
+def _shown(size: int, blocks: int, site: str, text: str) -> bool:
+    """A report line: ``size`` bytes in ``blocks`` block(s) at (the script's path ending in) ``site``."""
+    return re.search(rf"\b{size} bytes in +{blocks} block\(s\) at \S*\b{re.escape(site)}", text) is not None
+
+
+REACHABLE = textwrap.dedent("""
+    import nativemem
+    KEEP = nativemem.allocator().malloc(100)
+    TABLE = {"a": nativemem.allocator().calloc(3, 8)}
+
+    def helper():  # a function: the globals are in a reference cycle through it
+        return KEEP
+
+    P = nativemem.Pool(32)
+    obj = P.alloc()
+    nativemem.allocator().malloc(5).free()
+""")
+
+
+def test_check_lists_blocks_held_by_the_scripts_globals_as_still_reachable(tmp_path):
+    script = tmp_path / "reach.py"
+    script.write_text(REACHABLE)
+    out = tmp_path / "r.json"
+    r = _check(["--json", out, script])
+    assert r.returncode == 0, r.stderr
+    assert "still reachable from the script's globals" in r.stderr
+    assert _shown(100, 1, "reach.py:3 in <module>", r.stderr)
+    assert _shown(24, 1, "reach.py:4 in <module>", r.stderr)
+    assert "<unknown>" not in r.stderr  # the pool's chunks are named for what they are
+    assert "no leaks, no corruption" in r.stderr
+    data = json.loads(out.read_text())
+    assert data["leaked_blocks"] == 0
+    reach = data["still_reachable"]
+    assert reach["blocks"] >= 2 and all(any(g["site"].endswith(site) for g in reach["sites"])
+                                 for site in ("reach.py:3 in <module>", "reach.py:4 in <module>"))
+
+
+def test_check_still_reachable_after_a_script_failure(tmp_path):
+    # The globals of a script that raised are dropped too (its traceback holds them).
+    script = tmp_path / "boom.py"
+    script.write_text("import nativemem\nKEEP = nativemem.allocator().malloc(40)\nraise RuntimeError('boom')\n")
+    r = _check([script])
+    assert r.returncode == 1 and "the script failed" in r.stderr, r.stderr
+    assert _shown(40, 1, "boom.py:2 in <module>", r.stderr) and "still reachable" in r.stderr
+    assert "still allocated" not in r.stderr
+
+
+C_LEVEL_LEAK = textwrap.dedent("""
+    import ctypes, sys, nativemem
+    REGISTRY = []
+    sys.modules["builtins"].cache = REGISTRY           # a list on a module that outlives the script
+    REGISTRY.append(nativemem.allocator().malloc(64))
+    b = nativemem.allocator().malloc(32)
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(b))   # a reference taken from C, never given back
+    KEEP = nativemem.allocator().malloc(100)           # only reachable: not a leak
+""")
+
+
+def test_check_blocks_surviving_the_dropped_namespace_are_leaks(tmp_path):
+    script = tmp_path / "cleak.py"
+    script.write_text(C_LEVEL_LEAK)
+    out = tmp_path / "r.json"
+    r = _check(["--json", out, script])
+    assert r.returncode == 1, r.stderr
+    assert "2 block(s), 96 bytes still allocated" in r.stderr
+    assert _shown(64, 1, "cleak.py:5 in <module>", r.stderr)
+    assert _shown(32, 1, "cleak.py:6 in <module>", r.stderr)
+    assert _shown(100, 1, "cleak.py:8 in <module>", r.stderr)  # listed as still reachable
+    data = json.loads(out.read_text())
+    assert data["leaked_blocks"] == 2 and data["leaked_bytes"] == 96
+    assert data["still_reachable"]["blocks"] == 1 and data["still_reachable"]["bytes"] == 100
+
+
+def test_check_counts_leaks_of_other_allocators(tmp_path):
+    # A block of nativemem.allocator("libc") kept past the end (it has no debug records: counted)
+    script = tmp_path / "other.py"
+    script.write_text(textwrap.dedent("""
+        import builtins, nativemem
+        lib = nativemem.allocator("libc")
+        builtins.kept = [lib.malloc(10), lib.malloc(20)]
+        REACHABLE_ONLY = lib.malloc(30)
+        lib.malloc(40).free()
+    """))
+    out = tmp_path / "r.json"
+    r = _check(["--json", out, script])
+    assert r.returncode == 1, r.stderr
+    assert "2 Buffer(s) of allocator 'libc'" in r.stderr and "no leaks" not in r.stderr
+    assert json.loads(out.read_text())["other_allocators"][0]["blocks"] == 2

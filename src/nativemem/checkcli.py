@@ -2,7 +2,11 @@
 
 Runs the script with a DebugAllocator as nativemem's default allocator (so pools, COW buffers
 and nativemem.allocator() use it), then prints the blocks still allocated, grouped by Python
-allocation site, and any corruption found.  Exits 1 when there were leaks or corruption (2 for a
+allocation site, and any corruption found.
+
+As Valgrind does, blocks the script's own module globals still held when it ended are listed as
+"still reachable" (with their sites) without failing: the script's namespace is then dropped
+(cleared, and garbage collected) and only the blocks alive after that are leaks.  Exits 1 when there were leaks or corruption (2 for a
 usage error: a script that cannot be read, a bad option, a JSON report that cannot be written;
 the script's own failure is reported and also exits 1), so it can gate CI.
 
@@ -22,7 +26,9 @@ import re
 import runpy
 import sys
 import traceback
+import types
 import warnings
+import zipfile
 from types import FrameType
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Type
 
@@ -110,6 +116,76 @@ def _format_leaks(report: Dict[str, Any], limit: int = 20) -> str:
     if len(report["sites"]) > limit:
         lines.append(f"  ... {len(report['sites']) - limit} more sites")
     return "\n".join(lines)
+
+
+def _run_script(path: str, namespaces: List[Dict[str, Any]]) -> None:
+    """Run ``path`` as ``python path`` would, as runpy.run_path does, appending the globals it
+    runs in to ``namespaces`` before it starts (so they can be dropped afterwards, whatever
+    happens).  Directories and zip files (their ``__main__.py``) go through runpy itself."""
+    if os.path.isdir(path) or zipfile.is_zipfile(path):
+        namespaces.append(runpy.run_path(path, run_name="__main__"))  # a copy of the globals, on success
+        return
+    import pkgutil
+    with open(os.path.abspath(path), "rb") as fh:
+        code = pkgutil.read_code(fh)  # a compiled .pyc, as runpy takes it
+    if code is None:
+        with open(os.path.abspath(path), "rb") as fh:
+            code = compile(fh.read(), path, "exec")
+    module = types.ModuleType("__main__")
+    g = module.__dict__
+    g.update(__file__=path, __cached__=None, __loader__=None, __package__=None, __spec__=None)
+    namespaces.append(g)
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = module
+    try:
+        exec(code, g)
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
+        else:
+            sys.modules.pop("__main__", None)
+
+
+#: The site shown for a block nativemem's C code allocated with no Python caller to name.
+_C_LEVEL = "<nativemem internals: a Pool's chunks, a StringTable, COW or refcount block (no Python site)>"
+
+
+def _group(leaks: List[Any]) -> List[Dict[str, Any]]:
+    """Blocks grouped by site (as DebugAllocator.report_json), most bytes first."""
+    groups: Dict[str, Dict[str, Any]] = {}
+    for lk in leaks:
+        site = lk.site if lk.traceback or lk.c_site else _C_LEVEL
+        g = groups.setdefault(site, {"site": site, "traceback": lk.traceback, "c_site": lk.c_site,
+                                     "blocks": 0, "bytes": 0})
+        g["blocks"] += 1
+        g["bytes"] += lk.size
+    return sorted(groups.values(), key=lambda g: (-g["bytes"], g["site"]))
+
+
+def _format_reachable(report: Dict[str, Any], limit: int = 20) -> str:
+    lines = [f"nativemem: {report['blocks']} block(s), {report['bytes']} bytes still reachable from the "
+             f"script's globals when it ended (not leaks: freed once its namespace was dropped)"]
+    for g in report["sites"][:limit]:
+        lines.append(f"  {g['bytes']:>10} bytes in {g['blocks']:>5} block(s) at {g['site']}")
+        for frame in g["traceback"][1:]:
+            lines.append(f"{'':>36}{frame}")
+    if len(report["sites"]) > limit:
+        lines.append(f"  ... {len(report['sites']) - limit} more sites")
+    return "\n".join(lines)
+
+
+def _other_buffers(dbg: Any) -> Dict[Any, int]:
+    """Live Buffers of every allocator other than ``dbg`` (nativemem.allocator("libc"), an Arena,
+    another DebugAllocator...), by (name, backend, id)."""
+    from .allocator import _owners, _owners_lock
+    with _owners_lock:
+        allocs = list(_owners.values())
+    out: Dict[Any, int] = {}
+    for a in allocs:
+        if a is not dbg and a.live_buffers:
+            key = (a.name, a.backend, id(a))
+            out[key] = out.get(key, 0) + a.live_buffers
+    return out
 
 
 class _Watch:
@@ -201,6 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         capture = min(depth + below, MAX_ALLOC)
     dbg = nativemem.DebugAllocator(traceback_depth=capture, quarantine=ns.quarantine)
     errors_before = dbg.debug_stats().errors
+    others_before = _other_buffers(dbg)
     errors: List[str] = []
     script_failed = False
     status: Any = 0
@@ -211,8 +288,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.path.insert(0, old_path0)
     with _Watch(out) as watch:
         old = nativemem.set_default_allocator(dbg)
+        namespaces: List[Dict[str, Any]] = []
         try:
-            runpy.run_path(ns.script, run_name="__main__")
+            _run_script(ns.script, namespaces)
         except SystemExit as exc:
             status = exc.code
             if status is not None and not isinstance(status, int):
@@ -232,6 +310,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 sys.path.remove(old_path0)
             nativemem.set_default_allocator(old)
         gc.collect()  # objects the script dropped free their blocks now
+        # Still reachable: what the script's globals held at its end.  Drop them (as the interpreter
+        # does at exit); what survives that is held from somewhere else: a leak.
+        held = {lk.serial: lk for lk in dbg.leaks()}
+        for g in namespaces:
+            g.clear()
+        del namespaces
+        gc.collect()
     errors.extend(watch.found)
     unseen = dbg.debug_stats().errors - errors_before - watch.debug_kind
     if unseen > 0:
@@ -248,17 +333,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 errors.append(text)
 
     report: Dict[str, Any] = dbg.report_json()
+    report["sites"] = _group(dbg.leaks())  # as report_json's, naming C-level blocks for what they are
     _clean_sites(report, depth)
+    alive = {lk.serial for lk in dbg.leaks()}
+    freed = [lk for serial, lk in held.items() if serial not in alive]
+    reachable: Dict[str, Any] = {"blocks": len(freed), "bytes": sum(lk.size for lk in freed), "sites": _group(freed)}
+    _clean_sites(reachable, depth)
+    report["still_reachable"] = reachable
     report["errors_found"] = errors
     report["script_failed"] = script_failed
+    if reachable["blocks"]:
+        print(_format_reachable(reachable), file=out)
+    others = []
+    for alloc, count in _other_buffers(dbg).items():
+        extra = count - others_before.get(alloc, 0)
+        if extra > 0:
+            others.append({"allocator": alloc[0], "backend": alloc[1], "blocks": extra})
+    report["other_allocators"] = others
     if report["leaked_blocks"]:
         print(_format_leaks(report), file=out)
+    for o in others:
+        print(f"nativemem: {o['blocks']} Buffer(s) of allocator {o['allocator']!r} (backend {o['backend']!r}) still "
+              f"allocated; only the default allocator records sites here (use nativemem.allocator() or a "
+              f"DebugAllocator in the script to see where)", file=out)
     for e in errors:
         print(f"nativemem check: {e}", file=out)
     if script_failed:
         print(f"nativemem check: the script failed ({status if isinstance(status, str) else f'exit status {status}'})",
               file=out)
-    if not report["leaked_blocks"] and not errors:
+    if not report["leaked_blocks"] and not others and not errors:
         what = "no leaks, no corruption" if not script_failed else "no leaks or corruption in what it ran"
         print(f"nativemem check: {what} ({report['total_allocs']} allocations, peak {report['peak_bytes']} bytes)",
               file=out)
@@ -271,4 +374,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"nativemem check: cannot write the JSON report to {ns.json}: "
                   f"{getattr(exc, 'strerror', None) or exc}", file=out)
             return 2
-    return 1 if (report["leaked_blocks"] or errors or script_failed) else 0
+    return 1 if (report["leaked_blocks"] or others or errors or script_failed) else 0
