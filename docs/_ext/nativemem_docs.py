@@ -1,10 +1,14 @@
 """Sphinx glue for nativemem's API reference (loaded by docs/conf.py).
 
-* ``autodoc-process-signature``: the C extension types of ``nativemem._core`` (Allocator, Buffer,
-  Pool, StringTable, Interned; subclassed or re-exported by the package) define their methods
-  without ``__text_signature__``, so ``inspect.signature`` cannot read them.  Their signatures are
-  taken from the type stub shipped beside the extension, ``nativemem/_core.pyi`` (the same text
-  mypy checks against), so the reference shows ``malloc(size, /) -> Buffer``, not ``malloc()``.
+* Signatures of C methods: the C extension types of ``nativemem._core`` (Allocator, Buffer, Pool,
+  StringTable, Interned; subclassed or re-exported by the package) define their methods without
+  ``__text_signature__``, so ``inspect.signature`` cannot read them.  Their signatures are taken
+  from the type stub shipped beside the extension, ``nativemem/_core.pyi`` (the text mypy checks
+  against), so the reference shows ``malloc(size: int, /) -> Buffer``, not ``malloc()``.  Sphinx 9
+  gives no public hook for a signature it could not read (``autodoc-process-signature`` then
+  fails), so autodoc's ``_get_signature_object`` is wrapped; older Sphinx uses the event.  The
+  docstrings' opening "malloc(size) -> Buffer: ..." is trimmed to the text after the colon, and a
+  ``nativemem._core`` base class is named in full.
 * ``env-check-consistency``: every name in ``nativemem.__all__`` must be documented somewhere
   (``.. autoclass::``, ``.. autofunction::``, ...); a missing one is a warning, so the ``-W`` build
   fails.  docs/check_api_coverage.py makes the same check without Sphinx.
@@ -18,7 +22,8 @@ import contextlib
 import inspect
 import io
 import os
-from typing import Any, Dict, Optional, Tuple
+import re
+from typing import Any, Dict, List, Optional, Tuple
 
 from docutils import nodes
 from docutils.parsers.rst import directives
@@ -123,6 +128,29 @@ def process_signature(app: Any, what: str, name: str, obj: Any, options: Any, si
             None if ret is inspect.Signature.empty else str(ret))
 
 
+def process_docstring(app: Any, what: str, name: str, obj: Any, options: Any, lines: List[str]) -> None:
+    """A C method's docstring opens with its call, "malloc(size) -> Buffer: what it does": once
+    the signature line shows the call (from the stub), keep only "What it does"."""
+    sig = _c_method_signature(obj) if what == "method" and lines else None
+    if sig is None:
+        return
+    short = name.rsplit(".", 1)[-1]
+    m = re.match(rf"{re.escape(short)}\(.*?\)(?:\s*->\s*[^:]+)?:\s+(\S.*)$", lines[0])
+    if m:
+        rest = m.group(1)
+        first = re.match(r"\w*", rest).group(0)  # type: ignore[union-attr]
+        lines[0] = rest if first in sig.parameters else rest[0].upper() + rest[1:]  # "n addresses" stays
+
+
+def process_bases(app: Any, name: str, obj: Any, options: Any, bases: list) -> None:
+    """A base that is a C extension type of nativemem._core is named in full ("Bases: Allocator"
+    under nativemem.Allocator would name the class itself)."""
+    from nativemem import _core
+    for i, base in enumerate(bases):
+        if isinstance(base, type) and getattr(_core, base.__name__, None) is base:
+            bases[i] = f"``nativemem._core.{base.__name__}`` (C extension type)"
+
+
 def check_api_coverage(app: Any, env: Any) -> None:
     import nativemem
     documented = set(env.get_domain("py").objects)
@@ -175,6 +203,8 @@ def setup(app: Any) -> Dict[str, Any]:
     global _PATCHED
     _PATCHED = _install_signature_patch()
     app.connect("autodoc-process-signature", process_signature)
+    app.connect("autodoc-process-bases", process_bases)
+    app.connect("autodoc-process-docstring", process_docstring)
     app.connect("env-check-consistency", check_api_coverage)
     app.add_directive("nativemem-cli-help", CliHelp)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
