@@ -44,7 +44,7 @@ class InvalidSizeError(InvalidArgumentError):
 
 
 class InvalidAlignmentError(InvalidArgumentError):
-    """An alignment is not a power of two multiple of sizeof(void *)."""
+    """An alignment is not a power of two multiple of ``sizeof(void *)``."""
 
 
 class InvalidTypeError(NativeMemError, TypeError):
