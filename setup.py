@@ -9,6 +9,7 @@ import sysconfig
 import setuptools
 from setuptools import setup
 from setuptools.command.build_ext import build_ext as _build_ext
+from setuptools.command.build_py import build_py as _build_py
 from setuptools.errors import CCompilerError, CompileError, ExecError, LinkError, PlatformError
 
 # pyproject.toml's SPDX `license = "MIT"` needs setuptools 77 (older ones reject it with a schema
@@ -81,9 +82,24 @@ class build_ext(_build_ext):
             raise
 
 
+class build_py(_build_py):
+    """Ships the public C headers (csrc/include/*.h) as nativemem/include/, for
+    nativemem.get_include() (extensions using the C API capsule, nm_capi.h)."""
+
+    def run(self):
+        super().run()
+        src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "include")
+        dst = os.path.join(self.build_lib, "nativemem", "include")
+        os.makedirs(dst, exist_ok=True)
+        for name in sorted(os.listdir(src)):
+            if name.endswith(".h"):
+                self.copy_file(os.path.join(src, name), os.path.join(dst, name))
+
+
 options = {}
 tag = _limited_api_tag()
 if tag:
     options["bdist_wheel"] = {"py_limited_api": tag}
 
-setup(cffi_modules=["build_ffi.py:ffibuilder"], cmdclass={"build_ext": build_ext}, options=options)
+setup(cffi_modules=["build_ffi.py:ffibuilder"], cmdclass={"build_ext": build_ext, "build_py": build_py},
+      options=options)

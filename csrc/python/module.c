@@ -378,9 +378,34 @@ static struct PyModuleDef core_def = {PyModuleDef_HEAD_INIT, "nativemem._core",
                                       "nativemem's Python layer: extension types over the C core.", -1,
                                       core_methods, NULL, NULL, NULL, NULL};
 
+/* On a free-threaded CPython the layer still relies on the GIL (see nmpy.h): refuse to start
+ * without it, with the way out, rather than race. */
+static int nmpy__check_gil(void) {
+#if defined(Py_GIL_DISABLED)
+    PyObject *sys = PyImport_ImportModule("sys"), *r;
+    int on = 1;
+    if (sys == NULL) return -1;
+    r = PyObject_CallMethod(sys, "_is_gil_enabled", NULL);
+    Py_DECREF(sys);
+    if (r == NULL) return -1;
+    on = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (on == 0) {
+        PyErr_SetString(PyExc_ImportError,
+                        "nativemem's Python layer needs the GIL on a free-threaded CPython: run with "
+                        "PYTHON_GIL=1 or python -X gil=1");
+        return -1;
+    }
+    return on < 0 ? -1 : 0;
+#else
+    return 0;
+#endif
+}
+
 static int nmpy__init_module(void) {
     PyObject *m, *mods;
     if (nmpy.module) return 0;
+    if (nmpy__check_gil() < 0) return -1;
     m = PyModule_Create(&core_def);
     if (m == NULL) return -1;
     nmpy.module = m;
@@ -388,7 +413,7 @@ static int nmpy__init_module(void) {
     if (nmpy.View == NULL) return -1;
     if (PyModule_AddObject(m, "ViewType", Py_NewRef((PyObject *)nmpy.View)) < 0) return -1;
     if (nmpy_alloc_types(m) < 0 || nmpy_pool_types(m) < 0 || nmpy_strtab_types(m) < 0 ||
-        nmpy_sites_init(m) < 0 || nmpy_numpy_init(m) < 0)
+        nmpy_sites_init(m) < 0 || nmpy_numpy_init(m) < 0 || nmpy_capi_init(m) < 0)
         return -1;
     mods = PyImport_GetModuleDict();
     if (mods == NULL || PyDict_SetItemString(mods, "nativemem._core", m) < 0) return -1;

@@ -12,7 +12,14 @@
 #ifndef NMPY_H
 #define NMPY_H
 
-#define Py_LIMITED_API 0x030B0000
+/* The limited API does not exist on a free-threaded CPython (Python.h refuses the combination):
+ * there the same code builds on the full API, as a version-specific wheel.  The module does not
+ * declare Py_mod_gil, so a free-threaded interpreter re-enables the GIL while nativemem is
+ * imported, and "methods run with the GIL held" stays true. */
+#include <pyconfig.h>
+#if !defined(Py_GIL_DISABLED)
+#  define Py_LIMITED_API 0x030B0000
+#endif
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -115,5 +122,6 @@ int nmpy_alloc_types(PyObject *module);   /* Allocator, Buffer (buffer.c) */
 int nmpy_pool_types(PyObject *module);    /* Pool (pool.c)                */
 int nmpy_strtab_types(PyObject *module);  /* StringTable, Interned        */
 int nmpy_numpy_init(PyObject *module);    /* numpy_handler_capsule        */
+int nmpy_capi_init(PyObject *module);     /* _C_API, the capsule of nm_capi.h (capi.c) */
 
 #endif /* NMPY_H */

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from ._ffi import ffi as _cffi, lib as _lib
+from ._ffi import _core as _core  # noqa: F401  (nativemem._core: PyCapsule_Import of "nativemem._core._C_API" walks attributes)
 from .allocator import Allocator, AllocatorStats, Buffer
 from .backends import (BackendInfo, allocator, backends, default_backend_name, get_default_allocator,
                        set_default_allocator)
@@ -44,9 +45,26 @@ def build_info() -> Dict[str, Any]:
             "pointer_bits": _cffi.sizeof("void *") * 8}
 
 
+def get_include() -> str:
+    """The directory of nativemem's public C headers (``nativemem.h``, the area headers and
+    ``nm_capi.h``), for extensions that allocate through nativemem's allocators: pass it to the
+    compiler (``include_dirs=[nativemem.get_include()]``) and take the functions from the capsule
+    (``nm_capi_import()`` in ``nm_capi.h``): nothing of nativemem is linked."""
+    import os
+    here = os.path.dirname(os.path.abspath(__file__))
+    shipped = os.path.join(here, "include")  # a wheel or an install: copied there by setup.py
+    if os.path.isfile(os.path.join(shipped, "nm_capi.h")):
+        return shipped
+    checkout = os.path.join(os.path.dirname(os.path.dirname(here)), "csrc", "include")  # editable
+    if os.path.isfile(os.path.join(checkout, "nm_capi.h")):
+        return checkout
+    raise FileNotFoundError(f"nativemem's C headers are missing (looked in {shipped} and {checkout})")
+
+
 __all__ = [
     "Allocator", "AllocatorStats", "Buffer", "BackendInfo", "allocator", "backends", "default_backend_name",
     "get_default_allocator", "set_default_allocator", "set_oom_policy", "get_oom_policy", "build_info",
+    "get_include",
     *_errors_all,
 ]
 
