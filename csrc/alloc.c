@@ -121,11 +121,81 @@ NM_INLINE size_t nm__block_bytes(nm_allocator_t *a, const void *p, size_t reques
     return a->usable_size ? a->usable_size(a->ctx, p) : requested;
 }
 
-/* Two locked adds per allocation and two per free (one each with NM__F_NO_BYTE_STATS): live
- * blocks are allocs - frees, derived when read (st_live_blocks is not maintained). */
+/* ---- per-thread block counters (nm_internal.h: nm__slot_t) ------------------------------ */
+static nm_atomic_t nm__slot_taken[NM__SLOTS - 1]; /* 1 while a live thread owns the slot */
+static nm_atomic_t nm__slots_state;               /* 0 not set up, 1 owned slots, 2 shared only */
+static nm_mutex_t nm__slots_lock = NM_MUTEX_INIT;
+static nm_tls_key_t nm__slot_key;
+
+static void NM_TLS_DTOR_CALL nm__slot_release(void *v) { /* thread exit */
+    uintptr_t s = (uintptr_t)v;
+    /* release: the next owner's plain increments start from this thread's last ones */
+    if (s >= 1 && s < NM__SLOTS) nm_atomic_store_release(&nm__slot_taken[s - 1], 0);
+}
+
+static NM_NOINLINE unsigned nm__slot_claim(void) {
+    intptr_t st = nm_atomic_load_acquire(&nm__slots_state);
+    unsigned i;
+    if (st == 0) {
+        nm_mutex_lock(&nm__slots_lock);
+        st = nm_atomic_load_relaxed(&nm__slots_state);
+        if (st == 0) {
+            st = (nm_heavy_barrier_init() && nm_tls_key_create(&nm__slot_key, nm__slot_release) == 0) ? 1 : 2;
+            nm_atomic_store_release(&nm__slots_state, st);
+        }
+        nm_mutex_unlock(&nm__slots_lock);
+    }
+    _nm_ts.slot = NM__SLOTS; /* the shared slot, unless one is free below */
+    if (st == 1) {
+        for (i = 0; i < NM__SLOTS - 1; i++) {
+            intptr_t expected = 0;
+            if (nm_atomic_load_relaxed(&nm__slot_taken[i]) == 0 && nm_atomic_cas(&nm__slot_taken[i], &expected, 1)) {
+                if (nm_tls_key_set(nm__slot_key, (void *)(uintptr_t)(i + 1)) != 0) {
+                    nm_atomic_store_release(&nm__slot_taken[i], 0);
+                    break;
+                }
+                _nm_ts.slot = i + 1;
+                break;
+            }
+        }
+    }
+    return _nm_ts.slot;
+}
+
+NM_INLINE unsigned nm__my_slot(void) {
+    unsigned s = _nm_ts.slot;
+    return NM_LIKELY(s != 0) ? s : nm__slot_claim();
+}
+
+/* Bump a counter of slot `s` (1-based): a plain load and store in an owned slot, an atomic add in
+ * the shared one. */
+NM_INLINE void nm__bump(intptr_t *c, unsigned s) {
+    if (NM_LIKELY(s < NM__SLOTS)) nm_atomic_store_relaxed(c, nm_atomic_load_relaxed(c) + 1);
+    else nm_atomic_add_acq_rel(c, 1);
+}
+NM_INLINE void nm__bump_allocs(nm_allocator_t *a) {
+    unsigned s = nm__my_slot();
+    nm__bump(&a->slots[s - 1].allocs, s);
+}
+
+/* Allocations and frees counted so far, and for NM__F_SELF_STATS allocators their own.  Frees are
+ * read first: each free counted was preceded by its allocation, whose count is then read too, so
+ * the difference is never below the blocks live when the reads began. */
+static void nm__sums(nm_allocator_t *a, intptr_t *allocs, intptr_t *frees) {
+    intptr_t al = 0, fr = 0;
+    unsigned i;
+    fr = nm_atomic_load_acquire(&a->st_frees);
+    for (i = 0; i < NM__SLOTS; i++) fr += nm_atomic_load_acquire(&a->slots[i].frees);
+    al = nm_atomic_load_acquire(&a->st_allocs);
+    for (i = 0; i < NM__SLOTS; i++) al += nm_atomic_load_acquire(&a->slots[i].allocs);
+    *allocs = al;
+    *frees = fr;
+}
+
+/* Byte counts (NM_STATS_BYTES): two locked adds per allocation and per free. */
 NM_INLINE void nm__count_alloc(nm_allocator_t *a, size_t bytes) {
     intptr_t live, peak;
-    nm_atomic_add_relaxed(&a->st_allocs, 1);
+    nm__bump_allocs(a);
     if (a->flags & NM__F_NO_BYTE_STATS) return;
     live = nm_atomic_add_relaxed(&a->st_live_bytes, (intptr_t)bytes);
     peak = nm_atomic_load_relaxed(&a->st_peak_bytes);
@@ -136,9 +206,17 @@ NM_INLINE void nm__count_alloc(nm_allocator_t *a, size_t bytes) {
 static void nm__destroy_now(nm_allocator_t *a);
 
 NM_INLINE intptr_t nm__live_blocks(nm_allocator_t *a) {
-    return nm_atomic_load_acquire(&a->st_allocs) - nm_atomic_load_acquire(&a->st_frees);
+    intptr_t al, fr;
+    nm__sums(a, &al, &fr);
+    return al - fr;
 }
 
+/* Deferred destruction (nm_allocator_destroy with blocks live): the free that sees the allocator
+ * dying and the counts balanced destroys it; the CAS picks one such free.  A free bumps its own
+ * slot, then reads st_dying with only a compiler barrier between (nm__count_free); the destroyer
+ * stores st_dying and calls nm_heavy_barrier before it sums, so of a last free and a destroy one
+ * sees the other.  Two frees that both see st_dying order their bump before their sum with the
+ * fence here. */
 static NM_NOINLINE void nm__maybe_finish_destroy(nm_allocator_t *a) {
     intptr_t expected = 1;
     nm_atomic_fence_seq_cst();
@@ -147,8 +225,10 @@ static NM_NOINLINE void nm__maybe_finish_destroy(nm_allocator_t *a) {
 }
 
 NM_INLINE void nm__count_free(nm_allocator_t *a, size_t bytes) {
+    unsigned s = nm__my_slot();
     if (!(a->flags & NM__F_NO_BYTE_STATS)) nm_atomic_add_relaxed(&a->st_live_bytes, -(intptr_t)bytes);
-    nm_atomic_add_acq_rel(&a->st_frees, 1);
+    nm__bump(&a->slots[s - 1].frees, s);
+    nm_compiler_barrier();
     if (NM_UNLIKELY(nm_atomic_load_relaxed(&a->st_dying) == 1)) nm__maybe_finish_destroy(a);
 }
 
@@ -212,7 +292,7 @@ void *nm_malloc(nm_allocator_t *a, size_t size) {
         size - 1 < NM_MAX_ALLOC) { /* 1..NM_MAX_ALLOC: 0 and too big go the long way */
         void *p = plain_malloc(size);
         if (NM_LIKELY(p != NULL)) {
-            nm_atomic_add_relaxed(&a->st_allocs, 1);
+            nm__bump_allocs(a);
             return p;
         }
         return nm__fail(a, size, 0);
@@ -324,10 +404,7 @@ void nm_free(nm_allocator_t *a, void *p) {
     /* a plain backend counting blocks only (or nothing): no call but the backend's free, a tail
      * call, unless this free finishes a deferred destroy (counted out first, as in nm__free) */
     if (plain_free != NULL && (a->flags & (NM__F_NO_STATS | NM__F_NO_BYTE_STATS))) {
-        if (!(a->flags & NM__F_NO_STATS)) {
-            nm_atomic_add_acq_rel(&a->st_frees, 1);
-            if (NM_UNLIKELY(nm_atomic_load_relaxed(&a->st_dying) == 1)) nm__maybe_finish_destroy(a);
-        }
+        if (!(a->flags & NM__F_NO_STATS)) nm__count_free(a, 0);
         plain_free(p);
         return;
     }
@@ -426,11 +503,13 @@ size_t nm_usable_size(nm_allocator_t *a, const void *p) {
 }
 
 void nm_allocator_stats(nm_allocator_t *a, nm_alloc_stats_t *out) {
-    out->live_blocks = nm__live_blocks(a);
+    intptr_t al, fr;
+    nm__sums(a, &al, &fr);
+    out->live_blocks = al - fr;
     out->live_bytes = nm_atomic_load_relaxed(&a->st_live_bytes);
     out->peak_bytes = nm_atomic_load_relaxed(&a->st_peak_bytes);
-    out->total_allocs = nm_atomic_load_relaxed(&a->st_allocs);
-    out->total_frees = nm_atomic_load_relaxed(&a->st_frees);
+    out->total_allocs = al;
+    out->total_frees = fr;
     out->failures = nm_atomic_load_relaxed(&a->st_failures);
 }
 
@@ -461,7 +540,8 @@ static int nm__ops_valid(const nm_allocator_ops_t *ops, const char *name) {
 nm_allocator_t *_nm_allocator_make(const char *name, const nm_allocator_ops_t *ops, size_t ctx_size,
                                    unsigned extra_flags) {
     size_t nlen = strlen(name ? name : "") + 1;
-    size_t total = NM__CTX_OFFSET + _nm_align_up(ctx_size, 16) + nlen;
+    size_t slots_at = NM__CTX_OFFSET + _nm_align_up(ctx_size, 16);
+    size_t total = slots_at + sizeof(nm__slot_t) * NM__SLOTS + nlen;
     char *mem = (char *)calloc(1, total);
     nm_allocator_t *a;
     if (mem == NULL) return (nm_allocator_t *)_nm_oom("allocator instance", total);
@@ -476,7 +556,8 @@ nm_allocator_t *_nm_allocator_make(const char *name, const nm_allocator_ops_t *o
     a->flags = ops->flags | extra_flags;
     a->alignment = ops->alignment ? ops->alignment : NM_MALLOC_ALIGN;
     a->ctx = ctx_size ? mem + NM__CTX_OFFSET : NULL;
-    a->name = mem + NM__CTX_OFFSET + _nm_align_up(ctx_size, 16);
+    a->slots = (nm__slot_t *)(mem + slots_at);
+    a->name = mem + slots_at + sizeof(nm__slot_t) * NM__SLOTS;
     memcpy((char *)a->name, name ? name : "", nlen);
     return a;
 }
@@ -495,12 +576,14 @@ const char *nm_allocator_name(nm_allocator_t *a) { return a->name; }
 void *nm_allocator_context(nm_allocator_t *a) { return a->ctx; }
 
 int nm_allocator_set_stats(nm_allocator_t *a, int mode) {
+    intptr_t al, fr;
     unsigned f;
     if (mode != NM_STATS_OFF && mode != NM_STATS_BLOCKS && mode != NM_STATS_BYTES)
         return _nm_set_error(NM_ERR_INVALID, "allocator '%s': unknown statistics mode %d", a->name, mode);
     if (a->flags & (NM__F_SELF_STATS | NM__F_STATIC))
         return _nm_set_error(NM_ERR_UNSUPPORTED, "allocator '%s' keeps its own statistics", a->name);
-    if (nm_atomic_load_relaxed(&a->st_allocs) != 0)
+    nm__sums(a, &al, &fr);
+    if (al != 0)
         return _nm_set_error(NM_ERR_BUSY, "allocator '%s' has allocated already: set its statistics mode first",
                              a->name);
     f = a->flags & ~(unsigned)(NM__F_NO_STATS | NM__F_NO_BYTE_STATS);
@@ -545,6 +628,7 @@ void nm_allocator_destroy(nm_allocator_t *a) {
     }
     /* Defer while blocks are live; the last nm_free finishes the job (see nm__count_free). */
     if (!nm_atomic_cas(&a->st_dying, &expected, 1)) return; /* already requested */
+    if (nm_atomic_load_acquire(&nm__slots_state) == 1) nm_heavy_barrier(); /* see nm__maybe_finish_destroy */
     nm__maybe_finish_destroy(a);
 }
 

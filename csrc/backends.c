@@ -101,7 +101,9 @@ static void *nm__libc_memalign(void *ctx, size_t a, size_t n) {
 static size_t nm__libc_usable(void *ctx, const void *p) { (void)ctx; return NM_LIBC_USABLE((void *)p); }
 static const nm_allocator_ops_t nm__libc_ops = {nm__libc_malloc, nm__libc_calloc, nm__libc_realloc, nm__libc_free,
                                                 nm__libc_memalign, nm__libc_usable, NULL, 0, 0};
+static nm__slot_t nm__libc_slots[NM__SLOTS];
 static nm_allocator_t nm__libc = {
+    .slots = nm__libc_slots,
     .malloc = nm__libc_malloc, .calloc = nm__libc_calloc, .realloc = nm__libc_realloc, .free = nm__libc_free,
     .memalign = nm__libc_memalign, .usable_size = nm__libc_usable, .ops = &nm__libc_ops, .name = "libc",
     .flags = NM__F_STATIC, .alignment = NM_MALLOC_ALIGN,
@@ -114,7 +116,9 @@ static void nm__crt_free(void *ctx, void *raw) { (void)ctx; free(raw); }
 static const nm__raw_ops_t nm__crt_raw = {nm__crt_alloc, nm__crt_realloc, nm__crt_free, NM_MALLOC_ALIGN};
 static const nm__raw_ops_t *const nm__crt_ctx = &nm__crt_raw;
 static const nm_allocator_ops_t nm__libc_ops = NM__HEADERED_OPS(NM_MALLOC_ALIGN);
+static nm__slot_t nm__libc_slots[NM__SLOTS];
 static nm_allocator_t nm__libc = {
+    .slots = nm__libc_slots,
     .malloc = nm__h_malloc, .calloc = nm__h_calloc, .realloc = nm__h_realloc, .free = nm__h_free,
     .memalign = nm__h_memalign, .usable_size = nm__h_usable, .ctx = (void *)&nm__crt_ctx, .ops = &nm__libc_ops,
     .name = "libc", .flags = NM__F_STATIC | NM__F_EXACT_SIZE, .alignment = NM__HDR_ALIGN(NM_MALLOC_ALIGN)};

@@ -24,6 +24,17 @@ enum nm__alloc_flags {
     NM__F_BORROWED = 1u << 14     /* ctx is another instance's (a clone): destroy frees only this */
 };
 
+/* Block counters, one slot per thread (the front door's statistics).  A thread owns one of the
+ * first NM__SLOTS - 1 slots while it lives and bumps its counters with a plain load and store (no
+ * locked instruction); threads beyond them, and every thread where no asymmetric barrier exists
+ * (platform.h: nm_heavy_barrier_init), share the last slot with atomic adds.  Readers sum the
+ * slots.  128 bytes a slot: two slots never share a cache line, whatever the base alignment. */
+#define NM__SLOTS 32
+typedef struct nm__slot {
+    intptr_t allocs, frees;
+    char pad[128 - 2 * sizeof(intptr_t)];
+} nm__slot_t;
+
 struct nm_allocator {
     /* The backend's operations, copied from its nm_allocator_ops_t at creation so that a call is
      * one load and one indirect call, as with a mutable table.  calloc may be NULL (nm_calloc then
@@ -42,7 +53,10 @@ struct nm_allocator {
      * NULL in every other instance. */
     void *(*plain_malloc)(size_t size);
     void (*plain_free)(void *p);
-    /* statistics, relaxed atomics (nm_allocator_stats); live blocks are allocs - frees */
+    /* statistics (nm_allocator_stats): blocks in the per-thread slots, bytes in relaxed atomics;
+     * live blocks are allocs - frees.  st_allocs/st_frees: NM__F_SELF_STATS allocators' own
+     * counts (kept under their lock), and failures. */
+    nm__slot_t *slots;
     intptr_t st_allocs;
     intptr_t st_frees;
     intptr_t st_live_bytes;
@@ -84,6 +98,7 @@ typedef struct nm_tstate {
     int site_line;
     int err_code;          /* last error                                      */
     unsigned err_seq;      /* bumped by every error                           */
+    unsigned slot;         /* this thread's counter slot + 1 (0: not yet claimed) */
 } nm_tstate_t;
 extern NM_THREAD_LOCAL NM_TLS_FAST nm_tstate_t _nm_ts;
 #define _nm_site_file (_nm_ts.site_file)

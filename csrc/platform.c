@@ -10,6 +10,10 @@
 #include <time.h>
 #if !defined(_WIN32)
 #  include <sched.h>
+#  include <unistd.h>
+#endif
+#if defined(__linux__)
+#  include <sys/syscall.h>
 #endif
 
 #if defined(NM_OS_WINDOWS)
@@ -35,6 +39,9 @@ void nm_thread_join(nm_thread_t *t) {
     HeapFree(GetProcessHeap(), 0, t);
 }
 void nm_thread_yield(void) { SwitchToThread(); }
+
+int nm_heavy_barrier_init(void) { return 1; } /* FlushProcessWriteBuffers: Vista and later */
+void nm_heavy_barrier(void) { FlushProcessWriteBuffers(); }
 
 uint64_t nm_now_ns(void) {
     static LARGE_INTEGER freq;
@@ -82,6 +89,24 @@ void nm_thread_join(nm_thread_t *t) {
     free(t);
 }
 void nm_thread_yield(void) { sched_yield(); }
+
+#if defined(__linux__) && defined(SYS_membarrier)
+/* membarrier(2): QUERY 0, PRIVATE_EXPEDITED 8, REGISTER_PRIVATE_EXPEDITED 16 (Linux 4.14) */
+static nm_atomic_t nm__membarrier; /* 0 not decided, 1 available, 2 not */
+int nm_heavy_barrier_init(void) {
+    intptr_t st = nm_atomic_load_acquire(&nm__membarrier);
+    if (st == 0) {
+        long cmds = syscall(SYS_membarrier, 0, 0, 0);
+        st = (cmds > 0 && (cmds & 8) && (cmds & 16) && syscall(SYS_membarrier, 16, 0, 0) == 0) ? 1 : 2;
+        nm_atomic_store_release(&nm__membarrier, st); /* racing deciders decide the same */
+    }
+    return st == 1;
+}
+void nm_heavy_barrier(void) { (void)syscall(SYS_membarrier, 8, 0, 0); }
+#else
+int nm_heavy_barrier_init(void) { return 0; }
+void nm_heavy_barrier(void) { nm_atomic_fence_seq_cst(); }
+#endif
 
 uint64_t nm_now_ns(void) {
     struct timespec ts;

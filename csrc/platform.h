@@ -210,6 +210,24 @@ NM_INLINE intptr_t nm__msvc_load(volatile const intptr_t *p) { intptr_t v = *p; 
 #  error "nativemem needs GCC/Clang __atomic builtins or MSVC intrinsics"
 #endif
 
+/* A compiler-only barrier: no instruction, only no reordering by the compiler across it. */
+#if defined(NM_MSVC)
+#  define nm_compiler_barrier() _ReadWriteBarrier()
+#else
+#  define nm_compiler_barrier() __asm__ __volatile__("" ::: "memory")
+#endif
+
+/* ---- an asymmetric barrier (platform.c) -------------------------------------------------------
+ * nm_heavy_barrier makes every running thread of the process execute a full memory barrier before
+ * it returns (membarrier(2) PRIVATE_EXPEDITED on Linux, FlushProcessWriteBuffers on Windows).  A
+ * hot path may then order its plain store before a later load with a compiler barrier only, when
+ * the rare side (which stores, then reads the hot path's store) calls nm_heavy_barrier in between:
+ * the hot path either sees the rare side's store or has its own store seen.  nm_heavy_barrier_init
+ * (once; thread-safe) returns 1 when the barrier is available, 0 when not (other systems, Linux
+ * before 4.14, a seccomp filter, Valgrind): hot paths must then use real atomics. */
+int nm_heavy_barrier_init(void);
+void nm_heavy_barrier(void);
+
 /* Pointer-typed helpers over the same primitives. */
 #define nm_atomic_load_ptr_acquire(pp)   ((void *)nm_atomic_load_acquire((nm_atomic_t *)(pp)))
 
