@@ -36,6 +36,7 @@ typedef void(NTAPI *PFLS_CALLBACK_FUNCTION)(PVOID);
 void WINAPI InitializeSRWLock(PSRWLOCK lock);
 void WINAPI AcquireSRWLockExclusive(PSRWLOCK lock);
 void WINAPI ReleaseSRWLockExclusive(PSRWLOCK lock);
+void WINAPI FlushProcessWriteBuffers(void);
 DWORD WINAPI FlsAlloc(PFLS_CALLBACK_FUNCTION callback);
 BOOL WINAPI FlsSetValue(DWORD index, PVOID value);
 PVOID WINAPI FlsGetValue(DWORD index);
