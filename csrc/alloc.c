@@ -553,7 +553,8 @@ nm_allocator_t *_nm_allocator_make(const char *name, const nm_allocator_ops_t *o
     a->memalign = ops->memalign;
     a->usable_size = ops->usable_size;
     a->ops = ops;
-    a->flags = ops->flags | extra_flags;
+    /* block counts only by default (NM_STATS_BLOCKS): exact bytes are asked for (nm_allocator_set_stats) */
+    a->flags = ops->flags | extra_flags | NM__F_NO_BYTE_STATS;
     a->alignment = ops->alignment ? ops->alignment : NM_MALLOC_ALIGN;
     a->ctx = ctx_size ? mem + NM__CTX_OFFSET : NULL;
     a->slots = (nm__slot_t *)(mem + slots_at);

@@ -106,7 +106,7 @@ static nm_allocator_t nm__libc = {
     .slots = nm__libc_slots,
     .malloc = nm__libc_malloc, .calloc = nm__libc_calloc, .realloc = nm__libc_realloc, .free = nm__libc_free,
     .memalign = nm__libc_memalign, .usable_size = nm__libc_usable, .ops = &nm__libc_ops, .name = "libc",
-    .flags = NM__F_STATIC, .alignment = NM_MALLOC_ALIGN,
+    .flags = NM__F_STATIC | NM__F_NO_BYTE_STATS, .alignment = NM_MALLOC_ALIGN,
     .plain_malloc = malloc, .plain_free = free}; /* called directly by the front door */
 #else
 /* No way to free aligned blocks with free() or to ask a block's size: headers. */
@@ -121,7 +121,7 @@ static nm_allocator_t nm__libc = {
     .slots = nm__libc_slots,
     .malloc = nm__h_malloc, .calloc = nm__h_calloc, .realloc = nm__h_realloc, .free = nm__h_free,
     .memalign = nm__h_memalign, .usable_size = nm__h_usable, .ctx = (void *)&nm__crt_ctx, .ops = &nm__libc_ops,
-    .name = "libc", .flags = NM__F_STATIC | NM__F_EXACT_SIZE, .alignment = NM__HDR_ALIGN(NM_MALLOC_ALIGN)};
+    .name = "libc", .flags = NM__F_STATIC | NM__F_EXACT_SIZE | NM__F_NO_BYTE_STATS, .alignment = NM__HDR_ALIGN(NM_MALLOC_ALIGN)};
 #endif
 
 nm_allocator_t *nm_allocator_libc(void) { return &nm__libc; }

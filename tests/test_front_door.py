@@ -14,8 +14,9 @@ def _table(name, blocks_only):
     base = nativemem.allocator(name)  # alive until cloned (cdata holds no reference)
     a = lib.nm_allocator_clone(base.cdata, ffi.NULL)
     assert a != ffi.NULL
-    if blocks_only:
-        assert lib.nm_allocator_set_stats(a, lib.NM_STATS_BLOCKS) == lib.NM_OK
+    assert lib.nm_allocator_get_stats_mode(a) == lib.NM_STATS_BLOCKS  # C's default
+    if not blocks_only:
+        assert lib.nm_allocator_set_stats(a, lib.NM_STATS_BYTES) == lib.NM_OK
     return a
 
 
@@ -70,3 +71,50 @@ def test_destroy_deferred_until_last_free_from_threads(name, blocks_only):
             t.start()
         for t in ts:
             t.join()  # the last free destroyed the table (ASan/Valgrind runs see a leak or a use after free otherwise)
+
+
+def test_stats_mode_is_set_before_the_first_allocation():
+    base = nativemem.allocator("libc")
+    a = lib.nm_allocator_clone(base.cdata, ffi.NULL)
+    try:
+        assert lib.nm_allocator_set_stats(a, 7) == lib.NM_ERR_INVALID
+        assert lib.nm_allocator_set_stats(a, lib.NM_STATS_OFF) == lib.NM_OK
+        assert lib.nm_allocator_get_stats_mode(a) == lib.NM_STATS_OFF
+        assert lib.nm_allocator_set_stats(a, lib.NM_STATS_BYTES) == lib.NM_OK
+        p = lib.nm_malloc(a, 10)
+        assert lib.nm_allocator_set_stats(a, lib.NM_STATS_BLOCKS) == lib.NM_ERR_BUSY  # counts would lie
+        assert lib.nm_allocator_get_stats_mode(a) == lib.NM_STATS_BYTES
+        lib.nm_free(a, p)
+    finally:
+        lib.nm_allocator_destroy(a)
+    assert lib.nm_allocator_set_stats(lib.nm_allocator_libc(), lib.NM_STATS_BYTES) == lib.NM_ERR_UNSUPPORTED
+    d = nativemem.DebugAllocator()
+    assert lib.nm_allocator_set_stats(d.cdata, lib.NM_STATS_BLOCKS) == lib.NM_ERR_UNSUPPORTED
+    lib.nm_clear_error()
+
+
+def test_python_allocators_count_exact_bytes():
+    for a in (nativemem.allocator("libc"), nativemem.Arena(1 << 20)):
+        assert lib.nm_allocator_get_stats_mode(a.cdata) == lib.NM_STATS_BYTES
+        b = a.malloc(100)
+        assert a.stats().live_bytes >= 100
+        b.free()
+
+
+def test_block_counts_exact_across_many_threads():
+    """More threads than owned slots (31): the rest share the atomic slot; counts stay exact."""
+    base = nativemem.allocator("libc")
+    a = lib.nm_allocator_clone(base.cdata, ffi.NULL)
+    try:
+        def work():
+            for _ in range(500):
+                lib.nm_free(a, lib.nm_malloc(a, 32))
+        ts = [threading.Thread(target=work) for _ in range(40)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        st = _stats(a)
+        assert st.total_allocs == 40 * 500 and st.total_frees == 40 * 500 and st.live_blocks == 0
+    finally:
+        lib.nm_allocator_destroy(a)

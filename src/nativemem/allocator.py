@@ -76,6 +76,8 @@ class Allocator(_core.Allocator):
                     f"the table at {address:#x} already belongs to {other!r}: use that object (two owners "
                     f"would destroy it twice)")
             _owners[address] = self
+        if owned and lib.nm_allocator_set_stats(_table, lib.NM_STATS_BYTES) != lib.NM_OK:
+            lib.nm_clear_error()  # a debug allocator keeps its own (exact) statistics
         self._bind(int(ffi.cast("uintptr_t", _table)), nm, bool(owned), keepalive, backend or nm,
                    bool(_sites), int(_depth))
 

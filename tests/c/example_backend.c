@@ -34,6 +34,8 @@ int main(void) {
     void *p, *o;
     size_t i;
     CHECK(a != NULL && strcmp(nm_allocator_name(a), "counting") == 0 && nm_allocator_context(a) == &ctx);
+    CHECK(nm_allocator_get_stats_mode(a) == NM_STATS_BLOCKS);          /* the default: block counts */
+    CHECK(nm_allocator_set_stats(a, NM_STATS_BYTES) == NM_OK);         /* exact bytes, asked for   */
     p = nm_malloc(a, 100);
     z = (unsigned char *)nm_calloc(a, 10, 10);
     CHECK(p != NULL && z != NULL);
