@@ -71,6 +71,8 @@ struct nm__tcache {
                                    Not in checked mode (its poison is verified on hand-out). */
     size_t hot_idx;
     nm__chunk_t *hot_chunk;     /* hot's chunk                                            */
+    void *ufree;                /* unchecked mode: this thread's free objects (raw links) */
+    size_t ucount;
     nm__tcache_t *next;
 };
 
@@ -103,6 +105,9 @@ struct nm_pool {
                                    in every other mode                                   */
     nm_pool_t *next_live;
     nm_atfork_t fork;           /* fork safety: pool->lock (platform.h) */
+    int unchecked;              /* NM_POOL_UNCHECKED (chosen at creation)                  */
+    void *ushared;              /* unchecked mode: objects given back by caches (pool->lock) */
+    size_t ushared_count;
 };
 
 /* ---- global registry of live pools (validates thread-exit work against destroy) ------ */
@@ -275,6 +280,19 @@ static void nm__tcache_release(nm_pool_t *pool, nm__tcache_t *tc) {
         pool->orphans = c;
     }
     tc->owned = tc->cur = NULL;
+    if (tc->ufree) { /* unchecked mode: the cache's free objects go to the shared list */
+        void *last = tc->ufree;
+        NM__VG(pool, NM_VG_DEFINED(last, sizeof(void *)));
+        while (*(void **)last) {
+            last = *(void **)last;
+            NM__VG(pool, NM_VG_DEFINED(last, sizeof(void *)));
+        }
+        *(void **)last = pool->ushared;
+        pool->ushared = tc->ufree;
+        pool->ushared_count += tc->ucount;
+        tc->ufree = NULL;
+        tc->ucount = 0;
+    }
     nm_atomic_store_relaxed(&tc->thread, 0);
 }
 
@@ -576,8 +594,12 @@ nm_pool_t *nm_pool_create_ex(nm_allocator_t *a, size_t object_size, size_t objec
                       alignment, sizeof(void *), NM_POOL_MAX_ALIGN);
         return NULL;
     }
-    if (flags & ~(unsigned)(NM_POOL_ZERO | NM_POOL_CHECKED | NM_POOL_BUGHUNT | NM_POOL_QUIET)) {
+    if (flags & ~(unsigned)(NM_POOL_ZERO | NM_POOL_CHECKED | NM_POOL_BUGHUNT | NM_POOL_QUIET | NM_POOL_UNCHECKED)) {
         _nm_set_error(NM_ERR_INVALID, "nm_pool_create: unknown flags %#x", flags);
+        return NULL;
+    }
+    if ((flags & NM_POOL_UNCHECKED) && (flags & (NM_POOL_CHECKED | NM_POOL_BUGHUNT))) {
+        _nm_set_error(NM_ERR_INVALID, "nm_pool_create: NM_POOL_UNCHECKED excludes NM_POOL_CHECKED and NM_POOL_BUGHUNT");
         return NULL;
     }
     if (object_size > NM_MAX_ALLOC / 4 || objects_per_chunk > NM_MAX_ALLOC / 4) {
@@ -590,6 +612,7 @@ nm_pool_t *nm_pool_create_ex(nm_allocator_t *a, size_t object_size, size_t objec
     if (!pool) return NULL;
     pool->a = a;
     pool->flags = flags;
+    pool->unchecked = (flags & NM_POOL_UNCHECKED) != 0;
     pool->object_size = object_size;
     pool->stride = stride;
     pool->alignment = alignment;
@@ -722,7 +745,8 @@ static int nm__verify_poison(nm_pool_t *pool, nm__chunk_t *c, size_t idx, unsign
 }
 
 /* Pops one object for thread cache `tc`, site `file`:`line` (checked mode). */
-NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, int line) {
+/* `count`: count the allocation here (0: the caller counts a whole batch at once). */
+NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, int line, int count) {
     nm__chunk_t *c = tc->cur;
     void *slot;
     size_t idx;
@@ -784,7 +808,7 @@ NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, i
     }
 take:
     nm__bit_put(c->alloc_bits, idx, 1);
-    {
+    if (count) {
         intptr_t net = ++tc->net;
         nm__counter_inc(&tc->allocs);
         if (NM_UNLIKELY(net > nm_atomic_load_relaxed(&tc->peak_net))) nm_atomic_store_relaxed(&tc->peak_net, net);
@@ -798,8 +822,10 @@ take:
             rc = nm__verify_poison(pool, c, idx, (unsigned char *)slot);
             if (rc) {
                 /* the damaged slot stays out of circulation; the count is undone */
-                nm_atomic_store_relaxed(&tc->allocs, nm_atomic_load_relaxed(&tc->allocs) - 1);
-                tc->net--;
+                if (count) {
+                    nm_atomic_store_relaxed(&tc->allocs, nm_atomic_load_relaxed(&tc->allocs) - 1);
+                    tc->net--;
+                }
                 nm__bit_put(c->alloc_bits, idx, 0);
                 NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, slot));
                 return NULL;
@@ -813,18 +839,123 @@ take:
     return slot;
 }
 
-void *nm_pool_alloc(nm_pool_t *pool) {
+/* ---- unchecked mode (NM_POOL_UNCHECKED): a per-thread free list and nothing else ---------- */
+/* Objects that move at once between a cache and the shared list: a chunk's worth. */
+#define NM__UBATCH(pool) ((pool)->nobj)
+
+/* Takes up to a batch from the shared list into the cache, else carves from the cache's chunk,
+ * else a new chunk. */
+static NM_NOINLINE void *nm__ualloc_slow(nm_pool_t *pool, nm__tcache_t *tc) {
+    nm__chunk_t *c;
+    void *p;
+    if (pool->ushared != NULL) {
+        nm_mutex_lock(&pool->lock);
+        nm__sample_peak(pool);
+        if (pool->ushared != NULL) {
+            void *head = pool->ushared, *last = head;
+            size_t n = 1;
+            NM__VG(pool, NM_VG_DEFINED(last, sizeof(void *)));
+            while (n < NM__UBATCH(pool) && *(void **)last) {
+                last = *(void **)last;
+                NM__VG(pool, NM_VG_DEFINED(last, sizeof(void *)));
+                n++;
+            }
+            pool->ushared = *(void **)last;
+            pool->ushared_count -= n;
+            *(void **)last = NULL;
+            tc->ufree = *(void **)head;
+            tc->ucount = n - 1;
+            nm_mutex_unlock(&pool->lock);
+            return head;
+        }
+        nm_mutex_unlock(&pool->lock);
+    }
+    c = tc->cur;
+    if (c == NULL || c->bump >= c->nobj) {
+        nm_mutex_lock(&pool->lock);
+        nm__sample_peak(pool);
+        c = nm__chunk_new(pool, tc);
+        nm_mutex_unlock(&pool->lock);
+        if (c == NULL) {
+            _nm_set_error(NM_ERR_NOMEM, "pool of %zu-byte objects: cannot get a %zu-byte chunk from allocator %s",
+                          pool->object_size, pool->chunk_size, pool->a->name ? pool->a->name : "?");
+            return NULL;
+        }
+        tc->cur = c;
+    }
+    p = c->objects + c->bump++ * pool->stride;
+    return p;
+}
+
+NM_INLINE void *nm__ualloc(nm_pool_t *pool, nm__tcache_t *tc) {
+    void *p = tc->ufree;
+    if (NM_LIKELY(p != NULL)) {
+        NM__VG(pool, NM_VG_DEFINED(p, sizeof(void *)));
+        tc->ufree = *(void **)p;
+        tc->ucount--;
+    } else {
+        p = nm__ualloc_slow(pool, tc);
+        if (NM_UNLIKELY(p == NULL)) return NULL;
+    }
+    nm__counter_inc(&tc->allocs); /* peak: sampled on the slow paths (see NM_POOL_UNCHECKED) */
+    NM_ASAN_UNPOISON(p, pool->object_size);
+    NM__VG(pool, NM_VG_MEMPOOL_ALLOC(pool, p, pool->object_size));
+    if (pool->flags & NM_POOL_ZERO) memset(p, 0, pool->object_size);
+    return p;
+}
+
+/* Gives a batch of the cache's objects to the shared list (the cache holds two batches). */
+static NM_NOINLINE void nm__ufree_spill(nm_pool_t *pool, nm__tcache_t *tc) {
+    void *head = tc->ufree, *last = head;
+    size_t n = 1;
+    while (n < NM__UBATCH(pool) && *(void **)last) {
+        last = *(void **)last;
+        n++;
+    }
+    tc->ufree = *(void **)last;
+    tc->ucount -= n;
+    nm_mutex_lock(&pool->lock);
+    *(void **)last = pool->ushared;
+    pool->ushared = head;
+    pool->ushared_count += n;
+    nm_mutex_unlock(&pool->lock);
+}
+
+NM_INLINE int nm__ufree(nm_pool_t *pool, nm__tcache_t *tc, void *p) {
+    if (NM_UNLIKELY(p == NULL)) return _nm_set_error(NM_ERR_INVALID_FREE, "free of NULL to a pool");
+    NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));
+    NM__VG(pool, NM_VG_UNDEFINED(p, sizeof(void *)));
+    *(void **)p = tc->ufree;
+    tc->ufree = p;
+    NM_ASAN_POISON((char *)p + sizeof(void *), pool->object_size > sizeof(void *) ? pool->object_size - sizeof(void *) : 0);
+    nm__counter_inc(&tc->frees);
+    if (NM_UNLIKELY(++tc->ucount > 2 * NM__UBATCH(pool))) nm__ufree_spill(pool, tc);
+    return NM_OK;
+}
+
+/* The modes' entry points, each its own function so that the unchecked one stays lean (no
+ * registers saved for the checked path); nm_pool_alloc and nm_pool_free jump to one. */
+static NM_NOINLINE void *nm__alloc_unchecked(nm_pool_t *pool) {
+    nm__tcache_t *tc = nm__tc(pool);
+    return NM_LIKELY(tc != NULL) ? nm__ualloc(pool, tc) : NULL;
+}
+static NM_NOINLINE void *nm__alloc_checked(nm_pool_t *pool) {
     nm__tcache_t *tc;
     if (NM_UNLIKELY(pool->bh != NULL)) return _nm_bh_alloc(pool->bh, _nm_site_file, _nm_site_line);
     tc = nm__tc(pool);
-    return NM_LIKELY(tc != NULL) ? nm__alloc(pool, tc, NULL, 0) : NULL;
+    return NM_LIKELY(tc != NULL) ? nm__alloc(pool, tc, NULL, 0, 1) : NULL;
+}
+
+void *nm_pool_alloc(nm_pool_t *pool) {
+    return pool->unchecked ? nm__alloc_unchecked(pool) : nm__alloc_checked(pool);
 }
 
 void *nm_pool_alloc_at(nm_pool_t *pool, const char *file, int line) {
     nm__tcache_t *tc;
     if (pool->bh) return _nm_bh_alloc(pool->bh, file, line);
     tc = nm__tc(pool);
-    return tc ? nm__alloc(pool, tc, file ? file : "<unknown>", line) : NULL;
+    if (tc && pool->unchecked) return nm__ualloc(pool, tc);
+    return tc ? nm__alloc(pool, tc, file ? file : "<unknown>", line, 1) : NULL;
 }
 
 size_t nm_pool_alloc_many(nm_pool_t *pool, void **out, size_t n) {
@@ -837,9 +968,19 @@ size_t nm_pool_alloc_many(nm_pool_t *pool, void **out, size_t n) {
     }
     tc = nm__tc(pool);
     if (!tc) return 0;
-    for (i = 0; i < n; i++)
-        if (!(out[i] = nm__alloc(pool, tc, NULL, 0))) return i;
-    return n;
+    if (pool->unchecked) {
+        for (i = 0; i < n; i++)
+            if (!(out[i] = nm__ualloc(pool, tc))) return i;
+        return n;
+    }
+    for (i = 0; i < n && (out[i] = nm__alloc(pool, tc, NULL, 0, 0)) != NULL; i++) {
+    }
+    if (i) { /* counted once for the batch */
+        intptr_t net = tc->net += (intptr_t)i;
+        nm_atomic_store_relaxed(&tc->allocs, nm_atomic_load_relaxed(&tc->allocs) + (intptr_t)i);
+        if (net > nm_atomic_load_relaxed(&tc->peak_net)) nm_atomic_store_relaxed(&tc->peak_net, net);
+    }
+    return i;
 }
 
 /* ---- free ---------------------------------------------------------------------------- */
@@ -856,8 +997,9 @@ static NM_NOINLINE int nm__bad_free(nm_pool_t *pool, nm__chunk_t *c, void *p, si
     return _nm_set_error(NM_ERR_DOUBLE_FREE, "double free of pool object %p (%zu bytes)", p, pool->object_size);
 }
 
-/* Returns `p` to the pool from thread cache `tc`. */
-NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p) {
+/* Returns `p` to the pool from thread cache `tc`; `count`: count it here (0: the caller counts a
+ * batch). */
+NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p, int count) {
     nm__chunk_t *c;
     size_t idx;
     /* chunks live until destroy, so a chunk this thread already found needs no lookup */
@@ -895,17 +1037,26 @@ NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p) {
         if (nm__atomic_or(&c->remote_bits[idx / NM__WBITS], m) & m) return nm__bad_free(pool, c, p, idx);
         nm_atomic_store_release(&c->remote_pending, 1);
     }
-    nm__counter_inc(&tc->frees);
-    tc->net--;
+    if (count) {
+        nm__counter_inc(&tc->frees);
+        tc->net--;
+    }
     return 0;
 }
 
-int nm_pool_free(nm_pool_t *pool, void *ptr) {
+static NM_NOINLINE int nm__free_unchecked(nm_pool_t *pool, void *ptr) {
+    nm__tcache_t *tc = nm__tc(pool);
+    return NM_LIKELY(tc != NULL) ? nm__ufree(pool, tc, ptr) : NM_ERR_NOMEM;
+}
+static NM_NOINLINE int nm__free_checked(nm_pool_t *pool, void *ptr) {
     nm__tcache_t *tc;
     if (NM_UNLIKELY(pool->bh != NULL)) return _nm_bh_free(pool->bh, ptr);
     tc = nm__tc(pool);
-    if (!tc) return NM_ERR_NOMEM;
-    return nm__free(pool, tc, ptr);
+    return NM_LIKELY(tc != NULL) ? nm__free(pool, tc, ptr, 1) : NM_ERR_NOMEM;
+}
+
+int nm_pool_free(nm_pool_t *pool, void *ptr) {
+    return pool->unchecked ? nm__free_unchecked(pool, ptr) : nm__free_checked(pool, ptr);
 }
 
 int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
@@ -918,12 +1069,28 @@ int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
         tc = nm__tc(pool);
         if (!tc) return NM_ERR_NOMEM;
     }
-    for (i = 0; i < n; i++) {
-        rc = tc ? nm__free(pool, tc, ptrs[i]) : _nm_bh_free(pool->bh, ptrs[i]);
-        if (rc && !first) {
-            first = rc;
-            snprintf(msg, sizeof msg, "%s", nm_last_error_message());
-            bad = i;
+    if (tc != NULL && !pool->unchecked) { /* the common case: counted once for the batch */
+        size_t freed = 0;
+        for (i = 0; i < n; i++) {
+            rc = nm__free(pool, tc, ptrs[i], 0);
+            if (NM_LIKELY(rc == 0)) {
+                freed++;
+            } else if (!first) {
+                first = rc;
+                snprintf(msg, sizeof msg, "%s", nm_last_error_message());
+                bad = i;
+            }
+        }
+        nm_atomic_store_relaxed(&tc->frees, nm_atomic_load_relaxed(&tc->frees) + (intptr_t)freed);
+        tc->net -= (intptr_t)freed;
+    } else {
+        for (i = 0; i < n; i++) {
+            rc = !tc ? _nm_bh_free(pool->bh, ptrs[i]) : nm__ufree(pool, tc, ptrs[i]);
+            if (rc && !first) {
+                first = rc;
+                snprintf(msg, sizeof msg, "%s", nm_last_error_message());
+                bad = i;
+            }
         }
     }
     if (first) return _nm_set_error(first, "free_many: pointer %zu of %zu: %s", bad, n, msg);
@@ -937,6 +1104,7 @@ int nm_pool_owns(nm_pool_t *pool, const void *ptr) {
     c = nm__chunk_of(pool, ptr);
     if (!c) return 0;
     idx = nm__slot_index(pool, c, ptr);
+    if (pool->unchecked) return idx != (size_t)-1 && idx < c->bump; /* a slot handed out once: no liveness */
     return idx != (size_t)-1 && nm__bit_get(c->alloc_bits, idx) && !nm__bit_get(c->remote_bits, idx);
 }
 
@@ -972,6 +1140,12 @@ size_t nm_pool_live_objects(nm_pool_t *pool, nm_pool_object_t *out, size_t n) {
     size_t count = 0, i;
     nm__chunk_t *c;
     if (pool->bh) return _nm_bh_live_objects(pool->bh, out, n);
+    if (pool->unchecked) {
+        (void)out;
+        (void)n;
+        _nm_set_error(NM_ERR_UNSUPPORTED, "an unchecked pool (NM_POOL_UNCHECKED) keeps no record of its live objects");
+        return 0;
+    }
     nm_mutex_lock(&pool->lock);
     for (c = pool->all; c; c = c->next_all) {
         for (i = 0; i < c->bump; i++) {

@@ -21,7 +21,17 @@ enum nm_pool_flags {
     NM_POOL_ZERO = 1,     /* objects are zeroed when handed out                                */
     NM_POOL_CHECKED = 2,  /* sites per object, 0xDD poison on free verified on reuse, leaks    */
     NM_POOL_BUGHUNT = 4,  /* one backend allocation per object (external checkers see each)    */
-    NM_POOL_QUIET = 8     /* nm_pool_destroy does not print leaks to stderr (caller reports)   */
+    NM_POOL_QUIET = 8,    /* nm_pool_destroy does not print leaks to stderr (caller reports)   */
+    NM_POOL_UNCHECKED = 16 /* for C code already validated with the checked and bughunt modes:
+                              a per-thread free list and nothing else -- no ownership bitmap, no
+                              double-free or foreign-free detection (either corrupts the pool),
+                              no hardened links.  Objects freed by another thread join that
+                              thread's list; lists past two chunks' worth go to a shared list.
+                              Allocations, frees and live stay exact; the peak is
+                              sampled (when the pool takes memory, and when stats are read);
+                              nm_pool_live_objects lists nothing (NM_ERR_UNSUPPORTED) and
+                              nm_pool_owns only says whether an address is an object slot of the
+                              pool.  Not with CHECKED or BUGHUNT.                                 */
 };
 
 typedef struct nm_pool_stats {
