@@ -69,13 +69,16 @@
  * everywhere else the compiler's default model for the build (-fPIC: dynamic) is kept.  glibc
  * is detected positively: __GLIBC__ comes from <features.h>, which every glibc header includes
  * (<string.h> and <unistd.h> above); musl defines no such macro on purpose.  __has_include
- * guards the direct include, <features.h> being glibc's and musl's but not macOS's or MSVC's. */
+ * guards the direct include, <features.h> being glibc's and musl's but not macOS's or MSVC's.
+ * A definition from the command line wins (-DNM_TLS_FAST= : the default model everywhere). */
 #if !defined(_WIN32) && !defined(__APPLE__) && !defined(__GLIBC__) && defined(__has_include)
 #  if __has_include(<features.h>)
 #    include <features.h>
 #  endif
 #endif
-#if (defined(__GNUC__) || defined(__clang__)) && !defined(_WIN32) && !defined(__APPLE__) && defined(__GLIBC__)
+#if defined(NM_TLS_FAST)
+/* given on the command line (.ci/cross-checks.sh forces initial-exec on musl to see it refused) */
+#elif (defined(__GNUC__) || defined(__clang__)) && !defined(_WIN32) && !defined(__APPLE__) && defined(__GLIBC__)
 #  define NM_TLS_FAST __attribute__((tls_model("initial-exec")))
 #else
 #  define NM_TLS_FAST
