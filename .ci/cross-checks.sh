@@ -16,7 +16,7 @@
 # kept between runs (CROSS_ZIG_VENV moves it); skipped, with a message, when pip cannot reach it.
 # CROSS_ZIG="path/to/python -m ziglang" uses a zig already installed.  zig's global cache
 # (~/.cache/zig) keeps the C runtimes it builds per target: a first run on a machine builds them
-# (the mingw-w64 CRT takes longest: about 2.5 minutes in all on 2 cores), later runs take ~15 s.
+# (the mingw-w64 CRT takes longest: about 2.5 minutes in all on 2 cores), later runs ~5-15 s.
 # The MSVC-mode compile and the mingw-w64 + Wine run live in .ci/c-checks.sh (step 5 and 8).
 # Installs nothing with apt: musl-gcc comes from musl-tools (.ci/run installs it).
 # Prints one PASS/FAIL/SKIP line per target; exits non-zero when one failed (a SKIP fails too
@@ -99,7 +99,7 @@ fi
 # ---- zig cc targets ----------------------------------------------------------------------------------
 # target: compile every file (-c), then link a shared library; each target in the background.
 zig_target() {  # target libname [extra flags...]
-  local t=$1 lib=$2 d="$OUT/$1" f ok=1 t0; shift 2
+  local t=$1 lib=$2 d="$OUT/$1" f bad=() t0; shift 2
   local pic=(-fPIC) link=()
   case $t in
     *windows*) pic=() ;;
@@ -109,10 +109,11 @@ zig_target() {  # target libname [extra flags...]
   t0=$(date +%s)
   for f in "${SRC[@]}"; do
     # shellcheck disable=SC2086
-    timeout 300 $ZIGCMD cc -target "$t" "${WFLAGS[@]}" "${pic[@]}" -c "$f" -o "$d/$(basename "$f" .c).o" >>"$d/compile.log" 2>&1 || ok=0
+    timeout 300 $ZIGCMD cc -target "$t" "${WFLAGS[@]}" "${pic[@]}" -c "$f" -o "$d/$(basename "$f" .c).o" >>"$d/compile.log" 2>&1 \
+      || bad+=("$(basename "$f")")
   done
-  if [ $ok = 0 ]; then
-    echo "FAIL|compile: $(grep -c 'error:' "$d/compile.log") error(s) (-Werror: warnings are errors)" >"$d/status"
+  if [ ${#bad[@]} -gt 0 ]; then
+    echo "FAIL|compile: $(grep -c 'error:' "$d/compile.log") error(s) (warnings are errors) in ${bad[*]}" >"$d/status"
     return
   fi
   # shellcheck disable=SC2086
@@ -143,7 +144,7 @@ if wait $ZIG_SETUP_PID && [ -s "$OUT/zigversion" ]; then
       if timeout 60 "$OUT/musl_dlopen" "$d/${tl#*:}" >"$d/run.log" 2>&1; then
         msg="$msg; dlopen'ed by musl_dlopen: OK"
       else
-        st="FAIL|x"; msg="$msg; but musl_dlopen failed on it:"; cp "$d/run.log" "$d/link.log"
+        st="FAIL|"; msg="$msg; but musl_dlopen failed on it:"; cp "$d/run.log" "$d/link.log"
       fi
     fi
     result "${st%%|*}" "$t" "zig $ZIGV: $msg"
