@@ -8,7 +8,7 @@
  * thread-locals).  Exit status 0 when everything worked.
  *
  * Only the public API is used, through pointers found with dlsym (no nativemem symbol is linked
- * in); the types come from nativemem.h.
+ * in), typed from nativemem.h's prototypes (__typeof__: GCC and Clang).
  *
  *   usage: musl_dlopen /path/to/libnativemem_core.so
  */
@@ -19,14 +19,15 @@
 #include <stdio.h>
 #include <string.h>
 
-static nm_allocator_t *(*p_allocator_libc)(void);
-static void *(*p_malloc)(nm_allocator_t *, size_t);
-static void (*p_free)(nm_allocator_t *, void *);
-static nm_pool_t *(*p_pool_create)(nm_allocator_t *, size_t, size_t, unsigned);
-static void *(*p_pool_alloc)(nm_pool_t *);
-static int (*p_pool_free)(nm_pool_t *, void *);
-static void (*p_pool_destroy)(nm_pool_t *);
-static int (*p_last_error)(void);
+/* pointer types from the header's own prototypes: a signature change there fails this build */
+static __typeof__(nm_allocator_libc) *p_allocator_libc;
+static __typeof__(nm_malloc) *p_malloc;
+static __typeof__(nm_free) *p_free;
+static __typeof__(nm_pool_create) *p_pool_create;
+static __typeof__(nm_pool_alloc) *p_pool_alloc;
+static __typeof__(nm_pool_free) *p_pool_free;
+static __typeof__(nm_pool_destroy) *p_pool_destroy;
+static __typeof__(nm_last_error) *p_last_error;
 
 static nm_pool_t *pool;
 
