@@ -62,8 +62,23 @@
 #endif
 
 /* Thread-locals on hot paths: the initial-exec model is one %fs-relative load instead of a
- * __tls_get_addr call in a shared object (uses a little of glibc's static TLS surplus). */
-#if (defined(__GNUC__) || defined(__clang__)) && !defined(_WIN32) && !defined(__APPLE__)
+ * __tls_get_addr call in a shared object (uses a little of glibc's static TLS surplus).  Only
+ * with glibc: its dynamic linker reserves that surplus for libraries loaded with dlopen (the
+ * Python extension is one).  musl reserves none and refuses to load such a library
+ * ("initial-exec TLS resolves to dynamic definition"; issue 14), as do other C libraries, so
+ * everywhere else the compiler's default model for the build (-fPIC: dynamic) is kept.  glibc
+ * is detected positively: __GLIBC__ comes from <features.h>, which every glibc header includes
+ * (<string.h> and <unistd.h> above); musl defines no such macro on purpose.  __has_include
+ * guards the direct include, <features.h> being glibc's and musl's but not macOS's or MSVC's.
+ * A definition from the command line wins (-DNM_TLS_FAST= : the default model everywhere). */
+#if !defined(_WIN32) && !defined(__APPLE__) && !defined(__GLIBC__) && defined(__has_include)
+#  if __has_include(<features.h>)
+#    include <features.h>
+#  endif
+#endif
+#if defined(NM_TLS_FAST)
+/* given on the command line (.ci/cross-checks.sh forces initial-exec on musl to see it refused) */
+#elif (defined(__GNUC__) || defined(__clang__)) && !defined(_WIN32) && !defined(__APPLE__) && defined(__GLIBC__)
 #  define NM_TLS_FAST __attribute__((tls_model("initial-exec")))
 #else
 #  define NM_TLS_FAST
