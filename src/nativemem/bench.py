@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ._ffi import ffi, lib
 
-__all__ = ["Row", "Workload", "Result", "run", "measure", "render_table", "legend", "quick_comparison", "main",
+__all__ = ["Row", "Workload", "Result", "run", "measure", "render_table", "legend", "benchmarks_path", "quick_comparison", "main",
            "plot", "AREAS", "CHILD_AREAS", "SCHEMA", "ChildError"]
 
 SCHEMA = "nativemem-bench/2"
@@ -410,8 +410,10 @@ def _child_plan(only: Optional[str]) -> Tuple[str, str]:
     info = _load("jemalloc").info
     if info.available:
         return "here", ""
-    if not sys.platform.startswith("linux") or find_library("jemalloc") is None:
+    if not sys.platform.startswith("linux"):
         return "absent", f"jemalloc rows absent: {info.reason}"
+    if find_library("jemalloc") is None:
+        return "absent", "jemalloc rows absent: libjemalloc not found (apt-get install libjemalloc2, dnf install jemalloc)"
     return "child", ""
 
 
@@ -699,6 +701,12 @@ def render_table(rows: Sequence[Row], machine: Optional[Dict[str, Any]] = None, 
     return "\n".join(out)
 
 
+def benchmarks_path() -> str:
+    """The benchmark results shipped with the package (nativemem/BENCHMARKS.md; benchmarks/README.md
+    in the source tree points at it)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "BENCHMARKS.md")
+
+
 def quick_comparison(file: Any = None) -> None:
     """The short comparison ``python -m nativemem`` prints: a malloc+free pair per backend, in C."""
     import nativemem
@@ -733,7 +741,7 @@ def quick_comparison(file: Any = None) -> None:
     pref = pmed["bytearray(64)"]
     print("  from Python, 64 bytes (ratio to bytearray(64)):", file=file)
     print("  " + "   ".join(f"{k} {v:.0f} ns ({v / pref:.2f}x)" for k, v in pmed.items()), file=file)
-    print("  full benchmarks: python -m nativemem bench [--quick] (see benchmarks/README.md)", file=file)
+    print(f"  full benchmarks: python -m nativemem bench [--quick]; a full run's table: {benchmarks_path()}", file=file)
     pool.close()
     ppool.close()
 
@@ -878,7 +886,7 @@ def plot(rows: Sequence[Row], path: str) -> None:
         if any(r.process == "child" for r in all_rows):
             ax.legend(handles=[Patch(facecolor="0.6", hatch="//", edgecolor="white",
                                      label=f"measured in the jemalloc child process ({CHILD_ENV_NOTE})")],
-                      fontsize=7, loc="lower right")
+                      fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
