@@ -204,7 +204,17 @@ def test_child_dying_midway_drops_its_rows_only(monkeypatch):
     res = bench.measure(quick=True, only="pool", reps=2)
     assert not _child_rows(res.rows)
     assert {r.contender for r in res.rows} >= {"pool", "libc"}
-    assert len(res.notes) == 1 and "child process failed" in res.notes[0]
+    assert len(res.notes) == 1 and "child process failed (it exited with status -9" in res.notes[0]
+
+
+def test_child_that_cannot_start_is_a_note_with_its_stderr():
+    if _jemalloc_where() == "here":
+        pytest.skip("jemalloc is loaded in this process: no child")
+    res = bench.measure(quick=True, only="pool", reps=1, child_env={"PYTHONHOME": "/nonexistent-nativemem"})
+    assert res.rows and not _child_rows(res.rows)
+    assert len(res.notes) == 1 and "\n" not in res.notes[0]
+    assert res.notes[0].startswith("the jemalloc child process failed (it exited with status ")
+    assert res.notes[0].endswith(")") and ": " in res.notes[0]  # the last line of its stderr
 
 
 def test_child_protocol_directly():

@@ -462,29 +462,37 @@ class _Child:
         if self.dead:
             raise ChildError(self.dead)
         assert self.proc.stdin is not None and self.proc.stdout is not None
+        timed_out, why = False, "a garbled answer"
         try:
             self.proc.stdin.write((json.dumps(msg) + "\n").encode())
             self.proc.stdin.flush()
             ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            timed_out = not ready
             line = self.proc.stdout.readline() if ready else b""
         except (OSError, ValueError) as exc:
             line, why = b"", f"{type(exc).__name__}: {exc}"
-        else:
-            why = "no answer in %.0f s" % timeout if not ready else ""
         try:
             got = json.loads(line) if line else None
         except ValueError:
             got = None
         if not isinstance(got, dict):
-            self.close()
-            code = self.proc.returncode
-            why = why or (f"it exited with status {code}" if code is not None else "a garbled answer")
+            code = self.proc.poll()
+            self._stop()
+            if timed_out:
+                why = "no answer in %.0f s" % timeout
+            elif code is not None or not line:
+                code = self.proc.returncode if code is None else code
+                why = f"it exited with status {code}"
             tail = self._stderr_tail()
             self.dead = f"the jemalloc child process failed ({why}{': ' + tail if tail else ''})"
             raise ChildError(self.dead)
         return got
 
     def close(self) -> None:
+        self._stop()
+        self.err.close()
+
+    def _stop(self) -> None:
         if self.proc.poll() is None:
             try:
                 assert self.proc.stdin is not None
@@ -495,7 +503,12 @@ class _Child:
             except Exception:
                 self.proc.kill()
                 self.proc.wait()
-        self.err.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                if pipe is not None:
+                    pipe.close()
+            except OSError:
+                pass
 
 
 def _child_main() -> int:
