@@ -851,7 +851,8 @@ def plot(rows: Sequence[Row], path: str) -> None:
     heights = [sum(len(rs) + 1 for rs in ws.values()) for ws in areas.values()]
     fig, axes = plt.subplots(len(areas), 1, figsize=(11, 0.26 * sum(heights) + 1.2 * len(areas)), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
-    palette = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0", "C1", "C2"])
+    palette = [c for c in plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0", "C1", "C2"])
+               if str(c).lower() not in ("#7f7f7f", "gray", "grey")] or ["C0"]  # grey is the reference's
     for ax, (area, ws) in zip(axes[:, 0], areas.items()):
         ys: List[float] = []
         labels: List[str] = []
