@@ -16,6 +16,9 @@ Those rows are marked [child], with a "(control)" row per workload: the referenc
 in the child, to show how the two processes compare.  Ratios are to this process's reference.
 Without jemalloc the rows are absent and a note says why.
 
+Progress goes to stderr: on a terminal one line rewritten in place; otherwise (a CI log, a pipe)
+a "bench: N/M measurements, T s" line every few seconds, and a line at the start and at the end.
+
 JSON schema (--json):
 
     {"schema": "nativemem-bench/2", "machine": {...}, "quick": bool, "notes": [str],
