@@ -58,6 +58,7 @@ def render(data: dict, head: str) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--plot", metavar="FILE.png", help="also write the chart of this run (needs matplotlib)")
+    ap.add_argument("--reps", type=int, help="repetitions per contender (default: the bench's, 9)")
     ap.add_argument("--from-json", metavar="FILE", help="render an existing --json file instead of running")
     args = ap.parse_args(argv)
     if args.from_json:
@@ -67,6 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "bench.json")
             cmd = [sys.executable, "-m", "nativemem", "bench", "--json", out] + (["--plot", args.plot] if args.plot else [])
+            cmd += ["--reps", str(args.reps)] if args.reps else []
             subprocess.check_call(cmd, stdout=subprocess.DEVNULL)
             with open(out) as f:
                 data = json.load(f)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import importlib
+import importlib.util
 import io
 import json
 import os
@@ -332,3 +334,22 @@ def test_wheel_ships_the_benchmarks_file(tmp_path):
         text = z.read("nativemem/BENCHMARKS.md").decode()
     with open(bench.benchmarks_path()) as f:
         assert text == f.read()
+
+
+def test_regenerate_renders_a_run(tmp_path):
+    path = os.path.join(ROOT, "benchmarks", "regenerate.py")
+    if not os.path.isfile(path):
+        pytest.skip("needs the source tree")
+    spec = importlib.util.spec_from_file_location("nm_regenerate", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = [bench.Row("pool", "w", "libc", "C", 10.0, 9.0, 11.0, 3, 1.0, "libc"),
+            bench.Row("pool", "w", "pool", "C", 12.0, 11.0, 13.0, 3, 1.2, "libc"),
+            bench.Row("pool", "w", "jemalloc", "C", 8.0, 7.0, 9.0, 3, 0.8, "libc", process="child")]
+    data = {"schema": bench.SCHEMA, "machine": {"platform": "p", "cpu": "c", "cores": 2, "python": "3.11",
+                                                 "backends": {"libc": "glibc"}},
+            "quick": True, "notes": ["a note"], "rows": [dataclasses.asdict(r) for r in rows]}
+    text = mod.render(data, "# Benchmarks\n")
+    assert text.startswith("# Benchmarks") and "## Results" in text
+    assert "pool at 12.0 ns is 1.20x libc; fastest here: jemalloc [child] (8.0 ns)" in text
+    assert "| pool | w | jemalloc [child] | 8.0 |" in text and text.rstrip().endswith("a note")
