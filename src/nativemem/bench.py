@@ -7,11 +7,23 @@ ratio to a reference measured in the same run: glibc malloc through the table (C
 bytearray (Python level).  C-level loops run inside C (csrc/bench.c), so FFI cost does not
 hide the allocator.
 
+jemalloc: glibc cannot load Debian's libjemalloc into a running Python ("cannot allocate memory
+in static TLS block").  Its rows (nativemem's jemalloc backend through the table, jemalloc called
+directly, and the handler and Buffer rows on it) are then measured in a long-lived child process
+started with GLIBC_TUNABLES=glibc.rtld.optional_static_tls=65536, in the same round-robin: the
+child is asked over a pipe for each of its measurements in turn, so every row comes from this run.
+Those rows are marked [child], with a "(control)" row per workload: the reference measured again
+in the child, to show how the two processes compare.  Ratios are to this process's reference.
+Without jemalloc the rows are absent and a note says why.
+
+Progress goes to stderr: on a terminal one line rewritten in place; otherwise (a CI log, a pipe)
+a "bench: N/M measurements, T s" line every few seconds, and a line at the start and at the end.
+
 JSON schema (--json):
 
-    {"schema": "nativemem-bench/1", "machine": {...}, "quick": bool,
+    {"schema": "nativemem-bench/2", "machine": {...}, "quick": bool, "notes": [str],
      "rows": [{"area", "workload", "contender", "level": "C"|"python", "median_ns", "min_ns",
-               "max_ns", "reps", "ratio", "reference", "ops"}]}
+               "max_ns", "reps", "ratio", "reference", "ops", "process": "main"|"child"}]}
 """
 from __future__ import annotations
 
@@ -24,13 +36,14 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ._ffi import ffi, lib
 
-__all__ = ["Row", "Workload", "run", "render_table", "quick_comparison", "main", "AREAS", "SCHEMA"]
+__all__ = ["Row", "Workload", "Result", "run", "measure", "render_table", "legend", "benchmarks_path", "quick_comparison", "main",
+           "plot", "AREAS", "CHILD_AREAS", "SCHEMA", "ChildError"]
 
-SCHEMA = "nativemem-bench/1"
+SCHEMA = "nativemem-bench/2"
 AREAS = ("backends", "pool", "debug", "refcount", "interning", "cow", "numpy", "python")
 
 
@@ -47,6 +60,7 @@ class Row:
     ratio: Optional[float] = None
     reference: Optional[str] = None
     ops: int = 0
+    process: str = "main"  # "child": measured in the jemalloc child process (see the module doc)
 
 
 @dataclass
@@ -58,6 +72,7 @@ class Workload:
     reference: str
     fns: Dict[str, Callable[..., float]] = field(default_factory=dict)  # called with no argument
     ops: Dict[str, int] = field(default_factory=dict)
+    where: Dict[str, str] = field(default_factory=dict)  # contender -> "child" when measured there
 
 
 def _machine() -> Dict[str, Any]:
@@ -92,11 +107,14 @@ def _direct_fns() -> Dict[str, Any]:
     be measured called directly (no table) in the same run as through the table."""
     from .backends import _fn_addr, _load
     out: Dict[str, Any] = {}
-    for name, (m, f) in {"mimalloc": ("mi_malloc", "mi_free")}.items():
+    for name, (m, f) in {"mimalloc": ("mi_malloc", "mi_free"), "jemalloc": ("malloc", "free")}.items():
         loaded = _load(name)
         libh = loaded.keepalive
         if not loaded.info.available or libh is None:
             continue
+        if name == "jemalloc":  # a je_-prefixed build names its functions je_malloc, je_free
+            prefix = "je_" if not hasattr(libh, "mallctl") and hasattr(libh, "je_mallctl") else ""
+            m, f = prefix + m, prefix + f
         out[name] = (ffi.cast("void *(*)(size_t)", _fn_addr(getattr(libh, m))),
                      ffi.cast("void (*)(void *)", _fn_addr(getattr(libh, f))))
     return out
@@ -121,7 +139,7 @@ def _c_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
         direct = _direct_fns()
         # the same backends counting blocks only (NM_STATS_BLOCKS: no usable_size per call)
         blocks_only: Dict[str, Any] = {}
-        for name in ("libc", "mimalloc"):
+        for name in ("libc", "mimalloc", "jemalloc"):
             if name in allocs:
                 b = nativemem.allocator(name)
                 if lib.nm_allocator_set_stats(b.cdata, lib.NM_STATS_BLOCKS) != lib.NM_OK:
@@ -360,13 +378,23 @@ def _py_workloads(quick: bool) -> List[Workload]:
     return ws
 
 
-# ---- running -------------------------------------------------------------------------------
-def run(quick: bool = True, only: Optional[str] = None, reps: Optional[int] = None,
-        progress: Optional[Callable[[str], None]] = None) -> List[Row]:
-    """Measure every workload (optionally one AREA) and return rows with ratios."""
-    if only is not None and only not in AREAS:
-        raise ValueError(f"unknown area {only!r}; choose from {', '.join(AREAS)}")
-    reps = reps or (5 if quick else 9)
+# ---- the jemalloc child process --------------------------------------------------------------
+#: Areas whose workloads compare allocators: there the jemalloc rows belong.
+CHILD_AREAS = ("backends", "pool", "numpy", "python")
+#: What the jemalloc child process's environment adds (glibc: room for jemalloc's static TLS).
+CHILD_ENV_NOTE = "GLIBC_TUNABLES=glibc.rtld.optional_static_tls=65536"
+CHILD_TIMEOUT = 600.0  # seconds for one answer of the child (its longest loop takes well under one)
+
+
+class ChildError(RuntimeError):
+    """The jemalloc child process failed, exited or did not answer."""
+
+
+def _is_jemalloc(contender: str) -> bool:
+    return "jemalloc" in contender
+
+
+def _build_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
     workloads: List[Workload] = []
     if only in (None, "backends", "pool"):
         workloads += _c_workloads(quick, only)
@@ -374,40 +402,307 @@ def run(quick: bool = True, only: Optional[str] = None, reps: Optional[int] = No
         workloads += _family_workloads(quick, only)
     if only in (None, "python"):
         workloads += _py_workloads(quick)
+    return workloads
+
+
+def _child_plan(only: Optional[str]) -> Tuple[str, str]:
+    """Where the jemalloc rows come from: ("here", ""), ("child", "") or ("absent", why)."""
+    from .backends import _load, find_library
+    if only is not None and only not in CHILD_AREAS:
+        return "none", ""
+    info = _load("jemalloc").info
+    if info.available:
+        return "here", ""
+    if not sys.platform.startswith("linux"):
+        return "absent", f"jemalloc rows absent: {info.reason}"
+    if find_library("jemalloc") is None:
+        return "absent", "jemalloc rows absent: libjemalloc not found (apt-get install libjemalloc2, dnf install jemalloc)"
+    return "child", ""
+
+
+def _child_env() -> Dict[str, str]:
+    from .backends import JEMALLOC_TLS_TUNABLE
+    env = dict(os.environ)
+    tun = env.get("GLIBC_TUNABLES", "")
+    if "optional_static_tls" not in tun:
+        env["GLIBC_TUNABLES"] = (tun + ":" if tun else "") + JEMALLOC_TLS_TUNABLE
+    env.pop("NATIVEMEM_BACKEND", None)
+    return env
+
+
+# the child imports this very nativemem: its directory goes first on sys.path unless already there
+_CHILD_CODE = ("import sys; p = sys.argv[1]; p in sys.path or sys.path.insert(0, p); "
+               "from nativemem.bench import _child_main; sys.exit(_child_main())")
+
+
+class _Child:
+    """The long-lived child process that measures the jemalloc rows, one request at a time.
+
+    Protocol: JSON lines on its stdin and on a copy of its original stdout (its own stdout and
+    stderr go to a temporary file, shown when it fails).  {"op": "setup", "quick", "only"} ->
+    {"ok", "version", "rows": [[area, workload, contender], ...]} or {"ok": false, "reason"};
+    {"op": "run", "i": n} -> {"ok", "ns", "ops"}; {"op": "quit"}."""
+
+    def __init__(self, env: Optional[Dict[str, str]] = None) -> None:
+        import subprocess
+        import tempfile
+        self.err = tempfile.TemporaryFile()
+        self.dead: Optional[str] = None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_CODE, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, env=env or _child_env())
+
+    def _stderr_tail(self) -> str:
+        try:
+            self.err.seek(0)
+            text = self.err.read().decode("utf-8", "replace").strip()
+        except (OSError, ValueError):
+            return ""
+        return text.splitlines()[-1][-300:] if text else ""
+
+    def ask(self, msg: Dict[str, Any], timeout: float = CHILD_TIMEOUT) -> Dict[str, Any]:
+        import select
+        if self.dead:
+            raise ChildError(self.dead)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        timed_out, why = False, "a garbled answer"
+        try:
+            self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+            self.proc.stdin.flush()
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            timed_out = not ready
+            line = self.proc.stdout.readline() if ready else b""
+        except (OSError, ValueError) as exc:
+            line, why = b"", f"{type(exc).__name__}: {exc}"
+        try:
+            got = json.loads(line) if line else None
+        except ValueError:
+            got = None
+        if not isinstance(got, dict):
+            code = self.proc.poll()
+            self._stop()
+            if timed_out:
+                why = "no answer in %.0f s" % timeout
+            elif code is not None or not line:
+                code = self.proc.returncode if code is None else code
+                why = f"it exited with status {code}"
+            tail = self._stderr_tail()
+            self.dead = f"the jemalloc child process failed ({why}{': ' + tail if tail else ''})"
+            raise ChildError(self.dead)
+        return got
+
+    def close(self) -> None:
+        self._stop()
+        self.err.close()
+
+    def _stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(b'{"op": "quit"}\n')
+                self.proc.stdin.flush()
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                if pipe is not None:
+                    pipe.close()
+            except OSError:
+                pass
+
+
+def _child_main() -> int:
+    """The child's side of _Child's protocol (run as ``python -c``)."""
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything else written to stdout cannot garble the protocol
+    from .backends import _load
+    items: List[Tuple[Workload, str]] = []
+    workloads: List[Workload] = []
+    for line in sys.stdin:
+        msg = json.loads(line)
+        op = msg.get("op")
+        if op == "quit":
+            break
+        if op == "setup":
+            info = _load("jemalloc").info
+            if not info.available:
+                answer: Dict[str, Any] = {"ok": False, "reason": f"jemalloc rows absent: in a child process "
+                                                                   f"with {CHILD_ENV_NOTE}: {info.reason}"}
+            else:
+                only = msg.get("only")
+                workloads = [w for w in _build_workloads(bool(msg.get("quick")), only) if w.area in CHILD_AREAS]
+                rows: List[List[str]] = []
+                for w in workloads:
+                    names = [n for n in w.fns if _is_jemalloc(n)]
+                    if names and w.reference in w.fns:
+                        names.append(w.reference)  # the control: the reference measured here too
+                    for n in names:
+                        items.append((w, n))
+                        rows.append([w.area, w.name, n])
+                answer = {"ok": True, "version": info.version, "rows": rows}
+        elif op == "run":
+            w, n = items[int(msg["i"])]
+            try:
+                answer = {"ok": True, "ns": float(w.fns[n]()), "ops": w.ops.get(n, 0)}
+            except Exception as exc:
+                answer = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
+        else:
+            answer = {"ok": False, "reason": f"unknown op {op!r}"}
+        proto.write(json.dumps(answer) + "\n")
+        proto.flush()
+    return 0
+
+
+def _control_name(reference: str) -> str:
+    return f"{reference} (control)"
+
+
+def _attach_child(child: _Child, workloads: Sequence[Workload], quick: bool, only: Optional[str]) -> str:
+    """Ask the child for its rows and add them to ``workloads`` as contenders measured there;
+    returns the child's jemalloc version (raises ChildError with the reason when it has none)."""
+    got = child.ask({"op": "setup", "quick": quick, "only": only})
+    if not got.get("ok"):
+        raise ChildError(str(got.get("reason")))
+    by_key = {(w.area, w.name): w for w in workloads}
+    for i, (area, wname, contender) in enumerate(got["rows"]):
+        w = by_key.get((area, wname))
+        if w is None:
+            continue
+        label = _control_name(contender) if contender == w.reference else contender
+
+        def remote(i: int = i, w: Workload = w, label: str = label) -> float:
+            ans = child.ask({"op": "run", "i": i})
+            if not ans.get("ok"):
+                raise ChildError(f"the jemalloc child process could not measure {label!r}: {ans.get('reason')}")
+            w.ops[label] = int(ans.get("ops") or 0)
+            return float(ans["ns"])
+        w.fns[label] = remote
+        w.where[label] = "child"
+    return str(got.get("version"))
+
+
+# ---- running -------------------------------------------------------------------------------
+@dataclass
+class Result:
+    """Everything one run produced: the rows, notes on absent rows, the child's backends."""
+    rows: List[Row]
+    notes: List[str]
+    child_backends: Dict[str, str]
+
+
+def run(quick: bool = True, only: Optional[str] = None, reps: Optional[int] = None,
+        progress: Optional[Callable[[str], None]] = None, notes: Optional[List[str]] = None) -> List[Row]:
+    """Measure every workload (optionally one AREA) and return rows with ratios.  Why rows are
+    absent (jemalloc not installed, its child process failed) is appended to ``notes``."""
+    def step(done: int, total: int, label: str) -> None:
+        if progress:
+            progress(f"[{done}/{total}] {label}")
+    res = measure(quick, only, reps, step)
+    if notes is not None:
+        notes.extend(res.notes)
+    return res.rows
+
+
+def measure(quick: bool = True, only: Optional[str] = None, reps: Optional[int] = None,
+            step: Optional[Callable[[int, int, str], None]] = None, child_env: Optional[Dict[str, str]] = None
+            ) -> Result:
+    """run() with everything: ``step(done, total, label)`` after each measurement; ``child_env``
+    replaces the jemalloc child's environment (tests)."""
+    if only is not None and only not in AREAS:
+        raise ValueError(f"unknown area {only!r}; choose from {', '.join(AREAS)}")
+    reps = reps or (5 if quick else 9)
+    workloads = _build_workloads(quick, only)
+    notes: List[str] = []
+    child_backends: Dict[str, str] = {}
+    plan, why = _child_plan(only)
+    child: Optional[_Child] = None
+    if plan == "absent":
+        notes.append(why)
+    elif plan == "child" or child_env is not None:
+        child = _Child(child_env)
+        try:
+            child_backends["jemalloc"] = _attach_child(child, workloads, quick, only) + " (child process)"
+        except ChildError as exc:
+            notes.append(str(exc))
+            child.close()
+            child = None
+    try:
+        rows = _measure(workloads, reps, step, notes)
+    finally:
+        if child is not None:
+            child.close()
+    return Result(rows, notes, child_backends)
+
+
+def _measure(workloads: Sequence[Workload], reps: int, step: Optional[Callable[[int, int, str], None]],
+             notes: List[str]) -> List[Row]:
     rows: List[Row] = []
     total = sum(len(w.fns) for w in workloads) * (reps + 1)
     done = 0
     for w in workloads:
         samples: Dict[str, List[float]] = {k: [] for k in w.fns}
+        dropped: set[str] = set()
         for rep in range(reps + 1):  # rep 0 is the warm-up
-            for name, fn in w.fns.items():  # interleaved round-robin
-                v = fn()
+            for name, fn in w.fns.items():  # interleaved round-robin (the child's rows included)
+                done += 1
+                if name in dropped:
+                    continue
+                try:
+                    v = fn()
+                except ChildError as exc:
+                    dropped.add(name)
+                    if str(exc) not in notes:
+                        notes.append(str(exc))
+                    continue
                 if rep:
                     samples[name].append(v)
-                done += 1
-                if progress:
-                    progress(f"[{done}/{total}] {w.area}: {w.name}: {name}")
-        ref = statistics.median(samples[w.reference]) if w.reference in samples else None
+                if step:
+                    step(done, total, f"{w.area}: {w.name}: {name}")
+        ref = statistics.median(samples[w.reference]) if samples.get(w.reference) else None
         for name, vals in samples.items():
+            if name in dropped or not vals:
+                continue
             med = statistics.median(vals)
             rows.append(Row(w.area, w.name, name, w.level, med, min(vals), max(vals), len(vals),
-                            (med / ref) if ref and med > 0 else None, w.reference, w.ops.get(name, 0)))
+                            (med / ref) if ref and med > 0 else None, w.reference, w.ops.get(name, 0),
+                            w.where.get(name, "main")))
     return rows
 
 
-def render_table(rows: Sequence[Row], machine: Optional[Dict[str, Any]] = None, markdown: bool = False) -> str:
+def _label(r: Row) -> str:
+    return r.contender + (" [child]" if r.process == "child" else "")
+
+
+def legend(rows: Sequence[Row]) -> List[str]:
+    """The lines that explain the [child] rows (none when there are none)."""
+    if not any(r.process == "child" for r in rows):
+        return []
+    return [f"[child]: measured in a child process started with {CHILD_ENV_NOTE} (glibc cannot load "
+            f"jemalloc into this one), interleaved with this process's rows in the same rounds; ratios are "
+            f"to this process's reference; \"(control)\" is the reference measured again in the child."]
+
+
+def render_table(rows: Sequence[Row], machine: Optional[Dict[str, Any]] = None, markdown: bool = False,
+                 notes: Sequence[str] = ()) -> str:
     out: List[str] = []
     if machine:
         out.append(f"{machine['platform']} | {machine['cpu']} | {machine['cores']} cores | Python {machine['python']}")
         out.append("backends: " + ", ".join(f"{k} {v}" for k, v in machine["backends"].items()))
         out.append("")
+    foot = legend(rows) + list(notes)
     if markdown:
         out.append("| area | workload | contender | median ns/op | spread (min..max) | ratio |")
         out.append("|---|---|---|---:|---:|---:|")
         for r in rows:
             ratio = f"{r.ratio:.2f}x {r.reference}" if r.ratio is not None else "-"
-            out.append(f"| {r.area} | {r.workload} | {r.contender} | {r.median_ns:.1f} | "
+            out.append(f"| {r.area} | {r.workload} | {_label(r)} | {r.median_ns:.1f} | "
                        f"{r.min_ns:.1f}..{r.max_ns:.1f} | {ratio} |")
+        if foot:
+            out.append("")
+            out += foot
         return "\n".join(out)
     last = None
     for r in rows:
@@ -415,8 +710,17 @@ def render_table(rows: Sequence[Row], machine: Optional[Dict[str, Any]] = None, 
             out.append(f"{r.area} / {r.workload} ({r.level} level, ratio to {r.reference}):")
             last = (r.area, r.workload)
         ratio = f"{r.ratio:6.2f}x" if r.ratio is not None else "     -"
-        out.append(f"  {r.contender:<48} {r.median_ns:9.1f} ns  [{r.min_ns:.1f}..{r.max_ns:.1f}]  {ratio}")
+        out.append(f"  {_label(r):<52} {r.median_ns:9.1f} ns  [{r.min_ns:.1f}..{r.max_ns:.1f}]  {ratio}")
+    if foot:
+        out.append("")
+        out += foot
     return "\n".join(out)
+
+
+def benchmarks_path() -> str:
+    """The benchmark results shipped with the package (nativemem/BENCHMARKS.md; benchmarks/README.md
+    in the source tree points at it)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "BENCHMARKS.md")
 
 
 def quick_comparison(file: Any = None) -> None:
@@ -453,9 +757,52 @@ def quick_comparison(file: Any = None) -> None:
     pref = pmed["bytearray(64)"]
     print("  from Python, 64 bytes (ratio to bytearray(64)):", file=file)
     print("  " + "   ".join(f"{k} {v:.0f} ns ({v / pref:.2f}x)" for k, v in pmed.items()), file=file)
-    print("  full benchmarks: python -m nativemem bench [--quick] (see benchmarks/README.md)", file=file)
+    print(f"  full benchmarks: python -m nativemem bench [--quick]; a full run's table: {benchmarks_path()}", file=file)
     pool.close()
     ppool.close()
+
+
+PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
+
+
+class _Progress:
+    """Progress on stderr: on a terminal one line rewritten in place; otherwise (a CI log, a
+    pipe) a line every PROGRESS_EVERY seconds, plus one at the start and one at the end."""
+
+    def __init__(self, stream: Any = None, every: float = PROGRESS_EVERY, tty: Optional[bool] = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.every = every
+        self.t0 = time.monotonic()
+        self.last = self.t0
+        self.done = self.total = 0
+
+    def start(self, what: str) -> None:
+        if not self.tty:
+            self._line(f"bench: started: {what}")
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        self.done, self.total = done, total
+        if self.tty:
+            self.stream.write("\r\033[K" + f"[{done}/{total}] {label}"[:120])
+            self.stream.flush()
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self._line(f"bench: {done}/{total} measurements, {now - self.t0:.0f} s ({label})")
+
+    def finish(self, rows: int) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+        else:
+            self._line(f"bench: done: {rows} rows from {self.total} measurements in "
+                       f"{time.monotonic() - self.t0:.0f} s")
+
+    def _line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -463,7 +810,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer workloads and repetitions (well under a minute)")
     ap.add_argument("--json", metavar="FILE", help="write the rows and machine info as JSON")
-    ap.add_argument("--plot", metavar="FILE.png", help="bar chart of the ratios (needs matplotlib)")
+    ap.add_argument("--plot", metavar="FILE.png", help="one chart per area of ns/op on a log axis, with the "
+                                                       "spread and the ratios (needs matplotlib)")
     ap.add_argument("--only", choices=AREAS, help="one area")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     ap.add_argument("--reps", type=int, default=None, help="repetitions per contender (after one warm-up)")
@@ -474,39 +822,88 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ImportError:
             print("nativemem bench: --plot needs matplotlib: pip install 'nativemem[plot]'", file=sys.stderr)
             return 2
-    tty = sys.stderr.isatty()
-
-    def progress(msg: str) -> None:
-        if tty:
-            sys.stderr.write("\r\033[K" + msg[:120])
-            sys.stderr.flush()
-
+    progress = _Progress()
+    progress.start(f"{'quick' if args.quick else 'full'} run, areas: {args.only or ', '.join(AREAS)}")
     machine = _machine()
-    rows = run(quick=args.quick, only=args.only, reps=args.reps, progress=progress)
-    if tty:
-        sys.stderr.write("\r\033[K")
-    print(render_table(rows, machine, markdown=args.markdown))
+    res = measure(quick=args.quick, only=args.only, reps=args.reps, step=progress)
+    progress.finish(len(res.rows))
+    machine["backends"].update(res.child_backends)
+    print(render_table(res.rows, machine, markdown=args.markdown, notes=res.notes))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"schema": SCHEMA, "machine": machine, "quick": args.quick,
-                       "rows": [asdict(r) for r in rows]}, f, indent=1)
+            json.dump({"schema": SCHEMA, "machine": machine, "quick": args.quick, "notes": res.notes,
+                       "rows": [asdict(r) for r in res.rows]}, f, indent=1)
     if args.plot:
-        _plot(rows, args.plot)
+        plot(res.rows, args.plot)
     return 0
 
 
-def _plot(rows: Sequence[Row], path: str) -> None:
+def plot(rows: Sequence[Row], path: str) -> None:
+    """A PNG with one chart per area: median ns/op on a log axis, min..max whiskers over the
+    repetitions, each bar labelled with its ratio to the workload's reference; the reference's
+    bar is dark, rows measured in the jemalloc child process are hatched."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    groups: Dict[str, List[Row]] = {}
+    from matplotlib.patches import Patch
+    areas: Dict[str, Dict[str, List[Row]]] = {}
     for r in rows:
-        groups.setdefault(f"{r.area}: {r.workload}", []).append(r)
-    fig, axes = plt.subplots(len(groups), 1, figsize=(10, 2.2 * len(groups)), squeeze=False)
-    for ax, (title, rs) in zip(axes[:, 0], groups.items()):
-        ax.barh([r.contender for r in rs], [r.ratio or 0 for r in rs])
-        ax.axvline(1.0, color="k", lw=0.8)
-        ax.set_title(f"{title} (ratio to {rs[0].reference}, lower is better)", fontsize=9)
-        ax.tick_params(labelsize=7)
+        areas.setdefault(r.area, {}).setdefault(r.workload, []).append(r)
+    if not areas:
+        raise ValueError("no rows to plot")
+    heights = [sum(len(rs) + 1 for rs in ws.values()) for ws in areas.values()]
+    fig, axes = plt.subplots(len(areas), 1, figsize=(11, 0.26 * sum(heights) + 1.2 * len(areas)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    palette = [c for c in plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0", "C1", "C2"])
+               if str(c).lower() not in ("#7f7f7f", "gray", "grey")] or ["C0"]  # grey is the reference's
+    for ax, (area, ws) in zip(axes[:, 0], areas.items()):
+        ys: List[float] = []
+        labels: List[str] = []
+        y = 0.0
+        all_rows: List[Row] = []
+        colors: List[Any] = []
+        hatches: List[str] = []
+        for k, (wname, rs) in enumerate(ws.items()):
+            labels.append(f"{wname} (vs {rs[0].reference})")
+            ys.append(y)
+            y += 1
+            for r in rs:
+                ys.append(y)
+                labels.append("  " + _label(r))
+                all_rows.append(r)
+                ref = r.contender == r.reference and r.process == "main"
+                colors.append("0.25" if ref else palette[k % len(palette)])
+                hatches.append("//" if r.process == "child" else "")
+                y += 1
+        bar_y = [yy for yy, lab in zip(ys, labels) if lab.startswith("  ")]
+        med = [r.median_ns for r in all_rows]
+        err = [[r.median_ns - r.min_ns for r in all_rows], [r.max_ns - r.median_ns for r in all_rows]]
+        bars = ax.barh(bar_y, med, color=colors, height=0.75, xerr=err, error_kw={"elinewidth": 0.8, "capsize": 2})
+        for b, h in zip(bars, hatches):
+            if h:
+                b.set_hatch(h)
+                b.set_edgecolor("white")
+        ax.set_xscale("log")
+        top = max(r.max_ns for r in all_rows)
+        low = min(max(r.min_ns, 1e-3) for r in all_rows)
+        ax.set_xlim(low / 2, top * 6)
+        for yy, r in zip(bar_y, all_rows):
+            text = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
+            ax.text(r.max_ns * 1.08, yy, f"{text}  ({r.median_ns:.1f} ns)", va="center", fontsize=7)
+        ax.set_yticks(ys)
+        ax.set_yticklabels(labels, fontsize=7)
+        for tick, lab in zip(ax.get_yticklabels(), labels):
+            if not lab.startswith("  "):
+                tick.set_fontweight("bold")
+        ax.invert_yaxis()
+        ax.set_xlabel("ns per operation (log scale; whiskers: min..max over the repetitions; lower is better)",
+                      fontsize=8)
+        ax.set_title(f"{area}: median ns/op, ratio to each workload's reference written at each bar", fontsize=9)
+        ax.grid(axis="x", which="both", alpha=0.25)
+        if any(r.process == "child" for r in all_rows):
+            ax.legend(handles=[Patch(facecolor="0.6", hatch="//", edgecolor="white",
+                                     label=f"measured in the jemalloc child process ({CHILD_ENV_NOTE})")],
+                      fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
