@@ -32,10 +32,7 @@ void nm_clear_error(void) { nm__err_code = NM_OK; nm__err_msg[0] = '\0'; }
 static nm_atomic_t nm__report_hook;                /* nm_report_fn as a word; 0: stderr */
 static NM_THREAD_LOCAL unsigned nm__reported_seq;  /* err_seq of the last error handed on */
 
-/* The context of the allocator nm_free_checked is freeing through on this thread (NULL outside
- * it): an allocator that keeps errors nobody was told of (debug.c's pending error) leaves those
- * the caller gets alone.  Declared in debug.c (nm_internal.h is not part of this change). */
-NM_THREAD_LOCAL NM_TLS_FAST void *_nm_checked_ctx;
+NM_THREAD_LOCAL NM_TLS_FAST void *_nm_checked_ctx; /* nm_internal.h */
 
 void nm_set_report_hook(nm_report_fn fn) { nm_atomic_store_release(&nm__report_hook, (intptr_t)fn); }
 nm_report_fn nm_get_report_hook(void) { return (nm_report_fn)nm_atomic_load_acquire(&nm__report_hook); }

@@ -364,3 +364,36 @@ double nm_cow_bench_make_writable(nm_allocator_t *a, size_t size, size_t iterati
     nm_cow_release(c);
     return iterations ? (double)t0 / (double)iterations : 0.0;
 }
+
+/* ---- the memory floor of a random lookup ------------------------------------------------- */
+double nm_bench_dependent_load(size_t region_bytes, size_t iterations) {
+    size_t n = region_bytes / 64, i;
+    uintptr_t *mem;
+    size_t *order;
+    uint64_t rng = 0x9E3779B97F4A7C15ull, t0;
+    uintptr_t p;
+    if (n < 2 || iterations == 0) return -1.0;
+    mem = (uintptr_t *)malloc(n * 64);
+    order = (size_t *)malloc(n * sizeof(size_t));
+    if (mem == NULL || order == NULL) {
+        free(mem);
+        free(order);
+        return -1.0;
+    }
+    for (i = 0; i < n; i++) order[i] = i;
+    for (i = n - 1; i > 0; i--) { /* Fisher-Yates: one random cycle through every line */
+        size_t j = (size_t)(nm__rng(&rng) % (i + 1)), t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    for (i = 0; i < n; i++) mem[order[i] * 8] = (uintptr_t)&mem[order[(i + 1) % n] * 8];
+    free(order);
+    p = (uintptr_t)&mem[0];
+    for (i = 0; i < n / 4; i++) p = *(uintptr_t *)p; /* warm the page tables a little */
+    t0 = nm_now_ns();
+    for (i = 0; i < iterations; i++) p = *(uintptr_t *)p;
+    t0 = nm_now_ns() - t0;
+    nm__sink = p;
+    free(mem);
+    return (double)t0 / (double)iterations;
+}

@@ -95,12 +95,9 @@ typedef struct nm__dbg {
     char pending_msg[512];     /* (cold: last) */
 } nm__dbg_t;
 
-/* From alloc.c (declared here: nm_internal.h is not part of this change).  nm_free_checked sets
- * _nm_checked_ctx to the context it frees through: its caller gets the error.  _nm_report hands
- * the thread's error to the report hook (or stderr).  nm_free leaves the reports of a free to
- * this allocator (it may tear its table down in the free), which hands them on itself. */
-extern NM_THREAD_LOCAL NM_TLS_FAST void *_nm_checked_ctx;
-void _nm_report(const char *name);
+/* nm_free leaves the reports of a free to this allocator (it may tear its table down in the
+ * free), which hands them on itself with _nm_report unless _nm_checked_ctx says that the caller
+ * (nm_free_checked) gets them (nm_internal.h). */
 
 /* Valgrind client requests cost a few ns each even outside Valgrind: only under it. */
 #define NM__VG(d, request) do { if ((d)->vg) { request; } } while (0)

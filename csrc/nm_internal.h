@@ -87,6 +87,14 @@ int _nm_set_error(int code, const char *fmt, ...)
  * NM_OOM_ABORT, else sets NM_ERR_NOMEM.  Always returns NULL. */
 void *_nm_oom(const char *name, size_t size);
 
+/* The context of the allocator nm_free_checked is freeing through on this thread (NULL outside
+ * it): an allocator that keeps errors nobody was told of (debug.c's pending error) leaves those
+ * the caller gets alone. */
+extern NM_THREAD_LOCAL NM_TLS_FAST void *_nm_checked_ctx;
+/* Hand the thread's error, reported by allocator `name` on a path with no caller to return it
+ * to, to the report hook (or stderr); once per error. */
+void _nm_report(const char *name);
+
 /* Counter bumped by every _nm_set_error on this thread: compare before/after a call to learn
  * whether the callee reported an error. */
 unsigned _nm_error_seq(void);

@@ -77,7 +77,11 @@ static uint64_t nm__strhash(const char *s, size_t n) {
     return h;
 }
 
+/* Three disjoint parts of the hash: the slot (low bits), the shard (bits 52-55) and the tag (bits
+ * 56-62).  (The shard was once h % 16, the slot's own low bits: every key of a shard then had the
+ * same 4 low bits, so only one home slot in 16 was ever used and probes ran through clusters.) */
 NM_INLINE uint8_t nm__tag(uint64_t h) { return (uint8_t)((h >> 56) | 0x80); }
+NM_INLINE size_t nm__shard_of(uint64_t h) { return (size_t)(h >> 52) & (NM__SHARDS - 1); }
 
 /* Across fork(): every shard's lock, in shard order (no thread ever holds two of them). */
 static void nm__strtab_fork_lock(void *arg) {
@@ -178,7 +182,7 @@ const char *nm_strtab_intern(nm_strtab_t *t, const char *s, size_t n) {
         return NULL;
     }
     h = nm__strhash(s ? s : "", n);
-    sh = &t->shards[h % NM__SHARDS].s;
+    sh = &t->shards[nm__shard_of(h)].s;
     nm_spin_lock(&sh->lock);
     sh->lookups++;
     if (sh->mask == 0 || (sh->used + 1) * 10 > (sh->mask + 1) * 7) {
@@ -205,7 +209,7 @@ const char *nm_strtab_intern(nm_strtab_t *t, const char *s, size_t n) {
     e->hash = h;
     e->len = n;
     e->magic = NM__SMAGIC;
-    e->shard = (uint32_t)(h % NM__SHARDS);
+    e->shard = (uint32_t)nm__shard_of(h);
     if (n) memcpy(e->data, s, n);
     e->data[n] = '\0';
     if (sh->tags[i] == 0) sh->used++;
@@ -264,7 +268,7 @@ intptr_t nm_strtab_refs(const char *s) { return nm_atomic_load_relaxed(&NM__ENTR
 
 intptr_t nm_strtab_lookup_refs(nm_strtab_t *t, const char *s, size_t n) {
     uint64_t h = nm__strhash(s ? s : "", n);
-    nm__shard_t *sh = &t->shards[h % NM__SHARDS].s;
+    nm__shard_t *sh = &t->shards[nm__shard_of(h)].s;
     intptr_t refs = 0;
     int found = 0;
     size_t i;

@@ -40,6 +40,10 @@ double nm_pool_bench_batch(nm_pool_t *p, size_t batch, size_t rounds);
 double nm_ref_bench_pairs(size_t iterations);
 /* ns per intern hit (+ release) in a table holding `entries` strings. */
 double nm_strtab_bench_hits(nm_allocator_t *a, size_t entries, size_t iterations);
+/* ns per load of a pointer chase through `region_bytes` of memory in random order (one 64-byte
+ * line per step, each load depending on the last): the floor of any random lookup in a table
+ * that size. */
+double nm_bench_dependent_load(size_t region_bytes, size_t iterations);
 /* ns per make_writable of a shared buffer of `size` bytes (a copy) and release. */
 double nm_cow_bench_make_writable(nm_allocator_t *a, size_t size, size_t iterations);
 

@@ -248,6 +248,8 @@ def _family_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
         for n in sizes:
             label = f"{n // 1000}k entries" if n < 1_000_000 else "1M entries"
             w.fns[label] = (lambda n=n: lib.nm_strtab_bench_hits(libc.cdata, n, 200_000 * scale))
+        # the physical floor of a random lookup: one dependent load in a 64 MB region (compare 1M)
+        w.fns["one dependent load, 64 MB (floor)"] = lambda: lib.nm_bench_dependent_load(64 << 20, 200_000 * scale)
         ws.append(w)
         t = nativemem.StringTable()
         keep = t.intern("a-key")
