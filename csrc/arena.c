@@ -28,6 +28,13 @@ typedef struct nm__ablk {
 #define NM__AALIGN     ((size_t)16)
 #define NM__AMIN       ((size_t)64)          /* smallest block: header + free-list links    */
 #define NM__AFREE      ((size_t)1)
+#define NM__ACACHED    ((size_t)2)           /* freed, kept whole in the quick cache           */
+/* The quick cache: freed blocks up to NM__QMAX bytes are kept whole, NM__QDEPTH per size, and
+ * handed to the next request of their size without a search, a split or a merge.  They stay
+ * "used" for TLSF; the cache is emptied into the heap when a search fails and before a walk
+ * (nm_arena_stats, nm_arena_check), so the arena's bound and its statistics are unchanged. */
+#define NM__QMAX       ((size_t)512)
+#define NM__QDEPTH     8
 #define NM__AMAGIC     ((size_t)0x6e6d4152454e4121ull)
 #define NM__SL_LOG2    4
 #define NM__SL_COUNT   (1 << NM__SL_LOG2)
@@ -45,11 +52,16 @@ typedef struct nm__arena {
     uint32_t sl_bitmap[NM__FL_COUNT];
     nm__ablk_t *heads[NM__FL_COUNT][NM__SL_COUNT];
     nm_atfork_t fork;       /* fork safety: the lock above (platform.h) */
+    nm__ablk_t *quick[NM__QMAX / NM__AALIGN + 1][NM__QDEPTH]; /* the quick cache, by size / 16 */
+    unsigned char nquick[NM__QMAX / NM__AALIGN + 1];
+    size_t quick_blocks;
     nm_allocator_t *self;   /* its instance (the destroy frees both)                     */
 } nm__arena_t;
 
-NM_INLINE size_t nm__bsize(const nm__ablk_t *b) { return b->size & ~NM__AFREE; }
+NM_INLINE size_t nm__bsize(const nm__ablk_t *b) { return b->size & ~(NM__AFREE | NM__ACACHED); }
 NM_INLINE int nm__bfree(const nm__ablk_t *b) { return (int)(b->size & NM__AFREE); }
+/* free or in the quick cache: not a block its owner may use */
+NM_INLINE int nm__bgone(const nm__ablk_t *b) { return (b->size & (NM__AFREE | NM__ACACHED)) != 0; }
 NM_INLINE size_t nm__bmagic(const nm__ablk_t *b) { return NM__AMAGIC ^ (size_t)(uintptr_t)b; }
 NM_INLINE nm__ablk_t *nm__bnext(const nm__ablk_t *b) { return (nm__ablk_t *)((char *)b + nm__bsize(b)); }
 NM_INLINE void *nm__bpayload(nm__ablk_t *b) { return (char *)b + NM__AHDR; }
@@ -167,11 +179,41 @@ static size_t nm__need(size_t req) {
     return n < NM__AMIN ? NM__AMIN : n;
 }
 
+static void nm__free_locked(nm__arena_t *ar, nm__ablk_t *b);
+
+/* Empty the quick cache into the heap (lock held); 1 when it held anything. */
+static NM_NOINLINE int nm__quick_flush(nm__arena_t *ar) {
+    size_t c;
+    if (ar->quick_blocks == 0) return 0;
+    for (c = 0; c <= NM__QMAX / NM__AALIGN; c++)
+        while (ar->nquick[c]) {
+            nm__ablk_t *b = ar->quick[c][--ar->nquick[c]];
+            b->size &= ~NM__ACACHED;
+            nm__free_locked(ar, b);
+        }
+    ar->quick_blocks = 0;
+    return 1;
+}
+
+/* A free block of at least `need` bytes, the quick cache emptied first if that is what it takes. */
+static nm__ablk_t *nm__find_or_flush(nm__arena_t *ar, size_t need) {
+    nm__ablk_t *b = nm__find_free(ar, need);
+    if (NM_UNLIKELY(b == NULL) && nm__quick_flush(ar)) b = nm__find_free(ar, need);
+    return b;
+}
+
 static void *nm__alloc_locked(nm__arena_t *ar, size_t req) {
     size_t need = nm__need(req);
     nm__ablk_t *b;
     if (need == 0) return NULL;
-    b = nm__find_free(ar, need);
+    if (need <= NM__QMAX && ar->nquick[need / NM__AALIGN]) { /* the quick cache: its size exactly */
+        b = ar->quick[need / NM__AALIGN][--ar->nquick[need / NM__AALIGN]];
+        ar->quick_blocks--;
+        b->size &= ~NM__ACACHED;
+        b->req = req;
+        return nm__bpayload(b);
+    }
+    b = nm__find_or_flush(ar, need);
     if (b == NULL) return NULL;
     nm__list_remove(ar, b);
     b->size &= ~NM__AFREE;
@@ -194,7 +236,7 @@ static nm__ablk_t *nm__validate(nm__arena_t *ar, const void *p, const char *what
         _nm_set_error(NM_ERR_INVALID_FREE, "%s of %p: not the start of a block of this arena", what, p);
         return NULL;
     }
-    if (nm__bfree(b)) {
+    if (nm__bgone(b)) {
         _nm_set_error(freed_code, "%s of %p: block is already free", what, p);
         return NULL;
     }
@@ -239,7 +281,16 @@ static void nm__arena_free(void *ctx, void *p) {
     nm__ablk_t *b;
     nm_spin_lock(&ar->lock);
     b = nm__validate(ar, p, "free", NM_ERR_DOUBLE_FREE);
-    if (b) nm__free_locked(ar, b);
+    if (b) {
+        size_t sz = nm__bsize(b);
+        if (sz <= NM__QMAX && ar->nquick[sz / NM__AALIGN] < NM__QDEPTH) { /* kept whole for its size */
+            b->size |= NM__ACACHED;
+            ar->quick[sz / NM__AALIGN][ar->nquick[sz / NM__AALIGN]++] = b;
+            ar->quick_blocks++;
+        } else {
+            nm__free_locked(ar, b);
+        }
+    }
     nm_spin_unlock(&ar->lock);
 }
 
@@ -286,7 +337,7 @@ static void *nm__arena_memalign(void *ctx, size_t align, size_t n) {
     if (align <= NM__AALIGN) return nm__arena_malloc(ctx, n);
     if (need == 0 || need > NM_MAX_ALLOC - align - NM__AMIN) return NULL;
     nm_spin_lock(&ar->lock);
-    b = nm__find_free(ar, need + align + NM__AMIN);
+    b = nm__find_or_flush(ar, need + align + NM__AMIN);
     if (b == NULL) {
         nm_spin_unlock(&ar->lock);
         return NULL;
@@ -321,7 +372,7 @@ static size_t nm__arena_usable(void *ctx, const void *p) {
     if (c < ar->start + NM__AHDR || c >= ar->end || ((uintptr_t)(c - ar->start) % NM__AALIGN) != 0) return 0;
     nm_spin_lock(&ar->lock);
     b = nm__bof(p);
-    if (b->magic == nm__bmagic(b) && !nm__bfree(b)) r = b->req;
+    if (b->magic == nm__bmagic(b) && !nm__bgone(b)) r = b->req;
     nm_spin_unlock(&ar->lock);
     return r;
 }
@@ -405,6 +456,7 @@ int nm_arena_stats(nm_allocator_t *a, nm_arena_stats_t *out) {
     memset(out, 0, sizeof *out);
     out->capacity = ar->capacity;
     nm_spin_lock(&ar->lock);
+    nm__quick_flush(ar); /* cached blocks are free space: the walk sees them merged */
     for (b = (nm__ablk_t *)ar->start; (char *)b < ar->end; b = nm__bnext(b)) {
         size_t sz = nm__bsize(b);
         int bin = nm_fls_size(sz);
@@ -431,6 +483,23 @@ int nm_arena_check(nm_allocator_t *a) {
     int fl, sl, rc = NM_OK;
     if (ar == NULL) return NM_ERR_INVALID;
     nm_spin_lock(&ar->lock);
+    {   /* the quick cache: each entry a cached header of its size, inside the region */
+        size_t c, k, n = 0;
+        for (c = 0; c <= NM__QMAX / NM__AALIGN; c++)
+            for (k = 0; k < ar->nquick[c]; k++, n++) {
+                nm__ablk_t *q = ar->quick[c][k];
+                if ((char *)q < ar->start || (char *)q >= ar->end || q->magic != nm__bmagic(q) ||
+                    !(q->size & NM__ACACHED) || nm__bsize(q) != c * NM__AALIGN) {
+                    rc = _nm_set_error(NM_ERR_CORRUPT, "arena quick cache entry %p is damaged", (void *)q);
+                    goto out;
+                }
+            }
+        if (n != ar->quick_blocks) {
+            rc = _nm_set_error(NM_ERR_CORRUPT, "arena quick cache holds %zu blocks, counted %zu", n, ar->quick_blocks);
+            goto out;
+        }
+    }
+    nm__quick_flush(ar);
     for (b = (nm__ablk_t *)ar->start; (char *)b < ar->end; b = nm__bnext(b)) {
         size_t sz = nm__bsize(b);
         if (b->magic != nm__bmagic(b) || b->prev_phys != prev || sz < NM__AMIN || sz % NM__AALIGN ||

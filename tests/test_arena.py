@@ -177,3 +177,38 @@ def test_arena_apis_refuse_other_allocators():
     out = ffi.new("nm_arena_stats_t *")
     assert lib.nm_arena_stats(libc.cdata, out) == lib.NM_ERR_INVALID
     lib.nm_clear_error()
+
+
+def test_quick_cache_never_costs_space():
+    """Small freed blocks are kept whole for the next request of their size; a request that only
+    fits once they are merged back still succeeds, for malloc and memalign alike."""
+    for size in (16, 100, 400):
+        ar = Arena(1 << 16)
+        t = ar.cdata
+        ps = []
+        while True:
+            p = lib.nm_malloc(t, size)
+            if p == ffi.NULL:
+                break
+            ps.append(p)
+        lib.nm_clear_error()
+        for p in ps:  # the last 8 of each size stay whole in the cache
+            lib.nm_free(t, p)
+        cap = ar.arena_stats().capacity  # a walk: merges the cache back first
+        big = lib.nm_malloc(t, cap - 64)
+        assert big != ffi.NULL, size
+        lib.nm_free(t, big)
+        ps = [lib.nm_malloc(t, size) for _ in range(20)]
+        for p in ps:
+            lib.nm_free(t, p)
+        for p in ps[-3:]:  # in the cache: a second free is still a double free
+            assert lib.nm_free_checked(t, p) == lib.NM_ERR_DOUBLE_FREE
+            assert lib.nm_realloc(t, p, 8) == ffi.NULL and lib.nm_last_error() == lib.NM_ERR_REALLOC_FREED
+            assert lib.nm_usable_size(t, p) == 0
+        lib.nm_clear_error()
+        q = lib.nm_memalign(t, 4096, cap // 2)  # needs the cached blocks merged
+        assert q != ffi.NULL
+        lib.nm_free(t, q)
+        ar.check()
+        st = ar.arena_stats()
+        assert st.free_blocks == 1 and st.largest_free == st.capacity
