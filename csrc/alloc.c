@@ -634,13 +634,7 @@ nm_allocator_t *nm_allocator_clone(nm_allocator_t *base, const char *name) {
     unsigned keep = base->flags & ~(unsigned)(NM__F_STATIC | NM__F_OWNS_TABLE);
     nm_allocator_t *a = _nm_allocator_make(name ? name : base->name, base->ops, 0, keep | NM__F_BORROWED);
     if (a == NULL) return NULL;
-    a->malloc = base->malloc; /* the base's, which may differ from its ops' (the libc singleton) */
-    a->calloc = base->calloc;
-    a->realloc = base->realloc;
-    a->free = base->free;
-    a->memalign = base->memalign;
-    a->usable_size = base->usable_size;
-    a->ctx = base->ctx;
+    a->ctx = base->ctx; /* the functions are its ops', as every instance's */
     a->alignment = base->alignment;
     a->plain_malloc = base->plain_malloc;
     a->plain_free = base->plain_free;

@@ -105,17 +105,22 @@ def _clean_sites(report: Dict[str, Any], depth: int) -> None:
         g["traceback"] = (kept or tb[:1])[:depth]
 
 
+def _site_lines(sites: List[Dict[str, Any]], limit: int) -> List[str]:
+    lines = []
+    for g in sites[:limit]:
+        lines.append(f"  {g['bytes']:>10} bytes in {g['blocks']:>5} block(s) at {g['site']}")
+        for frame in g["traceback"][1:]:
+            lines.append(f"{'':>36}{frame}")
+    if len(sites) > limit:
+        lines.append(f"  ... {len(sites) - limit} more sites")
+    return lines
+
+
 def _format_leaks(report: Dict[str, Any], limit: int = 20) -> str:
     # as DebugAllocator.report, on the cleaned tracebacks
     lines = [f"nativemem: {report['leaked_blocks']} block(s), {report['leaked_bytes']} bytes still allocated "
              f"(peak {report['peak_bytes']} bytes, {report['total_allocs']} allocations)"]
-    for g in report["sites"][:limit]:
-        lines.append(f"  {g['bytes']:>10} bytes in {g['blocks']:>5} block(s) at {g['site']}")
-        for frame in g["traceback"][1:]:
-            lines.append(f"{'':>36}{frame}")
-    if len(report["sites"]) > limit:
-        lines.append(f"  ... {len(report['sites']) - limit} more sites")
-    return "\n".join(lines)
+    return "\n".join(lines + _site_lines(report["sites"], limit))
 
 
 def _run_script(path: str, namespaces: List[Dict[str, Any]]) -> None:
@@ -165,13 +170,7 @@ def _group(leaks: List[Any]) -> List[Dict[str, Any]]:
 def _format_reachable(report: Dict[str, Any], limit: int = 20) -> str:
     lines = [f"nativemem: {report['blocks']} block(s), {report['bytes']} bytes still reachable from the "
              f"script's globals when it ended (not leaks: freed once its namespace was dropped)"]
-    for g in report["sites"][:limit]:
-        lines.append(f"  {g['bytes']:>10} bytes in {g['blocks']:>5} block(s) at {g['site']}")
-        for frame in g["traceback"][1:]:
-            lines.append(f"{'':>36}{frame}")
-    if len(report["sites"]) > limit:
-        lines.append(f"  ... {len(report['sites']) - limit} more sites")
-    return "\n".join(lines)
+    return "\n".join(lines + _site_lines(report["sites"], limit))
 
 
 def _other_buffers(dbg: Any) -> Dict[Any, int]:
