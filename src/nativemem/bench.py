@@ -520,6 +520,10 @@ def _child_main() -> int:
     """The child's side of _Child's protocol (run as ``python -c``)."""
     proto = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything else written to stdout cannot garble the protocol
+    try:  # NumPy (C++) before jemalloc: a libstdc++ loaded after Debian's jemalloc takes jemalloc's
+        import numpy  # noqa: F401  operator new/delete and frees glibc blocks with them (README)
+    except ImportError:
+        pass
     from .backends import _load
     items: List[Tuple[Workload, str]] = []
     workloads: List[Workload] = []
