@@ -182,15 +182,19 @@ def _c_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
     if only in (None, "pool"):
         pool = nativemem.Pool(64)
         keep.append(pool)
+        upool = _UncheckedPool(64)  # NM_POOL_UNCHECKED: C only (validated code), no Python face
+        keep.append(upool)
         libc = allocs["libc"]
         w = Workload("pool", "alloc+free pair (64B)", "C", "libc")
         w.fns["pool"] = lambda: lib.nm_pool_bench_pairs(pool.cdata, 200_000 * scale)
+        w.fns["pool, unchecked"] = lambda: lib.nm_pool_bench_pairs(upool.p, 200_000 * scale)
         for name, a in allocs.items():
             if name != "arena":
                 w.fns[name] = pairs(a, 64, 200_000 * scale, w.ops, name)
         ws.append(w)
         w = Workload("pool", "batch 256 allocs then 256 frees (64B)", "C", "libc")
         w.fns["pool"] = lambda: lib.nm_pool_bench_batch(pool.cdata, 256, 400 * scale)
+        w.fns["pool, unchecked"] = lambda: lib.nm_pool_bench_batch(upool.p, 256, 400 * scale)
         for name, a in allocs.items():
             if name != "arena":
                 w.fns[name] = (lambda a=a, name=name, w=w: _with_ops(w, name, lambda o: lib.nm_bench_batch(
@@ -199,6 +203,8 @@ def _c_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
         if not quick:
             w = Workload("pool", "larson-like, 2 threads, cross-thread frees (64B)", "C", "libc")
             w.fns["pool"] = lambda: _with_ops(w, "pool", lambda o: lib.nm_bench_pool_larson(pool.cdata, 1000, 100_000, 2, o))
+            w.fns["pool, unchecked"] = lambda: _with_ops(w, "pool, unchecked", lambda o: lib.nm_bench_pool_larson(
+                upool.p, 1000, 100_000, 2, o))
             for name, a in allocs.items():
                 if name != "arena":
                     w.fns[name] = (lambda a=a, name=name, w=w: _with_ops(w, name, lambda o: lib.nm_bench_larson(
@@ -208,6 +214,20 @@ def _c_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
     for w in ws:
         w._keep = (allocs, keep)  # type: ignore[attr-defined]
     return ws
+
+
+class _UncheckedPool:
+    """An NM_POOL_UNCHECKED pool for the bench rows (the C API's; destroyed with this object)."""
+
+    def __init__(self, size: int) -> None:
+        self.p = lib.nm_pool_create(ffi.NULL, size, 256, lib.NM_POOL_UNCHECKED)
+        if self.p == ffi.NULL:
+            raise MemoryError("cannot create an unchecked pool")
+
+    def __del__(self) -> None:
+        p, self.p = getattr(self, "p", ffi.NULL), ffi.NULL
+        if p != ffi.NULL:
+            lib.nm_pool_destroy(p)
 
 
 def _family_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
