@@ -81,6 +81,9 @@ ffibuilder.set_source(
     '#include "nativemem.h"\n#include "nm_testing.h"\nint nmpy_init(void);\n',
     sources=SOURCES,
     include_dirs=["csrc/include", "csrc"],
+    # headers too: a change to one alone rebuilds the extension (setuptools compares times)
+    depends=sorted(os.path.relpath(os.path.join(root, f), HERE).replace("\\", "/")
+                   for root, _, files in os.walk(CSRC) for f in files if f.endswith(".h")),
     define_macros=DEFINES,
     extra_compile_args=CFLAGS,
     extra_link_args=extra.split() if extra else [],
