@@ -15,7 +15,8 @@ FAIL=0
 PY=${PYTHON:-python3}
 SRC=(csrc/*.c)
 CFLAGS=(-std=c11 -O1 -g -D_DEFAULT_SOURCE -Icsrc/include -Icsrc)
-note() { printf -- '--- %s\n' "$*"; }
+T0=$(date +%s)
+note() { printf -- '--- [%4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 bad() { printf -- '*** FAILED: %s\n' "$*"; FAIL=1; }
 have() { command -v "$1" >/dev/null 2>&1; }
 
@@ -175,15 +176,24 @@ else
   note "SKIP Python suite under ASan: no libasan or no venv"
 fi
 
-# 8. Other CPUs and compilers through zig's clang (the ziglang wheel, in this step's own venv):
+# 8. Other CPUs and compilers through zig's clang (the ziglang wheel, pinned, in a venv kept between runs):
 # the harness built for 32-bit x86 (musl, whose malloc here aligns to 8 only; runs natively on
 # x86-64) and for aarch64 (run under qemu-user when qemu-aarch64 is installed), and the MSVC
 # branches of platform.h compiled in MSVC mode for Windows ARM64, x64 and x86 (no MSVC here:
 # stand-in SDK headers in tests/c/msvc; clang's own intrinsics) -- a syntax and type check.
+# The venv is the one .ci/cross-checks.sh uses (same path, same pinned ziglang): one download per
+# machine, and zig's per-target C runtimes (cached by its install path) are built once for both.
 ZIG=()
-if "$PY" -m venv "$OUT/vzig" >/dev/null 2>&1 && "$OUT/vzig/bin/pip" install -q ziglang >"$OUT/zigpip.log" 2>&1 \
-   && "$OUT/vzig/bin/python" -m ziglang version >/dev/null 2>&1; then
-  ZIG=("$OUT/vzig/bin/python" -m ziglang)
+ZIG_VENV=${CROSS_ZIG_VENV:-${TMPDIR:-/tmp}/nativemem-cross-zig}
+ZIGLANG_SPEC=${ZIGLANG_SPEC:-ziglang==0.17.1}
+if (
+     if command -v flock >/dev/null 2>&1; then exec 9>"$ZIG_VENV.lock" && flock -w 600 9; fi
+     if ! "$ZIG_VENV/bin/python" -m ziglang version >/dev/null 2>&1; then
+       rm -rf "$ZIG_VENV" && "$PY" -m venv "$ZIG_VENV" \
+         && timeout 300 "$ZIG_VENV/bin/pip" install -q --disable-pip-version-check "$ZIGLANG_SPEC"
+     fi
+   ) >"$OUT/zigpip.log" 2>&1 && "$ZIG_VENV/bin/python" -m ziglang version >/dev/null 2>&1; then
+  ZIG=("$ZIG_VENV/bin/python" -m ziglang)
 fi
 if [ ${#ZIG[@]} -gt 0 ]; then
   note "zig $("${ZIG[@]}" version)"
