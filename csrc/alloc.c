@@ -580,6 +580,9 @@ int nm_allocator_set_stats(nm_allocator_t *a, int mode) {
         return _nm_set_error(NM_ERR_INVALID, "allocator '%s': unknown statistics mode %d", a->name, mode);
     if (a->flags & (NM__F_SELF_STATS | NM__F_STATIC))
         return _nm_set_error(NM_ERR_UNSUPPORTED, "allocator '%s' keeps its own statistics", a->name);
+    if (mode == NM_STATS_BYTES && a->usable_size == NULL) /* a free could not tell how many bytes go */
+        return _nm_set_error(NM_ERR_UNSUPPORTED, "allocator '%s' has no usable_size: it cannot count bytes",
+                             a->name);
     nm__sums(a, &al, &fr);
     if (al != 0)
         return _nm_set_error(NM_ERR_BUSY, "allocator '%s' has allocated already: set its statistics mode first",

@@ -90,8 +90,8 @@ typedef struct nm_allocator_ops {
     void *(*realloc)(void *ctx, void *p, size_t size);         /* required                    */
     void (*free)(void *ctx, void *p);                          /* required                    */
     void *(*memalign)(void *ctx, size_t alignment, size_t size); /* required                  */
-    size_t (*usable_size)(void *ctx, const void *p);           /* NULL: byte statistics count
-                                                                  the requested sizes          */
+    size_t (*usable_size)(void *ctx, const void *p);           /* NULL: block statistics only
+                                                                  (NM_STATS_BYTES refused)     */
     void (*destroy)(void *ctx);                                /* NULL: ctx is not owned      */
     /* The alignment every malloc/calloc/realloc block is guaranteed to have (a power of two);
      * 0 means what the platform's malloc promises, alignof(max_align_t).  Anything built on an
@@ -129,7 +129,8 @@ enum nm_stats_mode {
     NM_STATS_BYTES = 2    /* blocks and exact bytes                                       */
 };
 /* NM_OK, NM_ERR_INVALID (unknown mode), NM_ERR_BUSY (it has allocated already), or
- * NM_ERR_UNSUPPORTED (allocators that keep their own statistics: debug, the libc singleton). */
+ * NM_ERR_UNSUPPORTED (allocators that keep their own statistics: debug, the libc singleton; bytes
+ * from a backend without usable_size). */
 int nm_allocator_set_stats(nm_allocator_t *a, int mode);
 int nm_allocator_get_stats_mode(nm_allocator_t *a);
 
