@@ -324,11 +324,10 @@ def test_deferred_destroy_racing_last_frees_asan(tmp_path):
 @needs_cc
 @needs_checkout
 @linux_only
-@pytest.mark.xfail(strict=True, reason="BUG: a thread's counter slot is released by its TLS destructor (alloc.c "
-                   "nm__slot_release) but _nm_ts.slot keeps pointing at it; a later TLS destructor of the same thread "
-                   "(the pool's nm__thread_exit frees its nodes with nm_free(libc)) then does plain load/store bumps "
-                   "in a slot a new thread may own: lost updates, live_blocks drifts")
 def test_counts_exact_when_thread_exit_destructors_free(tmp_path):
+    """Was a bug (fixed in alloc.c nm__slot_release): a later TLS destructor of the exiting thread (a
+    pool's nm__thread_exit frees its records with nm_free(libc)) bumped the released slot with plain
+    stores while a new thread owned it: lost updates, live_blocks drifted."""
     exe = _build(tmp_path, "slot_exit_race.c", "slot_exit_race")
     for _ in range(5):
         r = _run_exe([exe, "300"], timeout=240)
