@@ -242,8 +242,10 @@ b = lib.nm_allocator_clone(lib.nm_allocator_libc(), b"hammer-bytes")
 assert lib.nm_allocator_set_stats(b, lib.NM_STATS_BYTES) == 0
 kept = []
 lock = threading.Lock()
+bar = [None]
 def work(k):
     mine = []
+    bar[0].wait()                 # all 48 alive at once: 31 own a slot, the rest share the last one
     for i in range(400):
         p = lib.nm_malloc(a, 16 + (i & 63)); q = lib.nm_calloc(b, 1, 24)
         if i % 50 == 0:
@@ -252,7 +254,9 @@ def work(k):
             lib.nm_free(a, p); lib.nm_free(b, q)
     with lock:
         kept.extend(mine)
+    bar[0].wait()                 # nobody exits (handing its slot back) before all are done
 for wave in range(6):
+    bar[0] = threading.Barrier(48)
     ts = [threading.Thread(target=work, args=(k,)) for k in range(48)]
     for t in ts: t.start()
     for t in ts: t.join()
