@@ -126,6 +126,10 @@ static nm_tls_key_t nm__slot_key;
 
 static void NM_TLS_DTOR_CALL nm__slot_release(void *v) { /* thread exit */
     uintptr_t s = (uintptr_t)v;
+    /* Other thread-exit destructors may still allocate and free on this thread (a pool's frees its
+     * records through nm_free) after this one: from here they count in the shared slot, with
+     * atomic adds, never in the slot handed back (its next owner bumps it with plain stores). */
+    _nm_ts.slot = NM__SLOTS;
     /* release: the next owner's plain increments start from this thread's last ones */
     if (s >= 1 && s < NM__SLOTS) nm_atomic_store_release(&nm__slot_taken[s - 1], 0);
 }

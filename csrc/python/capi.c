@@ -16,7 +16,7 @@ static nm_allocator_t *capi_allocator_acquire(void *obj) {
     }
     a = (NmAllocator *)o;
     if (a->closed || a->table == NULL) {
-        nmpy_raisef(nmpy.ClosedError, "allocator %R is closed", a->name ? a->name : Py_None);
+        PyErr_Format(nmpy.ClosedError, "allocator %R is closed", a->name ? a->name : Py_None);
         return NULL;
     }
     nmpy_alloc_use(o);
