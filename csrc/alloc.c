@@ -134,10 +134,16 @@ static void NM_TLS_DTOR_CALL nm__slot_release(void *v) { /* thread exit */
     if (s >= 1 && s < NM__SLOTS) nm_atomic_store_release(&nm__slot_taken[s - 1], 0);
 }
 
+/* The set-up lock is registered for fork safety (a child forked while another thread sets up the
+ * slots, which takes a slow syscall, would otherwise inherit it held). */
+static nm_atfork_t nm__slots_fork = {.lock = nm_atfork_mutex_lock, .unlock = nm_atfork_mutex_unlock,
+                                     .arg = &nm__slots_lock, .rank = NM_ATFORK_LAST};
+
 static NM_NOINLINE unsigned nm__slot_claim(void) {
     intptr_t st = nm_atomic_load_acquire(&nm__slots_state);
     unsigned i;
     if (st == 0) {
+        nm_atfork_register(&nm__slots_fork); /* once; before taking the lock it protects */
         nm_mutex_lock(&nm__slots_lock);
         st = nm_atomic_load_relaxed(&nm__slots_state);
         if (st == 0) {
@@ -212,17 +218,52 @@ NM_INLINE intptr_t nm__live_blocks(nm_allocator_t *a) {
     return al - fr;
 }
 
-/* Deferred destruction (nm_allocator_destroy with blocks live): the free that sees the allocator
- * dying and the counts balanced destroys it; the CAS picks one such free.  A free bumps its own
- * slot, then reads st_dying with only a compiler barrier between (nm__count_free); the destroyer
- * stores st_dying and calls nm_heavy_barrier before it sums, so of a last free and a destroy one
- * sees the other.  Two frees that both see st_dying order their bump before their sum with the
- * fence here. */
-static NM_NOINLINE void nm__maybe_finish_destroy(nm_allocator_t *a) {
-    intptr_t expected = 1;
-    nm_atomic_fence_seq_cst();
-    if (nm__live_blocks(a) == 0 && nm_atomic_cas(&a->st_dying, &expected, 2))
-        nm__destroy_now(a);
+/* ---- deferred destruction (nm_allocator_destroy with blocks live) ----------------------------
+ * The free that makes the counts balance destroys the allocator.  A free must not read the
+ * instance once its own count is in (the instance may be gone the next instant), so it looks at a
+ * global word instead: nm__dying_n, the number of allocators waiting for their last free.  When
+ * it is not 0 the free looks for its allocator in nm__dying (addresses, read without a lock) and
+ * only then, under nm__dying_lock, reads the instance: an allocator leaves nm__dying under that
+ * lock before it is destroyed.  Ordering: a free bumps its slot, then (compiler barrier only)
+ * reads nm__dying_n; the destroyer registers, calls nm_heavy_barrier, then sums: either the free
+ * sees the registration or the sum sees the free. */
+#define NM__DYING_MAX 256
+static nm_atomic_t nm__dying_n;
+static nm_atomic_t nm__dying[NM__DYING_MAX];
+static nm_mutex_t nm__dying_lock = NM_MUTEX_INIT;
+static nm_atfork_t nm__dying_fork = {.lock = nm_atfork_mutex_lock, .unlock = nm_atfork_mutex_unlock,
+                                     .arg = &nm__dying_lock, .rank = NM_ATFORK_LAST};
+
+/* Destroy `a` if it is registered and its counts balance (takes the lock; a leaf lock). */
+static NM_NOINLINE void nm__finish_destroy(nm_allocator_t *a) {
+    size_t i;
+    nm_mutex_lock(&nm__dying_lock);
+    for (i = 0; i < NM__DYING_MAX; i++)
+        if ((nm_allocator_t *)nm_atomic_load_ptr_acquire(&nm__dying[i]) == a) break;
+    if (i == NM__DYING_MAX) { /* not (or no longer) waiting: another free finished it */
+        nm_mutex_unlock(&nm__dying_lock);
+        return;
+    }
+    nm_atomic_fence_seq_cst(); /* two frees that both got here see each other's count */
+    if (nm__live_blocks(a) != 0) {
+        nm_mutex_unlock(&nm__dying_lock);
+        return;
+    }
+    nm_atomic_store_relaxed(&nm__dying[i], 0);
+    nm_atomic_add_relaxed(&nm__dying_n, -1);
+    nm_atomic_store_relaxed(&a->st_dying, 2);
+    nm_mutex_unlock(&nm__dying_lock);
+    nm__destroy_now(a);
+}
+
+/* A free saw an allocator waiting: is it this one?  (Only addresses are read here.) */
+static NM_NOINLINE void nm__dying_check(nm_allocator_t *a) {
+    size_t i;
+    for (i = 0; i < NM__DYING_MAX; i++)
+        if ((nm_allocator_t *)nm_atomic_load_ptr_acquire(&nm__dying[i]) == a) {
+            nm__finish_destroy(a);
+            return;
+        }
 }
 
 NM_INLINE void nm__count_free(nm_allocator_t *a, size_t bytes) {
@@ -230,7 +271,8 @@ NM_INLINE void nm__count_free(nm_allocator_t *a, size_t bytes) {
     if (!(a->flags & NM__F_NO_BYTE_STATS)) nm_atomic_add_relaxed(&a->st_live_bytes, -(intptr_t)bytes);
     nm__bump(&a->slots[s - 1].frees, s);
     nm_compiler_barrier();
-    if (NM_UNLIKELY(nm_atomic_load_relaxed(&a->st_dying) == 1)) nm__maybe_finish_destroy(a);
+    /* from here on `a` may be gone: only the global word, and the registry, are read */
+    if (NM_UNLIKELY(nm_atomic_load_relaxed(&nm__dying_n) != 0)) nm__dying_check(a);
 }
 
 static NM_NOINLINE void *nm__fail(nm_allocator_t *a, size_t size, unsigned seq) {
@@ -584,6 +626,9 @@ int nm_allocator_set_stats(nm_allocator_t *a, int mode) {
         return _nm_set_error(NM_ERR_INVALID, "allocator '%s': unknown statistics mode %d", a->name, mode);
     if (a->flags & (NM__F_SELF_STATS | NM__F_STATIC))
         return _nm_set_error(NM_ERR_UNSUPPORTED, "allocator '%s' keeps its own statistics", a->name);
+    if ((a->flags & NM__F_NO_STATS) && mode != NM_STATS_OFF) /* its blocks so far were never counted */
+        return _nm_set_error(NM_ERR_BUSY, "allocator '%s': NM_STATS_OFF is final (what it allocated was not "
+                             "counted, so no later mode could count it)", a->name);
     if (mode == NM_STATS_BYTES && a->usable_size == NULL) /* a free could not tell how many bytes go */
         return _nm_set_error(NM_ERR_UNSUPPORTED, "allocator '%s' has no usable_size: it cannot count bytes",
                              a->name);
@@ -625,6 +670,7 @@ static NM_NOINLINE void nm__destroy_reporting(nm_allocator_t *a) {
 
 void nm_allocator_destroy(nm_allocator_t *a) {
     intptr_t expected = 0;
+    size_t i;
     if (a == NULL || (a->flags & NM__F_STATIC)) return;
     if (a->flags & (NM__F_NO_STATS | NM__F_SELF_STATS)) { /* the latter defer by themselves */
         if (a->flags & NM__F_REPORTS) nm__destroy_reporting(a);
@@ -633,8 +679,23 @@ void nm_allocator_destroy(nm_allocator_t *a) {
     }
     /* Defer while blocks are live; the last nm_free finishes the job (see nm__count_free). */
     if (!nm_atomic_cas(&a->st_dying, &expected, 1)) return; /* already requested */
-    if (nm_atomic_load_acquire(&nm__slots_state) == 1) nm_heavy_barrier(); /* see nm__maybe_finish_destroy */
-    nm__maybe_finish_destroy(a);
+    nm_atfork_register(&nm__dying_fork); /* once; before taking the lock it protects */
+    nm_mutex_lock(&nm__dying_lock);
+    for (i = 0; i < NM__DYING_MAX && nm_atomic_load_relaxed(&nm__dying[i]) != 0; i++) {
+    }
+    if (i == NM__DYING_MAX) { /* never expected: 256 allocators at once waiting for their last block */
+        nm_mutex_unlock(&nm__dying_lock);
+        _nm_set_error(NM_ERR_BUSY, "allocator '%s' destroyed with blocks live while %d others wait: it is left "
+                      "alive (leaked)", a->name ? a->name : "?", NM__DYING_MAX);
+        _nm_report(a->name);
+        return;
+    }
+    nm_atomic_store_release(&nm__dying[i], (intptr_t)a);
+    nm_atomic_add_relaxed(&nm__dying_n, 1);
+    nm_mutex_unlock(&nm__dying_lock);
+    if (nm_atomic_load_acquire(&nm__slots_state) == 1) nm_heavy_barrier(); /* plain-store bumps: see above */
+    else nm_atomic_fence_seq_cst();
+    nm__finish_destroy(a);
 }
 
 nm_allocator_t *nm_allocator_clone(nm_allocator_t *base, const char *name) {

@@ -295,7 +295,9 @@ NM_INLINE void nm_spin_unlock(nm_spin_t *s) { nm_atomic_store_release(s, 0); }
  * nm_atfork_retire, which never waits for a fork.
  *
  * Windows has no fork: everything here compiles to nothing (nm_atfork_retire runs `fin` at once). */
-enum { NM_ATFORK_FIRST = 0, NM_ATFORK_SECOND = 1, NM_ATFORK_OBJECT = 2, NM_ATFORK_RANKS = 3 };
+/* NM_ATFORK_LAST: leaf locks that may be taken while an object's lock is held and under which no
+ * other nativemem lock is ever taken (the front door's deferred-destroy and slot set-up locks). */
+enum { NM_ATFORK_FIRST = 0, NM_ATFORK_SECOND = 1, NM_ATFORK_OBJECT = 2, NM_ATFORK_LAST = 3, NM_ATFORK_RANKS = 4 };
 typedef void (*nm_atfork_fn)(void *arg);
 typedef struct nm_atfork {
     nm_atfork_fn lock;          /* before fork: take every lock of the object               */

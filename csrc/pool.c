@@ -106,6 +106,7 @@ struct nm_pool {
     nm_pool_t *next_live;
     nm_atfork_t fork;           /* fork safety: pool->lock (platform.h) */
     int unchecked;              /* NM_POOL_UNCHECKED (chosen at creation)                  */
+    nm_atomic_t notc_frees;     /* frees by threads that could get no cache (out of memory) */
     void *ushared;              /* unchecked mode: objects given back by caches (pool->lock) */
     size_t ushared_count;
 };
@@ -429,6 +430,7 @@ static int64_t nm__live_sum(nm_pool_t *pool, int64_t *allocs, int64_t *frees, in
         if (nm_atomic_load_relaxed(&tc->peak_net) > pk) pk = nm_atomic_load_relaxed(&tc->peak_net);
         n++;
     }
+    f += nm_atomic_load_relaxed(&pool->notc_frees);
     if (allocs) *allocs = a;
     if (frees) *frees = f;
     if (tc_peak) *tc_peak = n == 1 ? pk : 0;
@@ -872,9 +874,23 @@ static NM_NOINLINE void *nm__ualloc_slow(nm_pool_t *pool, nm__tcache_t *tc) {
     }
     c = tc->cur;
     if (c == NULL || c->bump >= c->nobj) {
+        nm__chunk_t **pp;
         nm_mutex_lock(&pool->lock);
         nm__sample_peak(pool);
-        c = nm__chunk_new(pool, tc);
+        /* a chunk an exited thread was still carving (its free objects went to the shared list);
+         * fully carved orphans leave the list (destroy finds every chunk through pool->all) */
+        for (pp = &pool->orphans, c = NULL; *pp != NULL;) {
+            nm__chunk_t *o = *pp;
+            *pp = o->next_owned;
+            if (o->bump < o->nobj) {
+                nm_atomic_store_relaxed(&o->owner, (intptr_t)tc);
+                o->next_owned = tc->owned;
+                tc->owned = o;
+                c = o;
+                break;
+            }
+        }
+        if (c == NULL) c = nm__chunk_new(pool, tc);
         nm_mutex_unlock(&pool->lock);
         if (c == NULL) {
             _nm_set_error(NM_ERR_NOMEM, "pool of %zu-byte objects: cannot get a %zu-byte chunk from allocator %s",
@@ -1044,15 +1060,56 @@ NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p, int count) {
     return 0;
 }
 
+/* A free by a thread that has no cache for the pool and could not get one (out of memory): the
+ * object still goes back -- as another thread's free would (checked), or to the shared list
+ * (unchecked) -- and is counted in the pool. */
+static NM_NOINLINE int nm__free_notc(nm_pool_t *pool, void *p) {
+    nm__chunk_t *c;
+    size_t idx;
+    uintptr_t m;
+    nm_clear_error(); /* the failed cache allocation's: this free has its own outcome */
+    if (pool->unchecked) {
+        if (p == NULL) return _nm_set_error(NM_ERR_INVALID_FREE, "free of NULL to a pool");
+        NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));
+        NM__VG(pool, NM_VG_UNDEFINED(p, sizeof(void *)));
+        nm_mutex_lock(&pool->lock);
+        *(void **)p = pool->ushared;
+        pool->ushared = p;
+        pool->ushared_count++;
+        nm_mutex_unlock(&pool->lock);
+        nm_atomic_add_relaxed(&pool->notc_frees, 1);
+        return NM_OK;
+    }
+    c = nm__chunk_of(pool, p);
+    if (!c) return nm__bad_free(pool, NULL, p, 0);
+    if (c->magic != ((uintptr_t)c ^ pool->secret))
+        return _nm_set_error(NM_ERR_CORRUPT, "pool chunk header %p is corrupt (freeing %p)", (void *)c, p);
+    idx = nm__slot_index(pool, c, p);
+    if (idx == (size_t)-1 || !nm__bit_get(c->alloc_bits, idx) || nm__bit_get(c->remote_bits, idx))
+        return nm__bad_free(pool, c, p, idx);
+    NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));
+    if (pool->flags & NM_POOL_CHECKED) {
+        NM__VG(pool, NM_VG_UNDEFINED(p, pool->object_size));
+        memset(p, NM__POISON, pool->object_size);
+        NM__VG(pool, NM_VG_NOACCESS(p, pool->object_size));
+    }
+    NM_ASAN_POISON(p, pool->object_size);
+    m = (uintptr_t)1 << (idx % NM__WBITS);
+    if (nm__atomic_or(&c->remote_bits[idx / NM__WBITS], m) & m) return nm__bad_free(pool, c, p, idx);
+    nm_atomic_store_release(&c->remote_pending, 1);
+    nm_atomic_add_relaxed(&pool->notc_frees, 1);
+    return NM_OK;
+}
+
 static NM_NOINLINE int nm__free_unchecked(nm_pool_t *pool, void *ptr) {
     nm__tcache_t *tc = nm__tc(pool);
-    return NM_LIKELY(tc != NULL) ? nm__ufree(pool, tc, ptr) : NM_ERR_NOMEM;
+    return NM_LIKELY(tc != NULL) ? nm__ufree(pool, tc, ptr) : nm__free_notc(pool, ptr);
 }
 static NM_NOINLINE int nm__free_checked(nm_pool_t *pool, void *ptr) {
     nm__tcache_t *tc;
     if (NM_UNLIKELY(pool->bh != NULL)) return _nm_bh_free(pool->bh, ptr);
     tc = nm__tc(pool);
-    return NM_LIKELY(tc != NULL) ? nm__free(pool, tc, ptr, 1) : NM_ERR_NOMEM;
+    return NM_LIKELY(tc != NULL) ? nm__free(pool, tc, ptr, 1) : nm__free_notc(pool, ptr);
 }
 
 int nm_pool_free(nm_pool_t *pool, void *ptr) {
@@ -1067,7 +1124,18 @@ int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
     char msg[400];
     if (!pool->bh) {
         tc = nm__tc(pool);
-        if (!tc) return NM_ERR_NOMEM;
+        if (!tc) { /* no cache (out of memory): one by one, as nm_pool_free does then */
+            for (i = 0; i < n; i++) {
+                rc = nm_pool_free(pool, ptrs[i]);
+                if (rc && !first) {
+                    first = rc;
+                    snprintf(msg, sizeof msg, "%s", nm_last_error_message());
+                    bad = i;
+                }
+            }
+            if (first) return _nm_set_error(first, "free_many: pointer %zu of %zu: %s", bad, n, msg);
+            return 0;
+        }
     }
     if (tc != NULL && !pool->unchecked) { /* the common case: counted once for the batch */
         size_t freed = 0;

@@ -124,7 +124,8 @@ void *nm_allocator_context(nm_allocator_t *a);
  * malloc+free pair.  The Python face asks for bytes.  Set the mode on a fresh allocator (a
  * clone) before its first allocation.  The libc singleton counts blocks. */
 enum nm_stats_mode {
-    NM_STATS_OFF = 0,     /* nothing counted; destroy is not deferred for live blocks     */
+    NM_STATS_OFF = 0,     /* nothing counted; destroy is not deferred for live blocks;
+                             final: no other mode can be set afterwards                   */
     NM_STATS_BLOCKS = 1,  /* block counts only (the default): live_bytes, peak_bytes 0    */
     NM_STATS_BYTES = 2    /* blocks and exact bytes                                       */
 };

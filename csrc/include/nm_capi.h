@@ -16,7 +16,9 @@
  *
  * allocator_acquire takes a nativemem.Allocator (any: a backend, an Arena, a DebugAllocator) and
  * returns its C allocator, which stays valid until the matching allocator_release, even if the
- * Python program calls close() meanwhile (close() waits for C-level users).  Call acquire and
+ * Python program calls close() meanwhile (close() waits for C-level users).  Acquisitions are
+ * counted per allocator (not per caller): release exactly once per acquire; a release with none
+ * outstanding fails (RuntimeError) and changes nothing.  Call acquire and
  * release with the GIL held and a reference on the object; the other functions need no GIL.
  * Fields are only ever added at the end: `size` tells how many a provider has. */
 #ifndef NM_CAPI_H
@@ -32,7 +34,7 @@ typedef struct nm_capi {
     size_t size;        /* sizeof(nm_capi_t) of the provider                              */
     /* a nativemem.Allocator (a PyObject *) -> its allocator, with a use held on it          */
     nm_allocator_t *(*allocator_acquire)(void *py_allocator);
-    void (*allocator_release)(void *py_allocator);
+    int (*allocator_release)(void *py_allocator); /* 0, or -1 with an exception set (none acquired) */
     /* the front door (nm_alloc.h) */
     void *(*malloc)(nm_allocator_t *a, size_t size);
     void *(*calloc)(nm_allocator_t *a, size_t n, size_t size);

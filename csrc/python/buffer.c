@@ -26,11 +26,23 @@ static void nmpy__destroy_table(NmAllocator *a);
 /* A closed allocator's table goes when nothing uses it any more: no Buffer, and no C-level user
  * (a debug allocator or arena on it, a pool, a string table, a NumPy handler). */
 static void nmpy__maybe_destroy(NmAllocator *a) {
-    if (a->closed && a->buffers == 0 && a->users == 0) nmpy__destroy_table(a);
+    if (a->closed && a->buffers == 0 && a->users == 0 && a->capi_users == 0) nmpy__destroy_table(a);
 }
 
 void nmpy_alloc_use(PyObject *o) {
     if (o && PyObject_TypeCheck(o, nmpy.Allocator)) ((NmAllocator *)o)->users++;
+}
+void nmpy_alloc_capi_use(PyObject *o) { ((NmAllocator *)o)->capi_users++; }
+int nmpy_alloc_capi_unuse(PyObject *o) {
+    NmAllocator *a = (NmAllocator *)o;
+    if (a->capi_users <= 0) {
+        PyErr_Format(PyExc_RuntimeError, "nativemem C API: allocator_release of %R without a matching "
+                     "allocator_acquire", o);
+        return -1;
+    }
+    a->capi_users--;
+    nmpy__maybe_destroy(a);
+    return 0;
 }
 void nmpy_alloc_unuse(PyObject *o) {
     if (o && PyObject_TypeCheck(o, nmpy.Allocator)) {

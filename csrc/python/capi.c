@@ -19,11 +19,18 @@ static nm_allocator_t *capi_allocator_acquire(void *obj) {
         PyErr_Format(nmpy.ClosedError, "allocator %R is closed", a->name ? a->name : Py_None);
         return NULL;
     }
-    nmpy_alloc_use(o);
+    nmpy_alloc_capi_use(o);
     return a->table;
 }
 
-static void capi_allocator_release(void *obj) { nmpy_alloc_unuse((PyObject *)obj); }
+static int capi_allocator_release(void *obj) {
+    PyObject *o = (PyObject *)obj;
+    if (o == NULL || !PyObject_TypeCheck(o, nmpy.Allocator)) {
+        PyErr_SetString(PyExc_TypeError, "nativemem C API: allocator_release expects a nativemem.Allocator");
+        return -1;
+    }
+    return nmpy_alloc_capi_unuse(o);
+}
 
 static const nm_capi_t nmpy__capi = {
     NM_CAPI_VERSION, sizeof(nm_capi_t), capi_allocator_acquire, capi_allocator_release,

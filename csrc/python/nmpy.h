@@ -41,6 +41,7 @@ typedef struct {
     PyObject *backend;       /* str                                                     */
     Py_ssize_t buffers;      /* live Buffers made here (they hold a reference on us)    */
     Py_ssize_t users;        /* C-level users that may still allocate from the table    */
+    Py_ssize_t capi_users;   /* acquisitions through the C API capsule (nm_capi.h)      */
     int owned;               /* destroy the table with us                               */
     int closed;              /* close() was called: no new blocks                       */
     int sites;               /* record Python allocation sites (debug allocator)        */
@@ -103,6 +104,10 @@ void nmpy_report(int code, const char *message);
  * close() while one remains. */
 void nmpy_alloc_use(PyObject *o);
 void nmpy_alloc_unuse(PyObject *o);
+/* The same for the C API capsule's acquisitions (kept apart: a stray release there cannot take
+ * away a use of nativemem's own); unuse: -1 with RuntimeError when none is outstanding. */
+void nmpy_alloc_capi_use(PyObject *o);
+int nmpy_alloc_capi_unuse(PyObject *o);
 PyObject *nmpy_view_new(PyObject *owner, void *ptr, Py_ssize_t size, int readonly, Py_ssize_t *counter);
 
 /* ---- sites (sites.c) --------------------------------------------------------------------- */

@@ -16,7 +16,7 @@ import warnings
 from typing import Any, List, Optional, Union
 
 from . import errors as E
-from .allocator import Allocator
+from .allocator import Allocator, _owners, _owners_lock
 from ._ffi import check_ptr, check_status, ffi, lib
 
 __all__ = ["Prop"]
@@ -59,10 +59,14 @@ class Prop:
                 raise
 
     @classmethod
-    def _adopt(cls, p: Any, owner: Any) -> "Prop":
+    def _adopt(cls, p: Any) -> "Prop":
+        """A handle on `p` (whose reference it takes over), keeping the Python allocator that
+        owns p's own allocator alive (None: libc, or one made by C code)."""
         self = object.__new__(cls)
         self._p = p
-        self._a = owner
+        address = int(ffi.cast("uintptr_t", lib.nm_prop_allocator(p)))
+        with _owners_lock:
+            self._a = _owners.get(address)
         return self
 
     def _live(self) -> Any:
@@ -89,7 +93,7 @@ class Prop:
     def parent(self) -> Optional["Prop"]:
         """A new handle on the parent (None for a root or a destroyed prop)."""
         q = lib.nm_prop_parent(self._live())
-        return None if q == ffi.NULL else Prop._adopt(q, self._a)
+        return None if q == ffi.NULL else Prop._adopt(q)
 
     @property
     def children(self) -> List["Prop"]:
@@ -100,7 +104,7 @@ class Prop:
             arr = ffi.new("nm_prop_t *[]", max(n, 1))
             got = check_status(lib.nm_prop_children(p, arr, n))
             if got <= n:
-                return [Prop._adopt(arr[i], self._a) for i in range(got)]
+                return [Prop._adopt(arr[i]) for i in range(got)]
             for i in range(n):  # the tree grew meanwhile: drop and retry
                 lib.nm_prop_release(arr[i])
 
@@ -154,7 +158,9 @@ class Prop:
         """Another handle holding its own reference."""
         p = self._live()
         check_status(lib.nm_prop_retain(p))
-        return Prop._adopt(p, self._a)
+        h = Prop._adopt(p)
+        h._a = self._a
+        return h
 
     def release(self) -> None:
         """Give this handle's reference back now (the handle is unusable afterwards)."""

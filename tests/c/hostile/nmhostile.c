@@ -13,7 +13,7 @@ static PyObject *acquire(PyObject *self, PyObject *arg) {
 }
 static PyObject *release(PyObject *self, PyObject *arg) {
     (void)self;
-    nm->allocator_release(arg == Py_None ? NULL : (void *)arg);
+    if (nm->allocator_release(arg == Py_None ? NULL : (void *)arg) < 0) return NULL;
     Py_RETURN_NONE;
 }
 static int conv(PyObject *o, void *out) {
