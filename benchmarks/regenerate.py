@@ -28,6 +28,39 @@ def _groups(rows: Sequence[Row]) -> Dict[Tuple[str, str], Dict[str, Row]]:
     return out
 
 
+# Why each kind of loss happens: (area, words of the workload, start of the contender) -> cause.
+CAUSES: List[Tuple[Tuple[str, str, str], str]] = [
+    (("backends", "larson", "arena"), "one heap behind one lock (as Movian's PS3 heap): two threads take turns on "
+     "the lock and pass the heap's lines between cores; per-thread caches would hold the bounded region's space"),
+    (("backends", "random sizes", "arena"), "TLSF with boundary tags: blocks above the quick cache (512 B) are "
+     "searched for, split and merged on every call"),
+    (("backends", "batch", "arena"), "the quick cache keeps 8 blocks per size: the rest of a 256-block batch goes "
+     "through TLSF's split and merge"),
+    (("pool", "larson", "pool"), "a free from another thread sets a bit in the chunk's atomic remote bitmap (the "
+     "double-free check), which the owner folds back into its free list later; the unchecked mode only pushes"),
+    (("debug", "mixed", "debug"), "metadata out of band (address hash, records) and the quarantine's cold blocks: "
+     "a free misses on the record and, 1024 frees later, on the block's poison; metadata beside the block would "
+     "be in reach of the writes the allocator is there to catch"),
+    (("debug", "64B", "debug"), "canaries, poison fill and check, the record hash, under one lock"),
+    (("refcount", "", "nm_refcount"), "the saturation and zero checks around the atomic"),
+    (("interning", "Python", "StringTable"), "sys.intern is a dict probe inside the interpreter; a StringTable hit "
+     "takes its shard's lock, counts a reference and makes an Interned handle"),
+    (("cow", "Python", "CowBuffer"), "a handle object per call against one bytearray copy"),
+    (("python", "", "nativemem DebugAllocator"), "the caller's site for the malloc and the free, and the debug "
+     "allocator's checks"),
+    (("python", "", "nativemem Pool.alloc"), "two bound-method calls and an address as a Python int"),
+    (("python", "", "nativemem"), "a Python object per block, as bytearray; within a few ns of it"),
+    (("numpy", "", "nativemem"), "within the noise of NumPy's own allocation path"),
+]
+
+
+def _cause(r: Row) -> str:
+    for (area, words, contender), why in CAUSES:
+        if r.area == area and words in r.workload and r.contender.startswith(contender):
+            return f" Cause: {why}."
+    return ""
+
+
 def render(data: dict, head: str) -> str:
     """The Markdown file for one run's JSON (``python -m nativemem bench --json``)."""
     rows = [Row(**r) for r in data["rows"]]
@@ -41,16 +74,21 @@ def render(data: dict, head: str) -> str:
     lines: List[str] = [head.rstrip(), ""]
     for (area, wl), group in _groups(rows).items():
         table, raw = group.get("libc"), group.get("raw libc (no table)")
+        blocks = group.get("libc, blocks only")
         if table and raw:
-            lines.append(f"- {area} / {wl}: nativemem's table (statistics, usable-size bookkeeping) makes glibc "
-                         f"{table.median_ns:.1f} ns against {raw.median_ns:.1f} ns called directly "
-                         f"({table.median_ns / raw.median_ns:.1f}x).")
+            lines.append(f"- {area} / {wl}: glibc through nativemem's front door is {table.median_ns:.1f} ns with "
+                         f"exact byte counts (the Python face's mode: two locked atomics and a malloc_usable_size "
+                         f"call per operation) against {raw.median_ns:.1f} ns called directly "
+                         f"({table.median_ns / raw.median_ns:.2f}x)"
+                         + (f"; {blocks.median_ns:.1f} ns ({blocks.median_ns / raw.median_ns:.2f}x) with block "
+                            f"counts, the C default: one more call level, an indirect call and the counter slot"
+                            if blocks else "") + ".")
     for r in losses:
         best = better[(r.area, r.workload)]
         where = " [child]" if best.process == "child" else ""
         lines.append(f"- {r.area} / {r.workload}: {r.contender}{' [child]' if r.process == 'child' else ''} at "
                      f"{r.median_ns:.1f} ns is {r.ratio:.2f}x {r.reference}; fastest here: {best.contender}{where} "
-                     f"({best.median_ns:.1f} ns).")
+                     f"({best.median_ns:.1f} ns)." + _cause(r))
     lines += ["", "## Results", "", render_table(rows, data["machine"], markdown=True, notes=data.get("notes", ())), ""]
     return "\n".join(lines)
 
