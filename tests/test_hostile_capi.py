@@ -2,8 +2,8 @@
 per-thread counter slots, deferred destroy, the C API capsule (nm_capi.h), NM_POOL_UNCHECKED pools
 and props drawing from allocators.
 
-Everything that may crash or hang runs in a subprocess with a timeout.  Tests marked
-xfail(strict=True) document a limit that remains (see the reason); the bugs it found are fixed and their tests pass."""
+Everything that may crash or hang runs in a subprocess with a timeout.  Every bug these tests
+found is fixed; the tests of those say what it was."""
 import os
 import shutil
 import subprocess
@@ -456,9 +456,9 @@ except nativemem.ClosedError:
     pass
 else:
     raise AssertionError("closed allocator acquired")
-for o in (object(), None):                # refused with an error, nothing changed
+for o in (object(), None, a):             # no lease: refused with an error, nothing changed
     try:
-        H.release(o)
+        H.release_raw(o)
     except TypeError:
         pass
     else:
@@ -501,17 +501,18 @@ print("ok")
 """)
 
 
-@pytest.mark.xfail(strict=True, reason="LIMIT: acquisitions through the capsule are counted per allocator, not per "
-                   "caller, so one extension's stray release can take away another extension's acquisition (a "
-                   "per-caller lease would be needed); it can no longer take away nativemem's own uses (pools, "
-                   "debug allocators, NumPy handlers) nor go below zero: see test_capi_release_without_acquire")
 def test_capi_stray_release_does_not_steal_a_use(nmhostile):
     capi(nmhostile, """
 import nativemem, nmhostile as H
 base = nativemem.allocator("libc")
 ar = nativemem.Arena(1 << 16, allocator=base)
-t = H.acquire(ar)              # extension A holds the arena
-H.release(ar)                  # extension B: a release it never acquired
+t = H.acquire(ar)              # extension A holds the arena (a lease)
+try:
+    H.release_raw(ar)          # extension B: a release with no lease of its own
+except TypeError:
+    pass
+else:
+    raise AssertionError("a release without a lease was accepted")
 ar.close()
 # A still holds a use: the arena's region must still be there
 assert base.stats().live_blocks == 1, base.stats()
@@ -848,20 +849,25 @@ base = nativemem.allocator("libc")
 ar = nativemem.Arena(1 << 16, allocator=base)
 pool = nativemem.Pool(64, allocator=ar)       # nativemem's own C-level use of the arena
 try:
-    H.release(ar)                             # nothing acquired through the capsule
-except RuntimeError as e:
-    assert "without a matching" in str(e), e
+    H.release_raw(ar)                         # not a lease
+except TypeError as e:
+    assert "lease" in str(e), e
 else:
-    raise AssertionError("no RuntimeError")
+    raise AssertionError("no TypeError")
 t = H.acquire(ar)
+lease = H.lease_of(ar)
+assert "lease" in repr(lease)
 H.release(ar)
 try:
-    H.release(ar)                             # one too many
-except RuntimeError:
-    pass
+    H.release_raw(lease)                      # the same lease again
+except RuntimeError as e:
+    assert "twice" in str(e), e
 else:
     raise AssertionError("no RuntimeError")
+t = H.acquire(ar)                             # held across close(): the arena stays
 ar.close()
+assert base.stats().live_blocks == 1
+H.release(ar)
 assert base.stats().live_blocks == 1          # the pool still holds the arena: not destroyed
 pool.close(); del pool
 import gc; gc.collect()

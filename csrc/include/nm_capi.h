@@ -8,17 +8,20 @@
  *
  *     static const nm_capi_t *nm;                 in PyInit_yourmodule: nm = nm_capi_import();
  *                                                 (NULL with ImportError set)
- *     nm_allocator_t *a = nm->allocator_acquire(py_allocator);   NULL with TypeError/ClosedError
+ *     void *lease;
+ *     nm_allocator_t *a = nm->allocator_acquire(py_allocator, &lease);  NULL: TypeError/ClosedError
  *     void *p = nm->malloc(a, 4096);
  *     ...
  *     nm->free(a, p);
- *     nm->allocator_release(py_allocator);
+ *     nm->allocator_release(lease);
+ *     Py_DECREF((PyObject *)lease);
  *
  * allocator_acquire takes a nativemem.Allocator (any: a backend, an Arena, a DebugAllocator) and
- * returns its C allocator, which stays valid until the matching allocator_release, even if the
- * Python program calls close() meanwhile (close() waits for C-level users).  Acquisitions are
- * counted per allocator (not per caller): release exactly once per acquire; a release with none
- * outstanding fails (RuntimeError) and changes nothing.  Call acquire and
+ * returns its C allocator, valid until the lease is released, even if the Python program calls
+ * close() meanwhile (close() waits for every lease).  The lease is a new reference to a small
+ * Python object that holds the use: allocator_release(lease) gives the use back (a second release
+ * of the same lease fails with RuntimeError and changes nothing), and a lease dropped unreleased
+ * gives it back when it is deallocated.  A caller can release only the uses it holds.  Call acquire and
  * release with the GIL held and a reference on the object; the other functions need no GIL.
  * Fields are only ever added at the end: `size` tells how many a provider has. */
 #ifndef NM_CAPI_H
@@ -32,9 +35,10 @@
 typedef struct nm_capi {
     unsigned version;   /* NM_CAPI_VERSION of the provider                                */
     size_t size;        /* sizeof(nm_capi_t) of the provider                              */
-    /* a nativemem.Allocator (a PyObject *) -> its allocator, with a use held on it          */
-    nm_allocator_t *(*allocator_acquire)(void *py_allocator);
-    int (*allocator_release)(void *py_allocator); /* 0, or -1 with an exception set (none acquired) */
+    /* a nativemem.Allocator (a PyObject *) -> its allocator; *lease: a new reference (PyObject *)
+     * holding the use                                                                       */
+    nm_allocator_t *(*allocator_acquire)(void *py_allocator, void **lease);
+    int (*allocator_release)(void *lease); /* 0, or -1 with TypeError / RuntimeError (released) */
     /* the front door (nm_alloc.h) */
     void *(*malloc)(nm_allocator_t *a, size_t size);
     void *(*calloc)(nm_allocator_t *a, size_t n, size_t size);

@@ -36,8 +36,7 @@ void nmpy_alloc_capi_use(PyObject *o) { ((NmAllocator *)o)->capi_users++; }
 int nmpy_alloc_capi_unuse(PyObject *o) {
     NmAllocator *a = (NmAllocator *)o;
     if (a->capi_users <= 0) {
-        PyErr_Format(PyExc_RuntimeError, "nativemem C API: allocator_release of %R without a matching "
-                     "allocator_acquire", o);
+        PyErr_Format(PyExc_RuntimeError, "nativemem C API: a lease on %R released with no use outstanding", o);
         return -1;
     }
     a->capi_users--;

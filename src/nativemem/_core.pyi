@@ -82,6 +82,10 @@ class Buffer:
 
 # A counted exporter of memory owned by another object (made by View() and Pool._view()).
 @final
+class CapiLease:
+    """A use of an Allocator held by C code through the C API capsule (nm_capi.h)."""
+
+@final
 class ViewType:
     def invalidate(self) -> None: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...

@@ -15,21 +15,27 @@ static PyObject *fill(PyObject *self, PyObject *args) {
     long long sum = 0;
     nm_alloc_stats_t st;
     nm_allocator_t *a;
+    void *lease;
     (void)self;
     if (!PyArg_ParseTuple(args, "On", &alloc, &n)) return NULL;
-    a = nm->allocator_acquire(alloc);
+    a = nm->allocator_acquire(alloc, &lease);
     if (a == NULL) return NULL;
     p = (unsigned char *)nm->malloc(a, (size_t)n);
     if (p == NULL) {
         PyErr_Format(PyExc_MemoryError, "%s", nm->last_error_message());
-        nm->allocator_release(alloc);
+        nm->allocator_release(lease);
+        Py_DECREF((PyObject *)lease);
         return NULL;
     }
     for (i = 0; i < n; i++) p[i] = (unsigned char)i;
     for (i = 0; i < n; i++) sum += p[i];
     nm->allocator_stats(a, &st);
     nm->free(a, p);
-    nm->allocator_release(alloc);
+    if (nm->allocator_release(lease) < 0) {
+        Py_DECREF((PyObject *)lease);
+        return NULL;
+    }
+    Py_DECREF((PyObject *)lease);
     return Py_BuildValue("(LL)", sum, (long long)st.live_blocks);
 }
 
@@ -41,16 +47,17 @@ static PyObject *pool_roundtrip(PyObject *self, PyObject *args) {
     nm_pool_t *pool;
     nm_pool_stats_t st;
     void **objs;
+    void *lease;
     (void)self;
     if (!PyArg_ParseTuple(args, "On", &alloc, &count) || count < 0) return NULL;
-    a = nm->allocator_acquire(alloc);
+    a = nm->allocator_acquire(alloc, &lease);
     if (a == NULL) return NULL;
     pool = nm->pool_create_ex(a, 48, 64, 64, 0);
     objs = (void **)PyMem_Calloc((size_t)count + 1, sizeof(void *));
     if (pool == NULL || objs == NULL) {
         if (pool) nm->pool_destroy(pool);
         PyMem_Free(objs);
-        nm->allocator_release(alloc);
+        Py_DECREF((PyObject *)lease); /* a lease dropped unreleased gives its use back */
         return PyErr_NoMemory();
     }
     for (i = 0; i < count; i++) objs[i] = nm->pool_alloc(pool);
@@ -58,7 +65,8 @@ static PyObject *pool_roundtrip(PyObject *self, PyObject *args) {
     for (i = 0; i < count; i++) nm->pool_free(pool, objs[i]);
     PyMem_Free(objs);
     nm->pool_destroy(pool);
-    nm->allocator_release(alloc);
+    nm->allocator_release(lease);
+    Py_DECREF((PyObject *)lease);
     return PyLong_FromLongLong((long long)st.live);
 }
 

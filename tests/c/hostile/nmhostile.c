@@ -4,14 +4,52 @@
 
 static const nm_capi_t *nm;
 
+/* Leases by allocator, as one extension would keep them: acquire(o) keeps its lease here and
+ * returns the C allocator's address; release(o) releases and drops the newest lease held on o;
+ * release_raw(x) hands x itself to allocator_release (a stray call: x is no lease). */
+static PyObject *leases; /* dict: allocator -> list of leases */
+
 static PyObject *acquire(PyObject *self, PyObject *arg) {
     nm_allocator_t *a;
+    void *lease = NULL;
+    PyObject *lst;
     (void)self;
-    a = nm->allocator_acquire(arg == Py_None ? NULL : (void *)arg);
+    a = nm->allocator_acquire(arg == Py_None ? NULL : (void *)arg, &lease);
     if (a == NULL) return NULL;
+    lst = PyDict_GetItem(leases, arg);
+    if (lst == NULL) {
+        lst = PyList_New(0);
+        if (lst == NULL || PyDict_SetItem(leases, arg, lst) < 0) { Py_XDECREF(lst); Py_DECREF((PyObject *)lease); return NULL; }
+        Py_DECREF(lst);
+    }
+    if (PyList_Append(lst, (PyObject *)lease) < 0) { Py_DECREF((PyObject *)lease); return NULL; }
+    Py_DECREF((PyObject *)lease); /* the list holds it */
     return PyLong_FromVoidPtr(a);
 }
+static PyObject *lease_of(PyObject *self, PyObject *arg) {
+    PyObject *lst = PyDict_GetItem(leases, arg);
+    Py_ssize_t n;
+    (void)self;
+    if (lst == NULL || (n = PyList_Size(lst)) == 0) Py_RETURN_NONE;
+    return Py_NewRef(PyList_GetItem(lst, n - 1));
+}
 static PyObject *release(PyObject *self, PyObject *arg) {
+    PyObject *lst = PyDict_GetItem(leases, arg), *lease;
+    Py_ssize_t n;
+    int rc;
+    (void)self;
+    if (lst == NULL || (n = PyList_Size(lst)) == 0) {
+        PyErr_SetString(PyExc_LookupError, "nmhostile: no lease held on that object");
+        return NULL;
+    }
+    lease = Py_NewRef(PyList_GetItem(lst, n - 1));
+    if (PySequence_DelItem(lst, n - 1) < 0) { Py_DECREF(lease); return NULL; }
+    rc = nm->allocator_release((void *)lease);
+    Py_DECREF(lease);
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}
+static PyObject *release_raw(PyObject *self, PyObject *arg) {
     (void)self;
     if (nm->allocator_release(arg == Py_None ? NULL : (void *)arg) < 0) return NULL;
     Py_RETURN_NONE;
@@ -91,6 +129,7 @@ static PyObject *m_pool_stats(PyObject *self, PyObject *arg) {
 }
 static PyMethodDef methods[] = {
     {"acquire", acquire, METH_O, NULL}, {"release", release, METH_O, NULL},
+    {"release_raw", release_raw, METH_O, NULL}, {"lease_of", lease_of, METH_O, NULL},
     {"malloc", m_malloc, METH_VARARGS, NULL}, {"free", m_free, METH_VARARGS, NULL},
     {"free_checked", m_free_checked, METH_VARARGS, NULL}, {"stats", m_stats, METH_O, NULL},
     {"name", m_name, METH_O, NULL},
@@ -102,5 +141,7 @@ static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "nmhostile", NULL, -1, m
 PyMODINIT_FUNC PyInit_nmhostile(void) {
     nm = nm_capi_import();
     if (nm == NULL) return NULL;
+    leases = PyDict_New();
+    if (leases == NULL) return NULL;
     return PyModule_Create(&def);
 }
