@@ -595,6 +595,7 @@ nm_allocator_t *_nm_allocator_make(const char *name, const nm_allocator_ops_t *o
     a->free = ops->free;
     a->memalign = ops->memalign;
     a->usable_size = ops->usable_size;
+    a->destroy = ops->destroy;
     a->ops = ops;
     /* block counts only by default (NM_STATS_BLOCKS): exact bytes are asked for (nm_allocator_set_stats) */
     a->flags = ops->flags | extra_flags | NM__F_NO_BYTE_STATS;
@@ -649,7 +650,7 @@ int nm_allocator_get_stats_mode(nm_allocator_t *a) {
 }
 
 static void nm__destroy_now(nm_allocator_t *a) {
-    void (*destroy)(void *) = (a->flags & NM__F_BORROWED) ? NULL : a->ops->destroy;
+    void (*destroy)(void *) = (a->flags & NM__F_BORROWED) ? NULL : a->destroy;
     if (a->flags & NM__F_OWNS_TABLE) { /* it frees the instance too, maybe later */
         destroy(a->ctx);
         return;
@@ -700,9 +701,13 @@ void nm_allocator_destroy(nm_allocator_t *a) {
 
 nm_allocator_t *nm_allocator_clone(nm_allocator_t *base, const char *name) {
     unsigned keep = base->flags & ~(unsigned)(NM__F_STATIC | NM__F_OWNS_TABLE);
-    nm_allocator_t *a = _nm_allocator_make(name ? name : base->name, base->ops, 0, keep | NM__F_BORROWED);
+    /* the base's functions (its ops may be gone: only instances keep them) */
+    nm_allocator_ops_t ops = {base->malloc, base->calloc, base->realloc, base->free, base->memalign,
+                              base->usable_size, NULL, base->alignment, base->flags & NM_OPS_EXACT_SIZE};
+    nm_allocator_t *a = _nm_allocator_make(name ? name : base->name, &ops, 0, keep | NM__F_BORROWED);
     if (a == NULL) return NULL;
-    a->ctx = base->ctx; /* the functions are its ops', as every instance's */
+    a->ops = base->ops; /* its identity */
+    a->ctx = base->ctx;
     a->alignment = base->alignment;
     a->plain_malloc = base->plain_malloc;
     a->plain_free = base->plain_free;

@@ -45,6 +45,7 @@ struct nm_allocator {
     void (*free)(void *ctx, void *p);
     void *(*memalign)(void *ctx, size_t alignment, size_t size);
     size_t (*usable_size)(void *ctx, const void *p);
+    void (*destroy)(void *ctx);     /* NULL: ctx not owned (or a clone's)                       */
     void *ctx;
     unsigned flags;                 /* nm__alloc_flags                                        */
     size_t alignment;               /* resolved: never 0                                      */
@@ -63,7 +64,8 @@ struct nm_allocator {
     intptr_t st_peak_bytes;
     intptr_t st_failures;
     intptr_t st_dying;              /* destroy requested while blocks were live: 1; done: 2     */
-    const nm_allocator_ops_t *ops;  /* the backend's identity (nm_debug_is) and its destroy     */
+    const nm_allocator_ops_t *ops;  /* the backend's identity (nm_debug_is): compared, never read
+                                       after creation (a caller's ops may not outlive it)      */
     const char *name;
 };
 
