@@ -83,8 +83,9 @@ class build_ext(_build_ext):
 
 
 class build_py(_build_py):
-    """Ships the public C headers (csrc/include/*.h) as nativemem/include/, for
-    nativemem.get_include() (extensions using the C API capsule, nm_capi.h)."""
+    """Ships the public C headers (csrc/include/*.h but nm_testing.h, nativemem's own test and
+    benchmark declarations) as nativemem/include/, for nativemem.get_include() (extensions using
+    the C API capsule, nm_capi.h)."""
 
     def run(self):
         super().run()
@@ -92,7 +93,7 @@ class build_py(_build_py):
         dst = os.path.join(self.build_lib, "nativemem", "include")
         os.makedirs(dst, exist_ok=True)
         for name in sorted(os.listdir(src)):
-            if name.endswith(".h"):
+            if name.endswith(".h") and name != "nm_testing.h":
                 self.copy_file(os.path.join(src, name), os.path.join(dst, name))
 
 

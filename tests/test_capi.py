@@ -31,6 +31,8 @@ def test_get_include_has_every_public_header():
               "nm_refcount.h", "nm_strtab.h", "nm_cow.h", "nm_prop.h", "nm_numpy.h", "nm_capi.h"):
         assert h in names, h
     assert "nm_internal.h" not in names and "platform.h" not in names  # private headers stay apart
+    if os.path.basename(os.path.dirname(inc)) == "nativemem":  # an installed copy: no testing header
+        assert "nm_testing.h" not in names
 
 
 @needs_cc
