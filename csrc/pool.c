@@ -108,7 +108,6 @@ struct nm_pool {
     int unchecked;              /* NM_POOL_UNCHECKED (chosen at creation)                  */
     nm_atomic_t notc_frees;     /* frees by threads that could get no cache (out of memory) */
     void *ushared;              /* unchecked mode: objects given back by caches (pool->lock) */
-    size_t ushared_count;
 };
 
 /* ---- global registry of live pools (validates thread-exit work against destroy) ------ */
@@ -290,7 +289,6 @@ static void nm__tcache_release(nm_pool_t *pool, nm__tcache_t *tc) {
         }
         *(void **)last = pool->ushared;
         pool->ushared = tc->ufree;
-        pool->ushared_count += tc->ucount;
         tc->ufree = NULL;
         tc->ucount = 0;
     }
@@ -863,7 +861,6 @@ static NM_NOINLINE void *nm__ualloc_slow(nm_pool_t *pool, nm__tcache_t *tc) {
                 n++;
             }
             pool->ushared = *(void **)last;
-            pool->ushared_count -= n;
             *(void **)last = NULL;
             tc->ufree = *(void **)head;
             tc->ucount = n - 1;
@@ -933,7 +930,6 @@ static NM_NOINLINE void nm__ufree_spill(nm_pool_t *pool, nm__tcache_t *tc) {
     nm_mutex_lock(&pool->lock);
     *(void **)last = pool->ushared;
     pool->ushared = head;
-    pool->ushared_count += n;
     nm_mutex_unlock(&pool->lock);
 }
 
@@ -1014,17 +1010,19 @@ static NM_NOINLINE int nm__bad_free(nm_pool_t *pool, nm__chunk_t *c, void *p, si
 }
 
 /* Returns `p` to the pool from thread cache `tc`; `count`: count it here (0: the caller counts a
- * batch). */
+ * batch).  `tc` NULL: a thread that has no cache and could get none (out of memory) frees as
+ * another thread would, counted in the pool (callers pass a constant NULL: the compiler keeps
+ * the cached path free of these tests). */
 NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p, int count) {
     nm__chunk_t *c;
     size_t idx;
     /* chunks live until destroy, so a chunk this thread already found needs no lookup */
-    if (NM_LIKELY((uintptr_t)p - tc->last_chunk < pool->chunk_size && tc->last_chunk != 0)) {
+    if (tc != NULL && NM_LIKELY((uintptr_t)p - tc->last_chunk < pool->chunk_size && tc->last_chunk != 0)) {
         c = (nm__chunk_t *)tc->last_chunk;
     } else {
         c = nm__chunk_of(pool, p);
         if (NM_UNLIKELY(!c)) return nm__bad_free(pool, NULL, p, 0);
-        tc->last_chunk = (uintptr_t)c;
+        if (tc != NULL) tc->last_chunk = (uintptr_t)c;
     }
     if (NM_UNLIKELY(c->magic != ((uintptr_t)c ^ pool->secret)))
         return _nm_set_error(NM_ERR_CORRUPT, "pool chunk header %p is corrupt (freeing %p)", (void *)c, p);
@@ -1039,7 +1037,7 @@ NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p, int count) {
         NM__VG(pool, NM_VG_NOACCESS(p, pool->object_size));
     }
     NM_ASAN_POISON(p, pool->object_size);
-    if (NM_LIKELY((nm__tcache_t *)nm_atomic_load_relaxed(&c->owner) == tc)) {
+    if (NM_LIKELY(tc != NULL && (nm__tcache_t *)nm_atomic_load_relaxed(&c->owner) == tc)) {
         nm__bit_put(c->alloc_bits, idx, 0);
         if (tc->hot == NULL && !(pool->flags & NM_POOL_CHECKED)) { /* kept for the next alloc */
             tc->hot = p;
@@ -1053,57 +1051,37 @@ NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p, int count) {
         if (nm__atomic_or(&c->remote_bits[idx / NM__WBITS], m) & m) return nm__bad_free(pool, c, p, idx);
         nm_atomic_store_release(&c->remote_pending, 1);
     }
-    if (count) {
+    if (tc == NULL) {
+        nm_atomic_add_relaxed(&pool->notc_frees, 1);
+    } else if (count) {
         nm__counter_inc(&tc->frees);
         tc->net--;
     }
     return 0;
 }
 
-/* A free by a thread that has no cache for the pool and could not get one (out of memory): the
- * object still goes back -- as another thread's free would (checked), or to the shared list
- * (unchecked) -- and is counted in the pool. */
-static NM_NOINLINE int nm__free_notc(nm_pool_t *pool, void *p) {
-    nm__chunk_t *c;
-    size_t idx;
-    uintptr_t m;
+/* An unchecked pool's free by a thread that has no cache and could get none (out of memory):
+ * the object goes to the shared list, counted in the pool. */
+static NM_NOINLINE int nm__ufree_notc(nm_pool_t *pool, void *p) {
     nm_clear_error(); /* the failed cache allocation's: this free has its own outcome */
-    if (pool->unchecked) {
-        if (p == NULL) return _nm_set_error(NM_ERR_INVALID_FREE, "free of NULL to a pool");
-        NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));
-        NM__VG(pool, NM_VG_UNDEFINED(p, sizeof(void *)));
-        nm_mutex_lock(&pool->lock);
-        *(void **)p = pool->ushared;
-        pool->ushared = p;
-        pool->ushared_count++;
-        nm_mutex_unlock(&pool->lock);
-        nm_atomic_add_relaxed(&pool->notc_frees, 1);
-        return NM_OK;
-    }
-    c = nm__chunk_of(pool, p);
-    if (!c) return nm__bad_free(pool, NULL, p, 0);
-    if (c->magic != ((uintptr_t)c ^ pool->secret))
-        return _nm_set_error(NM_ERR_CORRUPT, "pool chunk header %p is corrupt (freeing %p)", (void *)c, p);
-    idx = nm__slot_index(pool, c, p);
-    if (idx == (size_t)-1 || !nm__bit_get(c->alloc_bits, idx) || nm__bit_get(c->remote_bits, idx))
-        return nm__bad_free(pool, c, p, idx);
+    if (p == NULL) return _nm_set_error(NM_ERR_INVALID_FREE, "free of NULL to a pool");
     NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));
-    if (pool->flags & NM_POOL_CHECKED) {
-        NM__VG(pool, NM_VG_UNDEFINED(p, pool->object_size));
-        memset(p, NM__POISON, pool->object_size);
-        NM__VG(pool, NM_VG_NOACCESS(p, pool->object_size));
-    }
-    NM_ASAN_POISON(p, pool->object_size);
-    m = (uintptr_t)1 << (idx % NM__WBITS);
-    if (nm__atomic_or(&c->remote_bits[idx / NM__WBITS], m) & m) return nm__bad_free(pool, c, p, idx);
-    nm_atomic_store_release(&c->remote_pending, 1);
+    NM__VG(pool, NM_VG_UNDEFINED(p, sizeof(void *)));
+    nm_mutex_lock(&pool->lock);
+    *(void **)p = pool->ushared;
+    pool->ushared = p;
+    nm_mutex_unlock(&pool->lock);
     nm_atomic_add_relaxed(&pool->notc_frees, 1);
     return NM_OK;
+}
+static NM_NOINLINE int nm__free_notc(nm_pool_t *pool, void *p) {
+    nm_clear_error(); /* the failed cache allocation's: this free has its own outcome */
+    return nm__free(pool, NULL, p, 1);
 }
 
 static NM_NOINLINE int nm__free_unchecked(nm_pool_t *pool, void *ptr) {
     nm__tcache_t *tc = nm__tc(pool);
-    return NM_LIKELY(tc != NULL) ? nm__ufree(pool, tc, ptr) : nm__free_notc(pool, ptr);
+    return NM_LIKELY(tc != NULL) ? nm__ufree(pool, tc, ptr) : nm__ufree_notc(pool, ptr);
 }
 static NM_NOINLINE int nm__free_checked(nm_pool_t *pool, void *ptr) {
     nm__tcache_t *tc;
