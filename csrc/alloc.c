@@ -266,13 +266,18 @@ static NM_NOINLINE void nm__dying_check(nm_allocator_t *a) {
         }
 }
 
-NM_INLINE void nm__count_free(nm_allocator_t *a, size_t bytes) {
+/* The free counted (the last touch of `a` but for a deferred destroy's registry). */
+NM_INLINE void nm__count_free_block(nm_allocator_t *a) {
     unsigned s = nm__my_slot();
-    if (!(a->flags & NM__F_NO_BYTE_STATS)) nm_atomic_add_relaxed(&a->st_live_bytes, -(intptr_t)bytes);
     nm__bump(&a->slots[s - 1].frees, s);
     nm_compiler_barrier();
     /* from here on `a` may be gone: only the global word, and the registry, are read */
     if (NM_UNLIKELY(nm_atomic_load_relaxed(&nm__dying_n) != 0)) nm__dying_check(a);
+}
+
+NM_INLINE void nm__count_free(nm_allocator_t *a, size_t bytes) {
+    if (!(a->flags & NM__F_NO_BYTE_STATS)) nm_atomic_add_relaxed(&a->st_live_bytes, -(intptr_t)bytes);
+    nm__count_free_block(a);
 }
 
 static NM_NOINLINE void *nm__fail(nm_allocator_t *a, size_t size, unsigned seq) {
@@ -447,7 +452,7 @@ void nm_free(nm_allocator_t *a, void *p) {
     /* a plain backend counting blocks only (or nothing): no call but the backend's free, a tail
      * call, unless this free finishes a deferred destroy (counted out first, as in nm__free) */
     if (plain_free != NULL && (a->flags & (NM__F_NO_STATS | NM__F_NO_BYTE_STATS))) {
-        if (!(a->flags & NM__F_NO_STATS)) nm__count_free(a, 0);
+        if (!(a->flags & NM__F_NO_STATS)) nm__count_free_block(a); /* blocks only: no bytes to count */
         plain_free(p);
         return;
     }
