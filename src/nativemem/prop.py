@@ -158,9 +158,7 @@ class Prop:
         """Another handle holding its own reference."""
         p = self._live()
         check_status(lib.nm_prop_retain(p))
-        h = Prop._adopt(p)
-        h._a = self._a
-        return h
+        return Prop._adopt(p)
 
     def release(self) -> None:
         """Give this handle's reference back now (the handle is unusable afterwards)."""
