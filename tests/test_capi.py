@@ -11,6 +11,8 @@ import textwrap
 
 import pytest
 
+from capi_build import build_capi_extension
+
 import nativemem
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -72,16 +74,7 @@ def nmuser(tmp_path_factory):
     if shutil.which(CC_EXE) is None and sys.platform != "win32":
         pytest.skip(f"no C compiler ({CC_EXE})")
     d = tmp_path_factory.mktemp("nmuser")
-    shutil.copy(os.path.join(HERE, "c", "capi_user", "nmuser.c"), d / "nmuser.c")
-    (d / "build_it.py").write_text(textwrap.dedent("""
-        import nativemem
-        from setuptools import Extension, setup
-        setup(name="nmuser", ext_modules=[Extension("nmuser", ["nmuser.c"],
-                                                    include_dirs=[nativemem.get_include()])],
-              script_args=["build_ext", "--inplace", "-q"])
-    """))
-    r = subprocess.run([sys.executable, "build_it.py"], cwd=d, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
+    build_capi_extension(os.path.join(HERE, "c", "capi_user", "nmuser.c"), "nmuser", d)
     return d
 
 

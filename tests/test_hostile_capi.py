@@ -13,6 +13,8 @@ import textwrap
 
 import pytest
 
+from capi_build import build_capi_extension
+
 import nativemem
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -422,16 +424,7 @@ def nmhostile(tmp_path_factory):
     if shutil.which(CC_EXE) is None or sys.platform == "win32":
         pytest.skip(f"no C compiler ({CC_EXE})")
     d = tmp_path_factory.mktemp("nmhostile")
-    shutil.copy(os.path.join(HOSTILE_C, "nmhostile.c"), d / "nmhostile.c")
-    (d / "build_it.py").write_text(textwrap.dedent("""
-        import nativemem
-        from setuptools import Extension, setup
-        setup(name="nmhostile", ext_modules=[Extension("nmhostile", ["nmhostile.c"],
-                                                       include_dirs=[nativemem.get_include()])],
-              script_args=["build_ext", "--inplace", "-q"])
-    """))
-    r = subprocess.run([sys.executable, "build_it.py"], cwd=d, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
+    build_capi_extension(os.path.join(HOSTILE_C, "nmhostile.c"), "nmhostile", d)
     return d
 
 
