@@ -20,7 +20,7 @@ static void *c_memalign(void *ctx, size_t alignment, size_t size) {
 }
 static void c_destroy(void *ctx) { printf("destroy: %zu mallocs, %zu frees\n", ((counting_t *)ctx)->mallocs, ((counting_t *)ctx)->frees); }
 
-/* calloc and usable_size left NULL: the front door uses malloc + memset, and counts requested bytes */
+/* calloc and usable_size left NULL: the front door uses malloc + memset, and counts blocks only */
 static const nm_allocator_ops_t counting_ops = {c_malloc, NULL, c_realloc, c_free, c_memalign, NULL, c_destroy, 0, 0};
 
 #define CHECK(x) do { if (!(x)) { fprintf(stderr, "FAILED: %s (line %d): %s\n", #x, __LINE__, nm_last_error_message()); return 1; } } while (0)
