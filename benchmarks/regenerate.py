@@ -30,11 +30,12 @@ def _groups(rows: Sequence[Row]) -> Dict[Tuple[str, str], Dict[str, Row]]:
 
 # Why each kind of loss happens: (area, words of the workload, start of the contender) -> cause.
 CAUSES: List[Tuple[Tuple[str, str, str], str]] = [
-    (("backends", "larson", "arena"), "one heap behind one lock (as Movian's PS3 heap): two threads take turns on "
-     "the lock and pass the heap's lines between cores; per-thread caches would hold the bounded region's space"),
-    (("backends", "random sizes", "arena"), "TLSF with boundary tags: blocks above the quick cache (512 B) are "
+    (("backends", "larson", "arena"), "one heap behind one lock (as Movian's PS3 heap) once a thread's striped "
+     "cache of small blocks is empty or full: two threads then take turns on the lock and pass the heap's lines "
+     "between cores"),
+    (("backends", "random sizes", "arena"), "TLSF with boundary tags: blocks above the caches (512 B) are "
      "searched for, split and merged on every call"),
-    (("backends", "batch", "arena"), "the quick cache keeps 8 blocks per size: the rest of a 256-block batch goes "
+    (("backends", "batch", "arena"), "the caches keep 8 blocks per size: the rest of a 256-block batch goes "
      "through TLSF's split and merge"),
     (("pool", "larson", "pool"), "a free from another thread sets a bit in the chunk's atomic remote bitmap (the "
      "double-free check), which the owner folds back into its free list later; the unchecked mode only pushes"),

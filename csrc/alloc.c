@@ -139,7 +139,7 @@ static void NM_TLS_DTOR_CALL nm__slot_release(void *v) { /* thread exit */
 static nm_atfork_t nm__slots_fork = {.lock = nm_atfork_mutex_lock, .unlock = nm_atfork_mutex_unlock,
                                      .arg = &nm__slots_lock, .rank = NM_ATFORK_LAST};
 
-static NM_NOINLINE unsigned nm__slot_claim(void) {
+NM_NOINLINE unsigned _nm_slot_claim(void) {
     intptr_t st = nm_atomic_load_acquire(&nm__slots_state);
     unsigned i;
     if (st == 0) {
@@ -171,7 +171,7 @@ static NM_NOINLINE unsigned nm__slot_claim(void) {
 
 NM_INLINE unsigned nm__my_slot(void) {
     unsigned s = _nm_ts.slot;
-    return NM_LIKELY(s != 0) ? s : nm__slot_claim();
+    return NM_LIKELY(s != 0) ? s : _nm_slot_claim();
 }
 
 /* Bump a counter of slot `s` (1-based): a plain load and store in an owned slot, an atomic add in

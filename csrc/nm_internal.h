@@ -111,6 +111,9 @@ typedef struct nm_tstate {
     unsigned slot;         /* this thread's counter slot + 1 (0: not yet claimed) */
 } nm_tstate_t;
 extern NM_THREAD_LOCAL NM_TLS_FAST nm_tstate_t _nm_ts;
+/* Claims the calling thread's counter slot (alloc.c) and returns it: 1..NM__SLOTS - 1 owned,
+ * NM__SLOTS shared.  Read _nm_ts.slot first: 0 means not claimed yet. */
+unsigned _nm_slot_claim(void);
 #define _nm_site_file (_nm_ts.site_file)
 #define _nm_site_line (_nm_ts.site_line)
 

@@ -212,3 +212,129 @@ def test_quick_cache_never_costs_space():
         ar.check()
         st = ar.arena_stats()
         assert st.free_blocks == 1 and st.largest_free == st.capacity
+
+
+def _mt(ar):
+    """The arena as after two threads met on its lock: small blocks go through striped caches."""
+    assert lib.nm_arena_testing_mt(ar.cdata, 1) == 1
+    return ar
+
+
+def test_an_arena_becomes_mt_only_under_contention():
+    ar = Arena(1 << 20)
+    for _ in range(1000):
+        ar.malloc(64).free()
+    assert lib.nm_arena_testing_mt(ar.cdata, 0) == 0  # one thread: never
+    assert lib.nm_arena_testing_mt(lib.nm_allocator_libc(), 0) == -1
+    lib.nm_clear_error()
+
+
+def test_striped_caches_never_cost_space():
+    """Blocks freed by other threads sit in those threads' stripes; a request that fits only
+    once every stripe is merged back still succeeds, and a walk sees them merged."""
+    for size in (16, 100, 400):
+        ar = _mt(Arena(1 << 16))
+        t = ar.cdata
+        ps = []
+        while True:
+            p = lib.nm_malloc(t, size)
+            if p == ffi.NULL:
+                break
+            ps.append(p)
+        lib.nm_clear_error()
+
+        def free_some(part):
+            for p in part:
+                assert lib.nm_free_checked(t, p) == 0
+
+        parts = [ps[i::3] for i in range(3)]
+        ths = [threading.Thread(target=free_some, args=(part,)) for part in parts[:2]]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        free_some(parts[2])
+        cap = ar.arena_stats().capacity
+        big = lib.nm_malloc(t, cap - 64)  # fails first, empties every stripe, succeeds
+        assert big != ffi.NULL, size
+        lib.nm_free(t, big)
+        ps = [lib.nm_malloc(t, size) for _ in range(20)]
+        for p in ps:
+            lib.nm_free(t, p)
+        for p in ps[-3:]:  # in a stripe: a second free is still a double free
+            assert lib.nm_free_checked(t, p) == lib.NM_ERR_DOUBLE_FREE
+            assert lib.nm_realloc(t, p, 8) == ffi.NULL and lib.nm_last_error() == lib.NM_ERR_REALLOC_FREED
+            assert lib.nm_usable_size(t, p) == 0
+        lib.nm_clear_error()
+        ar.check()
+        st = ar.arena_stats()
+        assert st.free_blocks == 1 and st.largest_free == st.capacity
+        s = ar.stats()
+        assert s.live_blocks == 0 and s.live_bytes == 0
+
+
+def test_mt_arena_cross_thread_frees_keep_counts_exact():
+    ar = _mt(Arena(8 << 20))
+    t = ar.cdata
+    n_threads, rounds = 4, 4000
+    slots = [ffi.NULL] * 512
+    lock = threading.Lock()
+    errors = []
+
+    def work(seed):
+        rng = random.Random(seed)
+        try:
+            for _ in range(rounds):
+                p = lib.nm_malloc(t, rng.randint(1, 600))
+                assert p != ffi.NULL
+                ffi.cast("unsigned char *", p)[0] = seed
+                k = rng.randrange(len(slots))
+                with lock:
+                    old, slots[k] = slots[k], p
+                if old != ffi.NULL:
+                    assert lib.nm_free_checked(t, old) == 0
+        except BaseException as exc:  # pragma: no cover
+            errors.append(exc)
+
+    ths = [threading.Thread(target=work, args=(i,)) for i in range(1, n_threads + 1)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    assert not errors
+    live = [p for p in slots if p != ffi.NULL]
+    assert ar.stats().live_blocks == len(live)
+    ar.check()
+    for p in live:
+        lib.nm_free(t, p)
+    st = ar.stats()
+    assert st.live_blocks == 0 and st.live_bytes == 0 and st.total_allocs == st.total_frees == n_threads * rounds
+    ar.check()
+    assert ar.arena_stats().free_blocks == 1
+
+
+def test_racing_double_free_has_exactly_one_winner():
+    """Two threads free the same block at once (the GIL is released in the call): one frees it,
+    the other is told it is a double free; the block is never cached twice."""
+    ar = _mt(Arena(1 << 20))
+    t = ar.cdata
+    barrier = threading.Barrier(2)
+    results = [None, None]
+    box = [ffi.NULL]
+
+    def free_it(i):
+        barrier.wait()
+        results[i] = lib.nm_free_checked(t, box[0])
+
+    for _ in range(300):
+        box[0] = lib.nm_malloc(t, 48)
+        ths = [threading.Thread(target=free_it, args=(i,)) for i in range(2)]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        assert sorted(results) == sorted([0, lib.NM_ERR_DOUBLE_FREE]), results
+    lib.nm_clear_error()
+    seen = {int(ffi.cast("uintptr_t", lib.nm_malloc(t, 48))) for _ in range(64)}
+    assert len(seen) == 64  # no block handed out twice
+    ar.check()

@@ -47,6 +47,14 @@ CASES = {
     ),
     # A long key held by one reference: interning it again compares its 16 MiB under its shard's
     # lock (the hash is computed before taking it); the child takes that shard's lock too.
+    "arena-mt": (
+        "a = nativemem.Arena(1 << 20)\n"
+        "assert lib.nm_arena_testing_mt(a.cdata, 1) == 1",
+        "b = a.malloc(64); b.free()\n"
+        "lib.nm_bench_pairs(a.cdata, 64, 500, ffi.NULL)\n"
+        "lib.nm_bench_pairs(a.cdata, 48, 500, ffi.NULL)",
+        "b = a.malloc(64); b.free(); a.check(); a.arena_stats()",
+    ),
     "strtab": (
         "t = nativemem.StringTable()\n"
         "held = lib.nm_strtab_intern(t._t, LONG, len(LONG))",

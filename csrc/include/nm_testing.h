@@ -65,4 +65,10 @@ long nm_faulty_failures(nm_allocator_t *a);
  * pools, arena) is caught assuming more alignment than it was promised. */
 nm_allocator_t *nm_allocator_align8(nm_allocator_t *base);
 
+/* ---- arena internals (arena.c) ---------------------------------------------------------------- */
+/* An arena's `mt` state (1: two threads have met on its lock, small blocks go through its striped
+ * caches); `set` 1 makes it so now, for tests that need the striped paths without a race.
+ * -1 when `a` is not an arena. */
+int nm_arena_testing_mt(nm_allocator_t *a, int set);
+
 #endif /* NM_TESTING_H */
