@@ -71,6 +71,11 @@ struct nm__tcache {
                                    Not in checked mode (its poison is verified on hand-out). */
     size_t hot_idx;
     nm__chunk_t *hot_chunk;     /* hot's chunk                                            */
+    void *last_obj;             /* the object this thread allocated last, its slot and chunk:
+                                   freeing it (the common alloc-use-free pattern) needs no
+                                   chunk lookup or slot division; every other check stays   */
+    size_t last_obj_idx;
+    nm__chunk_t *last_obj_chunk;
     void *ufree;                /* unchecked mode: this thread's free objects (raw links) */
     size_t ucount;
     nm__tcache_t *next;
@@ -161,6 +166,18 @@ NM_INLINE void nm__bit_put(nm_atomic_t *words, size_t i, int on) {
     w = on ? (w | m) : (w & ~m);
     nm_atomic_store_relaxed(&words[i / NM__WBITS], (intptr_t)w);
 }
+/* Zeroes an object: small sizes with 16-byte stores inline (a call into memset costs more than
+ * the stores for a 64-byte object); others through memset. */
+NM_INLINE void nm__zero(void *p, size_t n) {
+    if (n <= 256 && (n & 15) == 0) {
+        char *c = (char *)p;
+        size_t i;
+        for (i = 0; i < n; i += 16) memset(c + i, 0, 16);
+    } else {
+        memset(p, 0, n);
+    }
+}
+
 /* Atomic OR; returns the previous word. */
 static uintptr_t nm__atomic_or(nm_atomic_t *w, uintptr_t m) {
     intptr_t old = nm_atomic_load_relaxed(w);
@@ -808,6 +825,11 @@ NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, i
     }
 take:
     nm__bit_put(c->alloc_bits, idx, 1);
+    if (count) { /* single allocations (a batch is freed as a batch) */
+        tc->last_obj = slot;
+        tc->last_obj_idx = idx;
+        tc->last_obj_chunk = c;
+    }
     if (count) {
         intptr_t net = ++tc->net;
         nm__counter_inc(&tc->allocs);
@@ -835,7 +857,7 @@ take:
         c->site_file[idx] = file ? file : _nm_site_file;
         c->site_line[idx] = file ? line : _nm_site_line;
     }
-    if (pool->flags & NM_POOL_ZERO) memset(slot, 0, pool->object_size);
+    if (pool->flags & NM_POOL_ZERO) nm__zero(slot, pool->object_size);
     return slot;
 }
 
@@ -913,7 +935,7 @@ NM_INLINE void *nm__ualloc(nm_pool_t *pool, nm__tcache_t *tc) {
     nm__counter_inc(&tc->allocs); /* peak: sampled on the slow paths (see NM_POOL_UNCHECKED) */
     NM_ASAN_UNPOISON(p, pool->object_size);
     NM__VG(pool, NM_VG_MEMPOOL_ALLOC(pool, p, pool->object_size));
-    if (pool->flags & NM_POOL_ZERO) memset(p, 0, pool->object_size);
+    if (pool->flags & NM_POOL_ZERO) nm__zero(p, pool->object_size);
     return p;
 }
 
@@ -1016,6 +1038,14 @@ static NM_NOINLINE int nm__bad_free(nm_pool_t *pool, nm__chunk_t *c, void *p, si
 NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p, int count) {
     nm__chunk_t *c;
     size_t idx;
+    if (tc != NULL && p == tc->last_obj) { /* the object this thread allocated last: its slot is known */
+        c = tc->last_obj_chunk;
+        idx = tc->last_obj_idx;
+        tc->last_obj = NULL;
+        if (NM_UNLIKELY(c->magic != ((uintptr_t)c ^ pool->secret)))
+            return _nm_set_error(NM_ERR_CORRUPT, "pool chunk header %p is corrupt (freeing %p)", (void *)c, p);
+        goto checked;
+    }
     /* chunks live until destroy, so a chunk this thread already found needs no lookup */
     if (tc != NULL && NM_LIKELY((uintptr_t)p - tc->last_chunk < pool->chunk_size && tc->last_chunk != 0)) {
         c = (nm__chunk_t *)tc->last_chunk;
@@ -1028,6 +1058,7 @@ NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p, int count) {
         return _nm_set_error(NM_ERR_CORRUPT, "pool chunk header %p is corrupt (freeing %p)", (void *)c, p);
     idx = nm__slot_index(pool, c, p);
     if (NM_UNLIKELY(idx == (size_t)-1)) return nm__bad_free(pool, c, p, idx);
+checked:
     if (NM_UNLIKELY(!nm__bit_get(c->alloc_bits, idx) || nm__bit_get(c->remote_bits, idx)))
         return nm__bad_free(pool, c, p, idx);
     NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));

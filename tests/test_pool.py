@@ -411,3 +411,31 @@ def test_objects_of_exited_threads_freed_elsewhere_are_reused():
     assert pool.stats().chunks <= 2 * chunks
     assert pool.stats().live == 0
     pool.close()
+
+
+@pytest.mark.parametrize("flags", [0, lib.NM_POOL_CHECKED])
+def test_freeing_the_object_allocated_last_keeps_every_check(flags):
+    """The free of the object a thread allocated last skips the chunk lookup, not the checks: a
+    second free and a free after another thread freed it are reported."""
+    p = lib.nm_pool_create(ffi.NULL, 64, 64, flags | lib.NM_POOL_QUIET)
+    try:
+        a = lib.nm_pool_alloc(p)
+        assert lib.nm_pool_free(p, a) == 0
+        assert lib.nm_pool_free(p, a) == lib.NM_ERR_DOUBLE_FREE
+        b = lib.nm_pool_alloc(p)  # the last object again, then freed by another thread first
+        rc = []
+        th = threading.Thread(target=lambda: rc.append(lib.nm_pool_free(p, b)))
+        th.start()
+        th.join()
+        assert rc == [0]
+        assert lib.nm_pool_free(p, b) == lib.NM_ERR_DOUBLE_FREE
+        c = lib.nm_pool_alloc(p)
+        d = lib.nm_pool_alloc(p)
+        assert lib.nm_pool_free(p, c) == 0  # not the last one: the lookup path
+        assert lib.nm_pool_free(p, d) == 0
+        st = ffi.new("nm_pool_stats_t *")
+        lib.nm_pool_stats(p, st)
+        assert st.live == 0 and st.allocations == st.frees == 4
+        lib.nm_clear_error()
+    finally:
+        lib.nm_pool_destroy(p)
