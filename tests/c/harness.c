@@ -493,6 +493,84 @@ static void check_prop_deep(void) {
     CHECK(nm_prop_live_count() == base);
 }
 
+/* ---- an arena shared by threads (arena.c: the striped caches of an `mt` arena) ------------ *
+ * Four threads allocate, put blocks in shared slots and free what they displace (mostly other
+ * threads' blocks), with a walk and a check now and then: in a small arena searches fail and
+ * every stripe is emptied while the others use theirs.  Counts and the heap must come out exact;
+ * under TSan, a data race fails it. */
+typedef struct {
+    nm_allocator_t *ar;
+    nm_atomic_t *slots;
+    size_t nslots;
+    uint64_t seed;
+    nm_atomic_t bad;
+} arena_mt_t;
+
+static void arena_mt_worker(void *arg) {
+    arena_mt_t *w = (arena_mt_t *)arg;
+    uint64_t x = w->seed;
+    int i;
+    for (i = 0; i < 20000; i++) {
+        size_t sz, k;
+        void *p, *old;
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        sz = 1 + (size_t)((x >> 33) % 600);
+        p = nm_malloc(w->ar, sz);
+        if (p != NULL) memset(p, (int)(x & 0xff), sz < 16 ? sz : 16);
+        else nm_clear_error(); /* a small arena may be full for a moment */
+        k = (size_t)((x >> 17) % w->nslots);
+        old = (void *)nm_atomic_exchange(&w->slots[k], (intptr_t)p);
+        if (old != NULL && nm_free_checked(w->ar, old) != NM_OK) nm_atomic_store_relaxed(&w->bad, 1);
+        if ((i & 2047) == 0) {
+            nm_arena_stats_t st;
+            if (nm_arena_stats(w->ar, &st) != NM_OK || nm_arena_check(w->ar) != NM_OK) nm_atomic_store_relaxed(&w->bad, 1);
+        }
+    }
+}
+
+static void check_arena_threads(void) {
+    enum { THREADS = 4, SLOTS = 96 };
+    size_t sizes[2] = {1 << 16, 8 << 20};
+    int forced, z, i;
+    for (z = 0; z < 2; z++)
+        for (forced = 0; forced < 2; forced++) {
+            nm_atomic_t slots[SLOTS];
+            arena_mt_t w[THREADS];
+            nm_thread_t *t[THREADS];
+            nm_allocator_t *ar = nm_arena_create(NULL, sizes[z]);
+            nm_alloc_stats_t st;
+            nm_arena_stats_t ast;
+            int bad = 0;
+            fprintf(stderr, "  arena of %zu bytes shared by %d threads%s\n", sizes[z], THREADS,
+                    forced ? " (striped caches from the start)" : "");
+            CHECK(ar != NULL);
+            if (ar == NULL) return;
+            if (forced) CHECK(nm_arena_testing_mt(ar, 1) == 1);
+            memset(slots, 0, sizeof slots);
+            for (i = 0; i < THREADS; i++) {
+                w[i].ar = ar;
+                w[i].slots = slots;
+                w[i].nslots = SLOTS;
+                w[i].seed = 0x9E3779B97F4A7C15ull * (uint64_t)(i + 1 + 8 * z + 4 * forced);
+                w[i].bad = 0;
+                t[i] = nm_thread_start(arena_mt_worker, &w[i]);
+                CHECK(t[i] != NULL);
+            }
+            for (i = 0; i < THREADS; i++) {
+                if (t[i]) nm_thread_join(t[i]);
+                bad |= (int)w[i].bad;
+            }
+            CHECK(bad == 0);
+            for (i = 0; i < SLOTS; i++)
+                if (slots[i]) CHECK(nm_free_checked(ar, (void *)slots[i]) == NM_OK);
+            nm_allocator_stats(ar, &st);
+            CHECK(st.live_blocks == 0 && st.live_bytes == 0 && st.total_allocs == st.total_frees);
+            CHECK(nm_arena_check(ar) == NM_OK);
+            CHECK(nm_arena_stats(ar, &ast) == NM_OK && ast.free_blocks == 1 && ast.largest_free == ast.capacity);
+            nm_allocator_destroy(ar);
+        }
+}
+
 #if !defined(_WIN32)
 /* ---- fork while other threads hold nativemem's locks (pthread_atfork, platform.c) ---------- *
  * Threads take and release every kind of lock in a loop (the debug allocator's, the arena's, the
@@ -1066,6 +1144,7 @@ int main(void) {
     check_zone_usable_size();
     check_align8();
     check_threads();
+    check_arena_threads();
     check_debug_threads(NULL, "libc");
     {
         nm_allocator_t *a8 = nm_allocator_align8(NULL);
