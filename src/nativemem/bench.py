@@ -191,6 +191,12 @@ def _c_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
         for name, a in allocs.items():
             if name != "arena":
                 w.fns[name] = pairs(a, 64, 200_000 * scale, w.ops, name)
+        # what a C program that links an allocator gets: its pair called directly, no table
+        pool_direct = _direct_fns()
+        keep.append(pool_direct)
+        w.fns["raw libc (no table)"] = lambda: lib.nm_bench_raw_libc_pairs(64, 200_000 * scale)
+        for name, (m, f) in pool_direct.items():
+            w.fns[f"raw {name} (no table)"] = (lambda m=m, f=f: lib.nm_bench_raw_fn_pairs(m, f, 64, 200_000 * scale))
         ws.append(w)
         w = Workload("pool", "batch 256 allocs then 256 frees (64B)", "C", "libc")
         w.fns["pool"] = lambda: lib.nm_pool_bench_batch(pool.cdata, 256, 400 * scale)
