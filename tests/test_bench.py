@@ -136,7 +136,7 @@ def test_jemalloc_rows_present_and_labelled():
         assert not _child_rows(res.rows)
         return
     assert all(r.process == "child" for r in je)
-    assert {r.contender for r in _child_rows(res.rows)} == {"jemalloc", "libc (control)"}
+    assert {r.contender for r in _child_rows(res.rows)} == {"jemalloc", "raw jemalloc (no table)", "libc (control)"}
     assert res.child_backends["jemalloc"].endswith("(child process)")
     # every workload of the area has them, next to this process's rows of the same workload
     for wl in {r.workload for r in res.rows}:
