@@ -33,7 +33,7 @@
 #define NM__SLAB        63    /* records per slab */
 
 /* LIVE: allocated.  QUARANTINED: freed, poisoned, in the ring.  RECYCLED: left the ring and kept,
- * still in the hash and still poisoned, to serve the next allocation of its size (its poison is
+ * still poisoned, to serve the next allocation of its size (its poison is
  * verified then, or when it goes back to base).  RECYCLED_BARE: the same without poison (no
  * quarantine: freed blocks are not filled). */
 enum { NM__LIVE = 1, NM__QUARANTINED = 2, NM__RECYCLED = 3, NM__RECYCLED_BARE = 4 };
@@ -74,7 +74,7 @@ typedef struct nm__dbg {
     unsigned flags;
     size_t quarantine_cap;
     size_t byte_limit;         /* quarantine byte bound; SIZE_MAX: none */
-    /* hash: user address -> record (live, quarantined or recycled) */
+    /* hash: user address -> record of a live block (freed blocks are found in the ring) */
     nm__dent_t *tab;
     size_t mask, count;
     unsigned shift;            /* 64 - log2(capacity) */
@@ -128,14 +128,23 @@ NM_INLINE size_t nm__home(const nm__dbg_t *d, uintptr_t k) {
     return (size_t)(((uint64_t)k * 0x9E3779B97F4A7C15ull) >> d->shift);
 }
 
-static nm__dblk_t *nm__find(nm__dbg_t *d, const void *p) {
+#define NM__NO_SLOT ((size_t)-1)
+
+/* The slot of live block p, or NM__NO_SLOT. */
+NM_INLINE size_t nm__slot(const nm__dbg_t *d, const void *p) {
     uintptr_t k = (uintptr_t)p;
     size_t i;
-    if (d->tab == NULL || k == 0) return NULL;
+    if (d->tab == NULL || k == 0) return NM__NO_SLOT;
     for (i = nm__home(d, k);; i = (i + 1) & d->mask) {
-        if (d->tab[i].key == k) return d->tab[i].rec;
-        if (d->tab[i].key == 0) return NULL;
+        if (d->tab[i].key == k) return i;
+        if (d->tab[i].key == 0) return NM__NO_SLOT;
     }
+}
+
+/* The record of live block p, or NULL. */
+static nm__dblk_t *nm__find(nm__dbg_t *d, const void *p) {
+    size_t i = nm__slot(d, p);
+    return i == NM__NO_SLOT ? NULL : d->tab[i].rec;
 }
 
 NM_INLINE void nm__place(nm__dbg_t *d, nm__dblk_t *r) {
@@ -172,13 +181,10 @@ NM_INLINE int nm__put(nm__dbg_t *d, nm__dblk_t *r) {
     return 0;
 }
 
-/* Remove r's entry; later entries of its probe run shift back (no tombstones).  Records do not
+/* Empty slot i; later entries of its probe run shift back (no tombstones).  Records do not
  * store their slot: keeping it current would touch every shifted entry's (cold) record. */
-static void nm__del(nm__dbg_t *d, const nm__dblk_t *r) {
-    uintptr_t key = (uintptr_t)r->user;
-    size_t i, j, mask = d->mask;
-    for (i = nm__home(d, key); d->tab[i].key != key; i = (i + 1) & mask) {
-    }
+static void nm__del_at(nm__dbg_t *d, size_t i) {
+    size_t j, mask = d->mask;
     d->count--;
     for (j = i;;) {
         size_t k;
@@ -420,11 +426,10 @@ static void nm__remember(nm__dbg_t *d, const nm__dblk_t *r) {
     e->free_line = r->free_line;
 }
 
-/* Drop a record for good: out of the hash, memory back to base, block remembered; returns what
- * base reported. */
+/* Drop a freed block's record for good (it is not in the hash): memory back to base, block
+ * remembered; returns what base reported. */
 static int nm__forget(nm__dbg_t *d, nm__dblk_t *r) {
     int rc;
-    nm__del(d, r);
     nm__remember(d, r);
     rc = nm__raw_free(d, r);
     nm__rec_free(d, r);
@@ -452,10 +457,10 @@ static NM_NOINLINE int nm__give_back(nm__dbg_t *d, nm__dblk_t *r, int poisoned) 
     return rc != NM_OK ? rc : e;
 }
 
-/* A block leaving the quarantine (poisoned; not with quarantine 0): kept as the recycled block (in
- * the hash, so a late double free still names its sites), and the one kept before goes back to
- * base.  The next allocation of the same size reuses it without calling base or touching the
- * hash -- base's LIFO caches would hand out the same address anyway.  Its poison is verified
+/* A block leaving the quarantine (poisoned; not with quarantine 0): kept as the recycled block (a
+ * late double free still names its sites), and the one kept before goes back to base.  The next
+ * allocation of the same size reuses it without calling base -- base's LIFO caches would hand
+ * out the same address anyway.  Its poison is verified
  * when it is handed out or goes back to base, not now: each freed block's poison is read once.
  * It counts against the byte bound (callers see to that: nm__shrink, the no-quarantine path of
  * nm__release).  Guard-page blocks go back at once.  Returns the first poison error found. */
@@ -533,6 +538,10 @@ static void *nm__dalloc_locked(nm__dbg_t *d, size_t size, size_t align, int zero
             }
         }
         NM__VG(d, NM_VG_UNDEFINED(r->raw, r->raw_size));
+        if (NM_UNLIKELY(nm__put(d, r) != 0)) { /* live again: back in the hash */
+            nm__forget(d, r);
+            return NULL;
+        }
     } else {
         r = nm__rec_new(d);
         if (r == NULL) return NULL;
@@ -580,17 +589,30 @@ static const char *nm__site(char *buf, size_t n, const char *file, int line) {
     return buf;
 }
 
+/* The record of freed block p still held (quarantined or recycled), or NULL.  Freed blocks are
+ * not in the hash, which then stays small (live blocks only): a bad free, the only caller,
+ * walks the ring. */
+static nm__dblk_t *nm__freed(const nm__dbg_t *d, const void *p) {
+    size_t i, at = d->q_first;
+    if (d->recycled != NULL && d->recycled->user == (const char *)p) return d->recycled;
+    for (i = 0; i < d->q_count; i++) {
+        if (d->q[at]->user == (const char *)p) return d->q[at];
+        if (++at == d->q_size) at = 0;
+    }
+    return NULL;
+}
+
 /* Classify a pointer that is not a live block (lock held): a freed one (freed_code: a double
  * free, or realloc of a freed block) names the block's allocation and free sites, whether it is
  * in the quarantine, the recycled block, or already back in base; sets and returns the error. */
 static NM_NOINLINE int nm__bad_pointer(nm__dbg_t *d, const void *p, int freed_code) {
     const char *what = freed_code == NM_ERR_DOUBLE_FREE ? "double free" : "realloc";
     const char *freed = freed_code == NM_ERR_DOUBLE_FREE ? "first freed" : "freed";
-    nm__dblk_t *r = nm__find(d, p);
+    nm__dblk_t *r = nm__freed(d, p);
     char at[240], fat[240];
     size_t i;
     d->errors++;
-    if (r && r->state != NM__LIVE)
+    if (r)
         return _nm_set_error(freed_code, "%s of %p: block (%zu bytes) already freed; allocated at %s, %s at %s (serial "
                              "%llu; %s)", what, p, r->size, nm__site(at, sizeof at, r->file, r->line), freed,
                              nm__site(fat, sizeof fat, r->free_file, r->free_line), (unsigned long long)r->serial,
@@ -623,8 +645,8 @@ static NM_NOINLINE int nm__unreturned(nm__dbg_t *d) {
     return 1;
 }
 
-/* Free a live record and count it out of the table (lock held); returns the first error found
- * (canaries, eviction). */
+/* Free a live record, already out of the hash, and count it out of the table (lock held);
+ * returns the first error found (canaries, eviction). */
 static int nm__release(nm__dbg_t *d, nm__dblk_t *r) {
     int rc = nm__verify_canaries(d, r), rc2 = NM_OK;
     size_t at;
@@ -694,14 +716,17 @@ static void nm__dbg_free(void *ctx, void *p) {
     nm__dbg_t *d = (nm__dbg_t *)ctx;
     nm__dblk_t *r;
     uint64_t errors;
+    size_t i;
     int last;
     nm_spin_lock(&d->lock);
-    r = nm__find(d, p);
-    if (NM_UNLIKELY(r == NULL || r->state != NM__LIVE)) {
+    i = nm__slot(d, p);
+    if (NM_UNLIKELY(i == NM__NO_SLOT)) {
         nm__bad_pointer(d, p, NM_ERR_DOUBLE_FREE);
         nm__free_reported(d, 0);
         return;
     }
+    r = d->tab[i].rec;
+    nm__del_at(d, i); /* its slot is hot: out of the hash now (the hash holds live blocks only) */
     errors = d->errors; /* every report counts: cheaper than carrying codes through the hot path */
     nm__release(d, r);
     if (NM_UNLIKELY(d->errors != errors)) {
@@ -722,7 +747,7 @@ static void *nm__dbg_realloc(void *ctx, void *p, size_t n) {
     int last = 0;
     nm_spin_lock(&d->lock);
     r = nm__find(d, p);
-    if (r == NULL || r->state != NM__LIVE) {
+    if (r == NULL) {
         nm__bad_pointer(d, p, NM_ERR_REALLOC_FREED);
         nm_spin_unlock(&d->lock);
         return NULL;
@@ -737,6 +762,7 @@ static void *nm__dbg_realloc(void *ctx, void *p, size_t n) {
     if (q != NULL) {
         uint64_t errors = d->errors;
         memcpy(q, p, keep);
+        nm__del_at(d, nm__slot(d, p)); /* found again: the allocation may have grown the hash */
         nm__release(d, r);
         /* the realloc succeeds: an error found releasing the old block reaches no caller */
         if (NM_UNLIKELY(d->errors != errors)) nm__pend(d);
@@ -753,7 +779,7 @@ static size_t nm__dbg_usable(void *ctx, const void *p) {
     size_t n = 0;
     nm_spin_lock(&d->lock);
     r = nm__find(d, p);
-    if (r && r->state == NM__LIVE) n = r->size;
+    if (r) n = r->size;
     nm_spin_unlock(&d->lock);
     return n;
 }
