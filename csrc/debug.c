@@ -23,6 +23,10 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#if defined(__SSE2__) || defined(_M_X64) || defined(_M_AMD64) /* part of x86-64 */
+#include <emmintrin.h>
+#define NM__SSE2 1
+#endif
 
 #define NM__CANARY      16
 #define NM__HEAD_BYTE   0xFB
@@ -230,38 +234,97 @@ NM_INLINE uint64_t nm__diff16(const void *p, uint64_t w) {
 }
 NM_INLINE int nm__is16(const void *p, uint64_t w) { return nm__diff16(p, w) == 0; }
 
-/* 1 when all n bytes at p equal b: differences OR-ed 64 bytes a step with one test per step
- * (no call, no per-word branch), then 16-byte steps, the last one overlapping a ragged end. */
+/* The poison checks and the fills run for every block, over all its bytes: they go a 64-byte
+ * step at a time (four 16-byte words), with SSE2 where there is (all of x86-64), else with
+ * 8-byte words.  Ragged ends take a last word that overlaps the one before. */
+#ifdef NM__SSE2
+typedef __m128i nm__vec;
+#define NM__SPLAT(b) _mm_set1_epi8((char)(b))
+#define NM__LOAD_A(q) _mm_load_si128((const __m128i *)(const void *)(q)) /* 16-aligned q */
+#define NM__LOAD_U(q) _mm_loadu_si128((const __m128i *)(const void *)(q))
+#define NM__STORE_A(q, v) _mm_store_si128((__m128i *)(void *)(q), (v))
+#define NM__STORE_U(q, v) _mm_storeu_si128((__m128i *)(void *)(q), (v))
+#define NM__AND(a, b) _mm_and_si128((a), (b))
+#define NM__IOR(a, b) _mm_or_si128((a), (b))
+#define NM__ALL_EQ(a, o, w) (_mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8((a), (w)), _mm_cmpeq_epi8((o), (w)))) == 0xFFFF)
+#define NM__WORD 16
+#else
+typedef uint64_t nm__vec;
+#define NM__SPLAT(b) (0x0101010101010101ull * (unsigned char)(b))
+NM_INLINE uint64_t nm__load8(const void *q) { uint64_t v; memcpy(&v, q, 8); return v; }
+#define NM__LOAD_A(q) nm__load8(q)
+#define NM__LOAD_U(q) nm__load8(q)
+#define NM__STORE_A(q, v) nm__store8((q), (v))
+#define NM__STORE_U(q, v) nm__store8((q), (v))
+NM_INLINE void nm__store8(void *q, uint64_t v) { memcpy(q, &v, 8); }
+#define NM__AND(a, b) ((a) & (b))
+#define NM__IOR(a, b) ((a) | (b))
+#define NM__ALL_EQ(a, o, w) ((a) == (w) && (o) == (w))
+#define NM__WORD 8
+#endif
+
+/* 1 when all n bytes at p equal b.  The AND and the OR of all the words both equal a word of b
+ * only when every byte is b: two operations per word, on loads the compiler folds into them
+ * (p 16-aligned, as every user pointer is; any p works); a test per KiB stops early on damage. */
 static int nm__all_bytes(const unsigned char *p, size_t n, unsigned char b) {
-    uint64_t w = 0x0101010101010101ull * b, acc = 0;
-    size_t i = 0;
-    if (n < 16) {
-        for (; i < n; i++)
-            if (p[i] != b) return 0;
+    const nm__vec w = NM__SPLAT(b);
+    nm__vec lo = w, hi = w;
+    const unsigned char *end = p + n;
+    if (n < NM__WORD) {
+        for (; p < end; p++)
+            if (*p != b) return 0;
         return 1;
     }
-    for (; i + 64 <= n; i += 64) {
-        acc |= nm__diff16(p + i, w) | nm__diff16(p + i + 16, w) | nm__diff16(p + i + 32, w) |
-               nm__diff16(p + i + 48, w);
-        if (acc) return 0;
+    if (((uintptr_t)p & (NM__WORD - 1)) == 0)
+        while ((size_t)(end - p) >= 4 * NM__WORD) {
+            size_t left = (size_t)(end - p);
+            const unsigned char *stop = p + (left < 1024 ? left & ~(size_t)(4 * NM__WORD - 1) : 1024);
+            for (; p < stop; p += 4 * NM__WORD) {
+                lo = NM__AND(lo, NM__AND(NM__AND(NM__LOAD_A(p), NM__LOAD_A(p + NM__WORD)),
+                                         NM__AND(NM__LOAD_A(p + 2 * NM__WORD), NM__LOAD_A(p + 3 * NM__WORD))));
+                hi = NM__IOR(hi, NM__IOR(NM__IOR(NM__LOAD_A(p), NM__LOAD_A(p + NM__WORD)),
+                                         NM__IOR(NM__LOAD_A(p + 2 * NM__WORD), NM__LOAD_A(p + 3 * NM__WORD))));
+            }
+            if (!NM__ALL_EQ(lo, hi, w)) return 0;
+        }
+    for (; (size_t)(end - p) >= NM__WORD; p += NM__WORD) {
+        nm__vec v = NM__LOAD_U(p);
+        lo = NM__AND(lo, v);
+        hi = NM__IOR(hi, v);
     }
-    for (; i + 16 <= n; i += 16) acc |= nm__diff16(p + i, w);
-    if (i < n) acc |= nm__diff16(p + n - 16, w);
-    return acc == 0;
+    if (p < end) {
+        nm__vec v = NM__LOAD_U(end - NM__WORD);
+        lo = NM__AND(lo, v);
+        hi = NM__IOR(hi, v);
+    }
+    return NM__ALL_EQ(lo, hi, w);
 }
 
-/* memset for the fills: small blocks (the common case) with inline 16-byte stores, the last
- * one overlapping, so a 64-byte block costs four stores instead of a library call. */
+/* memset(dst, b, n) for a user block (dst 16-aligned): inline up to 1 KiB, a library call
+ * beyond (where it pays). */
 NM_INLINE void nm__fill(void *dst, unsigned char b, size_t n) {
-    unsigned char *p = (unsigned char *)dst;
-    uint64_t w = 0x0101010101010101ull * b;
-    size_t i;
-    if (n > 256 || n < 16) {
+    unsigned char *p = (unsigned char *)dst, *end = p + n;
+    const nm__vec w = NM__SPLAT(b);
+    if (n < 2 * NM__WORD || n > 1024) {
         memset(p, b, n);
         return;
     }
-    for (i = 0; i + 16 <= n; i += 16) nm__fill16(p + i, w);
-    if (i < n) nm__fill16(p + n - 16, w);
+    for (; (size_t)(end - p) >= 4 * NM__WORD; p += 4 * NM__WORD) {
+        NM__STORE_A(p, w);
+        NM__STORE_A(p + NM__WORD, w);
+        NM__STORE_A(p + 2 * NM__WORD, w);
+        NM__STORE_A(p + 3 * NM__WORD, w);
+    }
+    /* under 4 words left: the last two, and the two before if more than two are left (each
+     * store may overlap bytes already set) */
+    if (p < end) {
+        NM__STORE_U(end - NM__WORD, w);
+        NM__STORE_U(end - 2 * NM__WORD, w);
+        if ((size_t)(end - p) > 2 * NM__WORD) {
+            NM__STORE_U(p, w);
+            NM__STORE_U(p + NM__WORD, w);
+        }
+    }
 }
 
 static void nm__paint(nm__dbg_t *d, nm__dblk_t *r) {
