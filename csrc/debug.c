@@ -234,16 +234,15 @@ NM_INLINE uint64_t nm__diff16(const void *p, uint64_t w) {
 }
 NM_INLINE int nm__is16(const void *p, uint64_t w) { return nm__diff16(p, w) == 0; }
 
-/* The poison checks and the fills run for every block, over all its bytes: they go a 64-byte
- * step at a time (four 16-byte words), with SSE2 where there is (all of x86-64), else with
- * 8-byte words.  Ragged ends take a last word that overlaps the one before. */
+/* The poison checks and the fills run for every block, over all its bytes: four 16-byte words
+ * a step with SSE2 where there is (all of x86-64), else four 8-byte words.  The bytes a whole
+ * step does not cover are done with four words ending at the end (overlapping bytes done
+ * already): no loop over words, no branch on the remainder. */
 #ifdef NM__SSE2
 typedef __m128i nm__vec;
 #define NM__SPLAT(b) _mm_set1_epi8((char)(b))
-#define NM__LOAD_A(q) _mm_load_si128((const __m128i *)(const void *)(q)) /* 16-aligned q */
-#define NM__LOAD_U(q) _mm_loadu_si128((const __m128i *)(const void *)(q))
-#define NM__STORE_A(q, v) _mm_store_si128((__m128i *)(void *)(q), (v))
-#define NM__STORE_U(q, v) _mm_storeu_si128((__m128i *)(void *)(q), (v))
+#define NM__LOAD(q) _mm_loadu_si128((const __m128i *)(const void *)(q))
+#define NM__STORE(q, v) _mm_storeu_si128((__m128i *)(void *)(q), (v))
 #define NM__AND(a, b) _mm_and_si128((a), (b))
 #define NM__IOR(a, b) _mm_or_si128((a), (b))
 #define NM__ALL_EQ(a, o, w) (_mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8((a), (w)), _mm_cmpeq_epi8((o), (w)))) == 0xFFFF)
@@ -252,77 +251,83 @@ typedef __m128i nm__vec;
 typedef uint64_t nm__vec;
 #define NM__SPLAT(b) (0x0101010101010101ull * (unsigned char)(b))
 NM_INLINE uint64_t nm__load8(const void *q) { uint64_t v; memcpy(&v, q, 8); return v; }
-#define NM__LOAD_A(q) nm__load8(q)
-#define NM__LOAD_U(q) nm__load8(q)
-#define NM__STORE_A(q, v) nm__store8((q), (v))
-#define NM__STORE_U(q, v) nm__store8((q), (v))
 NM_INLINE void nm__store8(void *q, uint64_t v) { memcpy(q, &v, 8); }
+#define NM__LOAD(q) nm__load8(q)
+#define NM__STORE(q, v) nm__store8((q), (v))
 #define NM__AND(a, b) ((a) & (b))
 #define NM__IOR(a, b) ((a) | (b))
 #define NM__ALL_EQ(a, o, w) ((a) == (w) && (o) == (w))
 #define NM__WORD 8
 #endif
+#define NM__STEP (4 * NM__WORD)
 
-/* 1 when all n bytes at p equal b.  The AND and the OR of all the words both equal a word of b
- * only when every byte is b: two operations per word, on loads the compiler folds into them
- * (p 16-aligned, as every user pointer is; any p works); a test per KiB stops early on damage. */
+/* 1 when all n bytes at p equal b: the AND and the OR of all the words both equal a word of b
+ * only when every byte is b (two operations a word, no branch but the loop's). */
 static int nm__all_bytes(const unsigned char *p, size_t n, unsigned char b) {
     const nm__vec w = NM__SPLAT(b);
-    nm__vec lo = w, hi = w;
+    nm__vec lo = w, hi = w, v0, v1, v2, v3;
     const unsigned char *end = p + n;
-    if (n < NM__WORD) {
+    if (n >= NM__STEP) {
+        for (; p + NM__STEP <= end; p += NM__STEP) {
+            v0 = NM__LOAD(p);
+            v1 = NM__LOAD(p + NM__WORD);
+            v2 = NM__LOAD(p + 2 * NM__WORD);
+            v3 = NM__LOAD(p + 3 * NM__WORD);
+            lo = NM__AND(lo, NM__AND(NM__AND(v0, v1), NM__AND(v2, v3)));
+            hi = NM__IOR(hi, NM__IOR(NM__IOR(v0, v1), NM__IOR(v2, v3)));
+        }
+        if (p == end) return NM__ALL_EQ(lo, hi, w);
+        p = end - NM__STEP; /* a last step ending at the end (the ragged end) */
+        end = p + 2 * NM__WORD;
+    } else if (n >= 2 * NM__WORD) { /* two words from each end */
+        end -= 2 * NM__WORD;
+    } else if (n >= NM__WORD) {     /* one from each end */
+        v0 = NM__LOAD(p);
+        v1 = NM__LOAD(end - NM__WORD);
+        return NM__ALL_EQ(NM__AND(v0, v1), NM__IOR(v0, v1), w);
+    } else {
         for (; p < end; p++)
             if (*p != b) return 0;
         return 1;
     }
-    if (((uintptr_t)p & (NM__WORD - 1)) == 0)
-        while ((size_t)(end - p) >= 4 * NM__WORD) {
-            size_t left = (size_t)(end - p);
-            const unsigned char *stop = p + (left < 1024 ? left & ~(size_t)(4 * NM__WORD - 1) : 1024);
-            for (; p < stop; p += 4 * NM__WORD) {
-                lo = NM__AND(lo, NM__AND(NM__AND(NM__LOAD_A(p), NM__LOAD_A(p + NM__WORD)),
-                                         NM__AND(NM__LOAD_A(p + 2 * NM__WORD), NM__LOAD_A(p + 3 * NM__WORD))));
-                hi = NM__IOR(hi, NM__IOR(NM__IOR(NM__LOAD_A(p), NM__LOAD_A(p + NM__WORD)),
-                                         NM__IOR(NM__LOAD_A(p + 2 * NM__WORD), NM__LOAD_A(p + 3 * NM__WORD))));
-            }
-            if (!NM__ALL_EQ(lo, hi, w)) return 0;
-        }
-    for (; (size_t)(end - p) >= NM__WORD; p += NM__WORD) {
-        nm__vec v = NM__LOAD_U(p);
-        lo = NM__AND(lo, v);
-        hi = NM__IOR(hi, v);
-    }
-    if (p < end) {
-        nm__vec v = NM__LOAD_U(end - NM__WORD);
-        lo = NM__AND(lo, v);
-        hi = NM__IOR(hi, v);
-    }
+    /* two words from p, two from end */
+    v0 = NM__LOAD(p);
+    v1 = NM__LOAD(p + NM__WORD);
+    v2 = NM__LOAD(end);
+    v3 = NM__LOAD(end + NM__WORD);
+    lo = NM__AND(lo, NM__AND(NM__AND(v0, v1), NM__AND(v2, v3)));
+    hi = NM__IOR(hi, NM__IOR(NM__IOR(v0, v1), NM__IOR(v2, v3)));
     return NM__ALL_EQ(lo, hi, w);
 }
 
-/* memset(dst, b, n) for a user block (dst 16-aligned): inline up to 1 KiB, a library call
- * beyond (where it pays). */
+/* memset(dst, b, n), inline up to 1 KiB (a library call beyond, where it pays). */
 NM_INLINE void nm__fill(void *dst, unsigned char b, size_t n) {
     unsigned char *p = (unsigned char *)dst, *end = p + n;
     const nm__vec w = NM__SPLAT(b);
-    if (n < 2 * NM__WORD || n > 1024) {
+    if (n < NM__WORD || n > 1024) {
         memset(p, b, n);
         return;
     }
-    for (; (size_t)(end - p) >= 4 * NM__WORD; p += 4 * NM__WORD) {
-        NM__STORE_A(p, w);
-        NM__STORE_A(p + NM__WORD, w);
-        NM__STORE_A(p + 2 * NM__WORD, w);
-        NM__STORE_A(p + 3 * NM__WORD, w);
-    }
-    /* under 4 words left: the last two, and the two before if more than two are left (each
-     * store may overlap bytes already set) */
-    if (p < end) {
-        NM__STORE_U(end - NM__WORD, w);
-        NM__STORE_U(end - 2 * NM__WORD, w);
-        if ((size_t)(end - p) > 2 * NM__WORD) {
-            NM__STORE_U(p, w);
-            NM__STORE_U(p + NM__WORD, w);
+    if (n >= NM__STEP) {
+        for (; p + NM__STEP <= end; p += NM__STEP) {
+            NM__STORE(p, w);
+            NM__STORE(p + NM__WORD, w);
+            NM__STORE(p + 2 * NM__WORD, w);
+            NM__STORE(p + 3 * NM__WORD, w);
+        }
+        if (p < end) {
+            p = end - NM__STEP;
+            NM__STORE(p, w);
+            NM__STORE(p + NM__WORD, w);
+            NM__STORE(p + 2 * NM__WORD, w);
+            NM__STORE(p + 3 * NM__WORD, w);
+        }
+    } else {
+        NM__STORE(p, w);
+        NM__STORE(end - NM__WORD, w);
+        if (n > 2 * NM__WORD) {
+            NM__STORE(p + NM__WORD, w);
+            NM__STORE(end - 2 * NM__WORD, w);
         }
     }
 }
