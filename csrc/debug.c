@@ -95,6 +95,7 @@ typedef struct nm__dbg {
     size_t page;
     size_t base_align;         /* what base promises of its malloc blocks (nm_allocator_alignment) */
     int vg;                    /* running under Valgrind: issue client requests */
+    int plain;                 /* no guard pages, Valgrind or ASan: the hot paths' inline checks */
     int pending_code;          /* the first error no caller was told of (NM_OK: none) */
     char pending_msg[512];     /* (cold: last) */
 } nm__dbg_t;
@@ -346,7 +347,7 @@ static void nm__paint(nm__dbg_t *d, nm__dblk_t *r) {
 static const char *nm__s(const char *f) { return f ? f : "?"; }
 
 /* Verify one live block's canaries; reports (and returns) the error code. */
-static int nm__verify_canaries(nm__dbg_t *d, nm__dblk_t *r) {
+static NM_NOINLINE int nm__check_canaries(nm__dbg_t *d, nm__dblk_t *r) {
     const unsigned char *h = (const unsigned char *)r->user - NM__CANARY;
     const unsigned char *t = (const unsigned char *)r->user + r->size;
     size_t i, tail = nm__tail_len(d, r);
@@ -393,7 +394,7 @@ static int nm__verify_canaries(nm__dbg_t *d, nm__dblk_t *r) {
 }
 
 /* Verify a quarantined block's poison (not in guard mode: its pages are protected). */
-static int nm__verify_poison(nm__dbg_t *d, nm__dblk_t *r) {
+static NM_NOINLINE int nm__check_poison(nm__dbg_t *d, nm__dblk_t *r) {
     const unsigned char *u = (const unsigned char *)r->user;
     size_t i;
     int rc = NM_OK;
@@ -415,6 +416,18 @@ static int nm__verify_poison(nm__dbg_t *d, nm__dblk_t *r) {
     NM__VG(d, NM_VG_NOACCESS(u, r->size));
     NM_ASAN_POISON(u, r->size);
     return rc;
+}
+
+/* The same, the intact case inline when the blocks are plain memory (no hooks to call). */
+NM_INLINE int nm__verify_canaries(nm__dbg_t *d, nm__dblk_t *r) {
+    if (NM_LIKELY(d->plain) && nm__is16(r->user - NM__CANARY, NM__HEAD_WORD) &&
+        nm__is16(r->user + r->size, NM__TAIL_WORD))
+        return NM_OK;
+    return nm__check_canaries(d, r);
+}
+NM_INLINE int nm__verify_poison(nm__dbg_t *d, nm__dblk_t *r) {
+    if (NM_LIKELY(d->plain) && nm__all_bytes((const unsigned char *)r->user, r->size, NM__FREE_BYTE)) return NM_OK;
+    return nm__check_poison(d, r);
 }
 
 /* ---- raw blocks ---------------------------------------------------------------------------------- */
@@ -925,6 +938,9 @@ nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t 
     d->page = nm_os_page_size();
     d->base_align = nm_allocator_alignment(d->base);
     d->vg = NM_VG_RUNNING() ? 1 : 0;
+#ifndef NM_HAVE_ASAN
+    d->plain = !(flags & NM_DEBUG_GUARD_PAGES) && !d->vg;
+#endif
     nm_atfork_register_spin(&d->lock); /* fork safety (platform.h) */
     return a;
 }
