@@ -188,7 +188,7 @@ NM_INLINE int nm__put(nm__dbg_t *d, nm__dblk_t *r) {
 
 /* Empty slot i; later entries of its probe run shift back (no tombstones).  Records do not
  * store their slot: keeping it current would touch every shifted entry's (cold) record. */
-static void nm__del_at(nm__dbg_t *d, size_t i) {
+NM_INLINE void nm__del_at(nm__dbg_t *d, size_t i) {
     size_t j, mask = d->mask;
     d->count--;
     for (j = i;;) {
@@ -728,7 +728,7 @@ static NM_NOINLINE int nm__unreturned(nm__dbg_t *d) {
 
 /* Free a live record, already out of the hash, and count it out of the table (lock held);
  * returns the first error found (canaries, eviction). */
-static int nm__release(nm__dbg_t *d, nm__dblk_t *r) {
+NM_INLINE int nm__release(nm__dbg_t *d, nm__dblk_t *r) {
     int rc = nm__verify_canaries(d, r), rc2 = NM_OK;
     size_t at;
     _nm_table_count_free_serial(d->self, r->size);
