@@ -17,12 +17,17 @@
  * pending error, which the next nm_debug_check returns.  One lock protects everything (thread
  * safe); the hot path is kept short because it runs inside it: records come from slabs, the
  * address hash is open addressing without tombstones (backward-shift deletion), the live set is
- * the hash itself (reports sort by serial), and the 16-byte canaries are single stores.
+ * the hash itself (reports sort by serial; a bad free looks for a freed block in the ring), the
+ * 16-byte canaries are single stores, and fills and poison checks go 64 bytes a step.
  */
 #include "nm_internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#if defined(__SSE2__) || defined(_M_X64) || defined(_M_AMD64) /* part of x86-64 */
+#include <emmintrin.h>
+#define NM__SSE2 1
+#endif
 
 #define NM__CANARY      16
 #define NM__HEAD_BYTE   0xFB
@@ -33,7 +38,7 @@
 #define NM__SLAB        63    /* records per slab */
 
 /* LIVE: allocated.  QUARANTINED: freed, poisoned, in the ring.  RECYCLED: left the ring and kept,
- * still in the hash and still poisoned, to serve the next allocation of its size (its poison is
+ * still poisoned, to serve the next allocation of its size (its poison is
  * verified then, or when it goes back to base).  RECYCLED_BARE: the same without poison (no
  * quarantine: freed blocks are not filled). */
 enum { NM__LIVE = 1, NM__QUARANTINED = 2, NM__RECYCLED = 3, NM__RECYCLED_BARE = 4 };
@@ -74,7 +79,7 @@ typedef struct nm__dbg {
     unsigned flags;
     size_t quarantine_cap;
     size_t byte_limit;         /* quarantine byte bound; SIZE_MAX: none */
-    /* hash: user address -> record (live, quarantined or recycled) */
+    /* hash: user address -> record of a live block (freed blocks are found in the ring) */
     nm__dent_t *tab;
     size_t mask, count;
     unsigned shift;            /* 64 - log2(capacity) */
@@ -91,6 +96,7 @@ typedef struct nm__dbg {
     size_t page;
     size_t base_align;         /* what base promises of its malloc blocks (nm_allocator_alignment) */
     int vg;                    /* running under Valgrind: issue client requests */
+    int plain;                 /* no guard pages, Valgrind or ASan: the hot paths' inline checks */
     int pending_code;          /* the first error no caller was told of (NM_OK: none) */
     char pending_msg[512];     /* (cold: last) */
 } nm__dbg_t;
@@ -128,14 +134,23 @@ NM_INLINE size_t nm__home(const nm__dbg_t *d, uintptr_t k) {
     return (size_t)(((uint64_t)k * 0x9E3779B97F4A7C15ull) >> d->shift);
 }
 
-static nm__dblk_t *nm__find(nm__dbg_t *d, const void *p) {
+#define NM__NO_SLOT ((size_t)-1)
+
+/* The slot of live block p, or NM__NO_SLOT. */
+NM_INLINE size_t nm__slot(const nm__dbg_t *d, const void *p) {
     uintptr_t k = (uintptr_t)p;
     size_t i;
-    if (d->tab == NULL || k == 0) return NULL;
+    if (d->tab == NULL || k == 0) return NM__NO_SLOT;
     for (i = nm__home(d, k);; i = (i + 1) & d->mask) {
-        if (d->tab[i].key == k) return d->tab[i].rec;
-        if (d->tab[i].key == 0) return NULL;
+        if (d->tab[i].key == k) return i;
+        if (d->tab[i].key == 0) return NM__NO_SLOT;
     }
+}
+
+/* The record of live block p, or NULL. */
+static nm__dblk_t *nm__find(nm__dbg_t *d, const void *p) {
+    size_t i = nm__slot(d, p);
+    return i == NM__NO_SLOT ? NULL : d->tab[i].rec;
 }
 
 NM_INLINE void nm__place(nm__dbg_t *d, nm__dblk_t *r) {
@@ -163,22 +178,20 @@ static NM_NOINLINE int nm__grow(nm__dbg_t *d) {
 }
 
 NM_INLINE int nm__put(nm__dbg_t *d, nm__dblk_t *r) {
-    /* at most a quarter full: measured 10% faster than half full on mixed sizes (fewer probes
-     * and backward shifts); the table then takes 64 to 128 bytes per block */
-    if (NM_UNLIKELY(d->tab == NULL || (d->count + 1) * 4 > d->mask + 1))
+    /* at most an eighth full: on mixed sizes ~10% faster than a quarter full, which was ~10%
+     * faster than half full (fewer probes and backward shifts, mispredicted branches each); the
+     * table then takes 128 to 256 bytes per live block (freed blocks are not in it) */
+    if (NM_UNLIKELY(d->tab == NULL || (d->count + 1) * 8 > d->mask + 1))
         if (nm__grow(d) != 0) return -1;
     nm__place(d, r);
     d->count++;
     return 0;
 }
 
-/* Remove r's entry; later entries of its probe run shift back (no tombstones).  Records do not
+/* Empty slot i; later entries of its probe run shift back (no tombstones).  Records do not
  * store their slot: keeping it current would touch every shifted entry's (cold) record. */
-static void nm__del(nm__dbg_t *d, const nm__dblk_t *r) {
-    uintptr_t key = (uintptr_t)r->user;
-    size_t i, j, mask = d->mask;
-    for (i = nm__home(d, key); d->tab[i].key != key; i = (i + 1) & mask) {
-    }
+NM_INLINE void nm__del_at(nm__dbg_t *d, size_t i) {
+    size_t j, mask = d->mask;
     d->count--;
     for (j = i;;) {
         size_t k;
@@ -224,38 +237,102 @@ NM_INLINE uint64_t nm__diff16(const void *p, uint64_t w) {
 }
 NM_INLINE int nm__is16(const void *p, uint64_t w) { return nm__diff16(p, w) == 0; }
 
-/* 1 when all n bytes at p equal b: differences OR-ed 64 bytes a step with one test per step
- * (no call, no per-word branch), then 16-byte steps, the last one overlapping a ragged end. */
+/* The poison checks and the fills run for every block, over all its bytes: four 16-byte words
+ * a step with SSE2 where there is (all of x86-64), else four 8-byte words.  The bytes a whole
+ * step does not cover are done with four words ending at the end (overlapping bytes done
+ * already): no loop over words, no branch on the remainder. */
+#ifdef NM__SSE2
+typedef __m128i nm__vec;
+#define NM__SPLAT(b) _mm_set1_epi8((char)(b))
+#define NM__LOAD(q) _mm_loadu_si128((const __m128i *)(const void *)(q))
+#define NM__STORE(q, v) _mm_storeu_si128((__m128i *)(void *)(q), (v))
+#define NM__AND(a, b) _mm_and_si128((a), (b))
+#define NM__IOR(a, b) _mm_or_si128((a), (b))
+#define NM__ALL_EQ(a, o, w) (_mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8((a), (w)), _mm_cmpeq_epi8((o), (w)))) == 0xFFFF)
+#define NM__WORD 16
+#else
+typedef uint64_t nm__vec;
+#define NM__SPLAT(b) (0x0101010101010101ull * (unsigned char)(b))
+NM_INLINE uint64_t nm__load8(const void *q) { uint64_t v; memcpy(&v, q, 8); return v; }
+NM_INLINE void nm__store8(void *q, uint64_t v) { memcpy(q, &v, 8); }
+#define NM__LOAD(q) nm__load8(q)
+#define NM__STORE(q, v) nm__store8((q), (v))
+#define NM__AND(a, b) ((a) & (b))
+#define NM__IOR(a, b) ((a) | (b))
+#define NM__ALL_EQ(a, o, w) ((a) == (w) && (o) == (w))
+#define NM__WORD 8
+#endif
+#define NM__STEP (4 * NM__WORD)
+
+/* 1 when all n bytes at p equal b: the AND and the OR of all the words both equal a word of b
+ * only when every byte is b (two operations a word, no branch but the loop's). */
 static int nm__all_bytes(const unsigned char *p, size_t n, unsigned char b) {
-    uint64_t w = 0x0101010101010101ull * b, acc = 0;
-    size_t i = 0;
-    if (n < 16) {
-        for (; i < n; i++)
-            if (p[i] != b) return 0;
+    const nm__vec w = NM__SPLAT(b);
+    nm__vec lo = w, hi = w, v0, v1, v2, v3;
+    const unsigned char *end = p + n;
+    if (n >= NM__STEP) {
+        for (; p + NM__STEP <= end; p += NM__STEP) {
+            v0 = NM__LOAD(p);
+            v1 = NM__LOAD(p + NM__WORD);
+            v2 = NM__LOAD(p + 2 * NM__WORD);
+            v3 = NM__LOAD(p + 3 * NM__WORD);
+            lo = NM__AND(lo, NM__AND(NM__AND(v0, v1), NM__AND(v2, v3)));
+            hi = NM__IOR(hi, NM__IOR(NM__IOR(v0, v1), NM__IOR(v2, v3)));
+        }
+        if (p == end) return NM__ALL_EQ(lo, hi, w);
+        p = end - NM__STEP; /* a last step ending at the end (the ragged end) */
+        end = p + 2 * NM__WORD;
+    } else if (n >= 2 * NM__WORD) { /* two words from each end */
+        end -= 2 * NM__WORD;
+    } else if (n >= NM__WORD) {     /* one from each end */
+        v0 = NM__LOAD(p);
+        v1 = NM__LOAD(end - NM__WORD);
+        return NM__ALL_EQ(NM__AND(v0, v1), NM__IOR(v0, v1), w);
+    } else {
+        for (; p < end; p++)
+            if (*p != b) return 0;
         return 1;
     }
-    for (; i + 64 <= n; i += 64) {
-        acc |= nm__diff16(p + i, w) | nm__diff16(p + i + 16, w) | nm__diff16(p + i + 32, w) |
-               nm__diff16(p + i + 48, w);
-        if (acc) return 0;
-    }
-    for (; i + 16 <= n; i += 16) acc |= nm__diff16(p + i, w);
-    if (i < n) acc |= nm__diff16(p + n - 16, w);
-    return acc == 0;
+    /* two words from p, two from end */
+    v0 = NM__LOAD(p);
+    v1 = NM__LOAD(p + NM__WORD);
+    v2 = NM__LOAD(end);
+    v3 = NM__LOAD(end + NM__WORD);
+    lo = NM__AND(lo, NM__AND(NM__AND(v0, v1), NM__AND(v2, v3)));
+    hi = NM__IOR(hi, NM__IOR(NM__IOR(v0, v1), NM__IOR(v2, v3)));
+    return NM__ALL_EQ(lo, hi, w);
 }
 
-/* memset for the fills: small blocks (the common case) with inline 16-byte stores, the last
- * one overlapping, so a 64-byte block costs four stores instead of a library call. */
+/* memset(dst, b, n), inline up to 1 KiB (a library call beyond, where it pays). */
 NM_INLINE void nm__fill(void *dst, unsigned char b, size_t n) {
-    unsigned char *p = (unsigned char *)dst;
-    uint64_t w = 0x0101010101010101ull * b;
-    size_t i;
-    if (n > 256 || n < 16) {
+    unsigned char *p = (unsigned char *)dst, *end = p + n;
+    const nm__vec w = NM__SPLAT(b);
+    if (n < NM__WORD || n > 1024) {
         memset(p, b, n);
         return;
     }
-    for (i = 0; i + 16 <= n; i += 16) nm__fill16(p + i, w);
-    if (i < n) nm__fill16(p + n - 16, w);
+    if (n >= NM__STEP) {
+        for (; p + NM__STEP <= end; p += NM__STEP) {
+            NM__STORE(p, w);
+            NM__STORE(p + NM__WORD, w);
+            NM__STORE(p + 2 * NM__WORD, w);
+            NM__STORE(p + 3 * NM__WORD, w);
+        }
+        if (p < end) {
+            p = end - NM__STEP;
+            NM__STORE(p, w);
+            NM__STORE(p + NM__WORD, w);
+            NM__STORE(p + 2 * NM__WORD, w);
+            NM__STORE(p + 3 * NM__WORD, w);
+        }
+    } else {
+        NM__STORE(p, w);
+        NM__STORE(end - NM__WORD, w);
+        if (n > 2 * NM__WORD) {
+            NM__STORE(p + NM__WORD, w);
+            NM__STORE(end - 2 * NM__WORD, w);
+        }
+    }
 }
 
 static void nm__paint(nm__dbg_t *d, nm__dblk_t *r) {
@@ -272,7 +349,7 @@ static void nm__paint(nm__dbg_t *d, nm__dblk_t *r) {
 static const char *nm__s(const char *f) { return f ? f : "?"; }
 
 /* Verify one live block's canaries; reports (and returns) the error code. */
-static int nm__verify_canaries(nm__dbg_t *d, nm__dblk_t *r) {
+static NM_NOINLINE int nm__check_canaries(nm__dbg_t *d, nm__dblk_t *r) {
     const unsigned char *h = (const unsigned char *)r->user - NM__CANARY;
     const unsigned char *t = (const unsigned char *)r->user + r->size;
     size_t i, tail = nm__tail_len(d, r);
@@ -319,7 +396,7 @@ static int nm__verify_canaries(nm__dbg_t *d, nm__dblk_t *r) {
 }
 
 /* Verify a quarantined block's poison (not in guard mode: its pages are protected). */
-static int nm__verify_poison(nm__dbg_t *d, nm__dblk_t *r) {
+static NM_NOINLINE int nm__check_poison(nm__dbg_t *d, nm__dblk_t *r) {
     const unsigned char *u = (const unsigned char *)r->user;
     size_t i;
     int rc = NM_OK;
@@ -341,6 +418,18 @@ static int nm__verify_poison(nm__dbg_t *d, nm__dblk_t *r) {
     NM__VG(d, NM_VG_NOACCESS(u, r->size));
     NM_ASAN_POISON(u, r->size);
     return rc;
+}
+
+/* The same, the intact case inline when the blocks are plain memory (no hooks to call). */
+NM_INLINE int nm__verify_canaries(nm__dbg_t *d, nm__dblk_t *r) {
+    if (NM_LIKELY(d->plain) && nm__is16(r->user - NM__CANARY, NM__HEAD_WORD) &&
+        nm__is16(r->user + r->size, NM__TAIL_WORD))
+        return NM_OK;
+    return nm__check_canaries(d, r);
+}
+NM_INLINE int nm__verify_poison(nm__dbg_t *d, nm__dblk_t *r) {
+    if (NM_LIKELY(d->plain) && nm__all_bytes((const unsigned char *)r->user, r->size, NM__FREE_BYTE)) return NM_OK;
+    return nm__check_poison(d, r);
 }
 
 /* ---- raw blocks ---------------------------------------------------------------------------------- */
@@ -420,11 +509,10 @@ static void nm__remember(nm__dbg_t *d, const nm__dblk_t *r) {
     e->free_line = r->free_line;
 }
 
-/* Drop a record for good: out of the hash, memory back to base, block remembered; returns what
- * base reported. */
+/* Drop a freed block's record for good (it is not in the hash): memory back to base, block
+ * remembered; returns what base reported. */
 static int nm__forget(nm__dbg_t *d, nm__dblk_t *r) {
     int rc;
-    nm__del(d, r);
     nm__remember(d, r);
     rc = nm__raw_free(d, r);
     nm__rec_free(d, r);
@@ -452,10 +540,10 @@ static NM_NOINLINE int nm__give_back(nm__dbg_t *d, nm__dblk_t *r, int poisoned) 
     return rc != NM_OK ? rc : e;
 }
 
-/* A block leaving the quarantine (poisoned; not with quarantine 0): kept as the recycled block (in
- * the hash, so a late double free still names its sites), and the one kept before goes back to
- * base.  The next allocation of the same size reuses it without calling base or touching the
- * hash -- base's LIFO caches would hand out the same address anyway.  Its poison is verified
+/* A block leaving the quarantine (poisoned; not with quarantine 0): kept as the recycled block (a
+ * late double free still names its sites), and the one kept before goes back to base.  The next
+ * allocation of the same size reuses it without calling base -- base's LIFO caches would hand
+ * out the same address anyway.  Its poison is verified
  * when it is handed out or goes back to base, not now: each freed block's poison is read once.
  * It counts against the byte bound (callers see to that: nm__shrink, the no-quarantine path of
  * nm__release).  Guard-page blocks go back at once.  Returns the first poison error found. */
@@ -533,6 +621,10 @@ static void *nm__dalloc_locked(nm__dbg_t *d, size_t size, size_t align, int zero
             }
         }
         NM__VG(d, NM_VG_UNDEFINED(r->raw, r->raw_size));
+        if (NM_UNLIKELY(nm__put(d, r) != 0)) { /* live again: back in the hash */
+            nm__forget(d, r);
+            return NULL;
+        }
     } else {
         r = nm__rec_new(d);
         if (r == NULL) return NULL;
@@ -580,17 +672,30 @@ static const char *nm__site(char *buf, size_t n, const char *file, int line) {
     return buf;
 }
 
+/* The record of freed block p still held (quarantined or recycled), or NULL.  Freed blocks are
+ * not in the hash, which then stays small (live blocks only): a bad free, the only caller,
+ * walks the ring. */
+static nm__dblk_t *nm__freed(const nm__dbg_t *d, const void *p) {
+    size_t i, at = d->q_first;
+    if (d->recycled != NULL && d->recycled->user == (const char *)p) return d->recycled;
+    for (i = 0; i < d->q_count; i++) {
+        if (d->q[at]->user == (const char *)p) return d->q[at];
+        if (++at == d->q_size) at = 0;
+    }
+    return NULL;
+}
+
 /* Classify a pointer that is not a live block (lock held): a freed one (freed_code: a double
  * free, or realloc of a freed block) names the block's allocation and free sites, whether it is
  * in the quarantine, the recycled block, or already back in base; sets and returns the error. */
 static NM_NOINLINE int nm__bad_pointer(nm__dbg_t *d, const void *p, int freed_code) {
     const char *what = freed_code == NM_ERR_DOUBLE_FREE ? "double free" : "realloc";
     const char *freed = freed_code == NM_ERR_DOUBLE_FREE ? "first freed" : "freed";
-    nm__dblk_t *r = nm__find(d, p);
+    nm__dblk_t *r = nm__freed(d, p);
     char at[240], fat[240];
     size_t i;
     d->errors++;
-    if (r && r->state != NM__LIVE)
+    if (r)
         return _nm_set_error(freed_code, "%s of %p: block (%zu bytes) already freed; allocated at %s, %s at %s (serial "
                              "%llu; %s)", what, p, r->size, nm__site(at, sizeof at, r->file, r->line), freed,
                              nm__site(fat, sizeof fat, r->free_file, r->free_line), (unsigned long long)r->serial,
@@ -623,9 +728,9 @@ static NM_NOINLINE int nm__unreturned(nm__dbg_t *d) {
     return 1;
 }
 
-/* Free a live record and count it out of the table (lock held); returns the first error found
- * (canaries, eviction). */
-static int nm__release(nm__dbg_t *d, nm__dblk_t *r) {
+/* Free a live record, already out of the hash, and count it out of the table (lock held);
+ * returns the first error found (canaries, eviction). */
+NM_INLINE int nm__release(nm__dbg_t *d, nm__dblk_t *r) {
     int rc = nm__verify_canaries(d, r), rc2 = NM_OK;
     size_t at;
     _nm_table_count_free_serial(d->self, r->size);
@@ -694,14 +799,17 @@ static void nm__dbg_free(void *ctx, void *p) {
     nm__dbg_t *d = (nm__dbg_t *)ctx;
     nm__dblk_t *r;
     uint64_t errors;
+    size_t i;
     int last;
     nm_spin_lock(&d->lock);
-    r = nm__find(d, p);
-    if (NM_UNLIKELY(r == NULL || r->state != NM__LIVE)) {
+    i = nm__slot(d, p);
+    if (NM_UNLIKELY(i == NM__NO_SLOT)) {
         nm__bad_pointer(d, p, NM_ERR_DOUBLE_FREE);
         nm__free_reported(d, 0);
         return;
     }
+    r = d->tab[i].rec;
+    nm__del_at(d, i); /* its slot is hot: out of the hash now (the hash holds live blocks only) */
     errors = d->errors; /* every report counts: cheaper than carrying codes through the hot path */
     nm__release(d, r);
     if (NM_UNLIKELY(d->errors != errors)) {
@@ -722,7 +830,7 @@ static void *nm__dbg_realloc(void *ctx, void *p, size_t n) {
     int last = 0;
     nm_spin_lock(&d->lock);
     r = nm__find(d, p);
-    if (r == NULL || r->state != NM__LIVE) {
+    if (r == NULL) {
         nm__bad_pointer(d, p, NM_ERR_REALLOC_FREED);
         nm_spin_unlock(&d->lock);
         return NULL;
@@ -737,6 +845,7 @@ static void *nm__dbg_realloc(void *ctx, void *p, size_t n) {
     if (q != NULL) {
         uint64_t errors = d->errors;
         memcpy(q, p, keep);
+        nm__del_at(d, nm__slot(d, p)); /* found again: the allocation may have grown the hash */
         nm__release(d, r);
         /* the realloc succeeds: an error found releasing the old block reaches no caller */
         if (NM_UNLIKELY(d->errors != errors)) nm__pend(d);
@@ -753,7 +862,7 @@ static size_t nm__dbg_usable(void *ctx, const void *p) {
     size_t n = 0;
     nm_spin_lock(&d->lock);
     r = nm__find(d, p);
-    if (r && r->state == NM__LIVE) n = r->size;
+    if (r) n = r->size;
     nm_spin_unlock(&d->lock);
     return n;
 }
@@ -831,6 +940,9 @@ nm_allocator_t *nm_debug_create_ex(nm_allocator_t *base, unsigned flags, size_t 
     d->page = nm_os_page_size();
     d->base_align = nm_allocator_alignment(d->base);
     d->vg = NM_VG_RUNNING() ? 1 : 0;
+#ifndef NM_HAVE_ASAN
+    d->plain = !(flags & NM_DEBUG_GUARD_PAGES) && !d->vg;
+#endif
     nm_atfork_register_spin(&d->lock); /* fork safety (platform.h) */
     return a;
 }

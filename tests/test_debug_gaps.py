@@ -332,3 +332,96 @@ def test_without_a_hook_reports_go_to_stderr():
     assert r.returncode == 0 and "done" in r.stdout, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("nativemem: ")]
     assert len(lines) == 1 and lines[0].startswith("nativemem: double free of"), r.stderr
+
+
+# ---- 5. the fast paths: poison checked word-wide, freed blocks found in the ring ----------------
+SIZES = sorted(set(range(1, 140)) | {191, 192, 193, 255, 256, 257, 300, 511, 512, 513, 544, 1000, 1023,
+                                     1024, 1025, 1040, 3000, 4097})
+
+
+def offsets(n: int):
+    """Offsets to damage: both ends, and either side of every 16-byte word and 64-byte step."""
+    cut = {0, 1, n // 2, n - 2, n - 1}
+    for k in range(16, n, 16):
+        cut |= {k - 1, k}
+    return sorted(o for o in cut if 0 <= o < n)
+
+
+def test_poison_checks_find_a_write_after_free_at_every_offset(debug):
+    t = debug(4)
+    for n in SIZES:
+        p = lib.nm_malloc_at(t, n, VICTIM, 7)
+        assert lib.nm_free_checked_at(t, p, FREER, 11) == lib.NM_OK
+        assert lib.nm_debug_check(t) == lib.NM_OK, n  # intact poison: no false report
+        for off in offsets(n):
+            old = ffi.cast("unsigned char *", p)[off]
+            scribble(p, off)
+            assert lib.nm_debug_check(t) == lib.NM_ERR_USE_AFTER_FREE, (n, off)
+            assert names_block(last_message(), p, n) and f"offset {off} " in last_message(), (n, off)
+            ffi.cast("unsigned char *", p)[off] = old
+        assert lib.nm_debug_flush(t) == lib.NM_OK
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 48, 63, 64, 65, 200, 512, 513, 1025])
+def test_recycled_block_check_finds_damage_at_either_end(debug, n):
+    t = debug()
+    for off in (0, n - 1):
+        p = lib.nm_malloc_at(t, n, VICTIM, 7)
+        q = lib.nm_malloc(t, n)
+        assert lib.nm_free_checked_at(t, p, FREER, 11) == lib.NM_OK
+        assert lib.nm_free_checked(t, q) == lib.NM_OK  # p leaves the quarantine of one block
+        scribble(p, off)
+        assert lib.nm_malloc(t, n) == ffi.NULL and lib.nm_last_error() == lib.NM_ERR_USE_AFTER_FREE
+        assert names_block(last_message(), p, n) and f"offset {off} " in last_message()
+        assert lib.nm_debug_flush(t) == lib.NM_OK
+
+
+def test_fills_cover_every_byte(debug):
+    t = debug(0)
+    for n in SIZES:
+        p = lib.nm_malloc(t, n)
+        assert bytes(ffi.buffer(p, n)) == b"\xcb" * n, n
+        lib.nm_free(t, p)
+        z = lib.nm_calloc(t, 1, n)
+        assert bytes(ffi.buffer(z, n)) == b"\0" * n, n
+        lib.nm_free(t, z)
+    assert lib.nm_debug_check(t) == lib.NM_OK
+
+
+def test_double_free_names_a_block_deep_in_the_quarantine(debug):
+    t = debug(1024)
+    p = lib.nm_malloc_at(t, 48, VICTIM, 7)
+    assert lib.nm_free_checked_at(t, p, FREER, 11) == lib.NM_OK
+    for _ in range(700):
+        assert lib.nm_free_checked(t, lib.nm_malloc(t, 32)) == lib.NM_OK
+    assert lib.nm_free_checked(t, p) == lib.NM_ERR_DOUBLE_FREE
+    assert names_block(last_message(), p, 48) and "in the quarantine" in last_message()
+    other = lib.nm_malloc(lib.nm_allocator_libc(), 64)
+    try:
+        assert lib.nm_free_checked(t, ffi.cast("char *", other) + 16) == lib.NM_ERR_INVALID_FREE
+    finally:
+        lib.nm_free(lib.nm_allocator_libc(), other)
+
+
+def test_many_live_blocks_freed_in_any_order(debug):
+    import random
+    t = debug(64)
+    rng = random.Random(13)
+    live = []
+    for _ in range(40_000):  # the hash grows to thousands of blocks and deletes from anywhere
+        if live and rng.random() < 0.45:
+            k = rng.randrange(len(live))
+            live[k], live[-1] = live[-1], live[k]
+            assert lib.nm_free_checked(t, live.pop()) == lib.NM_OK
+        else:
+            p = lib.nm_malloc(t, rng.randrange(1, 700))
+            assert p != ffi.NULL
+            live.append(p)
+    st = ffi.new("nm_debug_stats_t *")
+    lib.nm_debug_stats(t, st)
+    assert st.live_blocks == len(live) and st.errors == 0
+    assert lib.nm_debug_blocks(t, ffi.NULL, 0, 0) == len(live)
+    assert lib.nm_debug_check(t) == lib.NM_OK
+    for p in live:
+        assert lib.nm_free_checked(t, p) == lib.NM_OK
+    assert lib.nm_debug_check(t) == lib.NM_OK
