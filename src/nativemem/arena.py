@@ -2,7 +2,11 @@
 
 The region is reserved once, from a base Allocator or straight from the OS (mmap/VirtualAlloc);
 allocations never grow it, so a full arena raises MemoryError and stays usable.  Operations are
-O(1) (two bit scans and list updates) under one lock.
+O(1) (two bit scans and list updates) under one lock.  Small freed blocks (up to 480 bytes) are
+kept whole for the next request of their size; once two threads meet on the lock, they are kept
+per thread, so threads sharing an arena do not queue on it for small blocks.  Cached blocks are
+merged back whenever a request would not fit otherwise and before ``stats()``/``check()``, so
+they never cost the arena space.
 """
 from __future__ import annotations
 
