@@ -5,7 +5,7 @@ allocations never grow it, so a full arena raises MemoryError and stays usable. 
 O(1) (two bit scans and list updates) under one lock.  Small freed blocks (up to 480 bytes) are
 kept whole for the next request of their size; once two threads meet on the lock, they are kept
 per thread, so threads sharing an arena do not queue on it for small blocks.  Cached blocks are
-merged back whenever a request would not fit otherwise and before ``stats()``/``check()``, so
+merged back whenever a request would not fit otherwise and before ``arena_stats()``/``check()``, so
 they never cost the arena space.
 """
 from __future__ import annotations
