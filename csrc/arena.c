@@ -246,10 +246,7 @@ static int nm__cache_drain(nm__arena_t *ar, nm__atc_t *tc) {
     if (nm_atomic_load_relaxed(&tc->blocks) == 0) return 0;
     for (c = 0; c < NM__QCLASSES; c++) {
         nm__ablk_t *b;
-        while ((b = nm__cache_pop(tc, c)) != NULL) {
-            nm__bset(b, nm__bsize(b));
-            nm__free_locked(ar, b);
-        }
+        while ((b = nm__cache_pop(tc, c)) != NULL) nm__free_locked(ar, b); /* cached -> free in one store */
     }
     return 1;
 }
@@ -319,24 +316,35 @@ static NM_NOINLINE nm__ablk_t *nm__invalid(nm__arena_t *ar, const void *p, const
     b = nm__bof(p);
     if (nm__bmagic_word(b) != nm__bmagic(b))
         _nm_set_error(NM_ERR_INVALID_FREE, "%s of %p: not the start of a block of this arena", what, p);
-    else
+    else if (nm__bgone(b))
         _nm_set_error(freed_code, "%s of %p: block is already free", what, p);
+    else
+        _nm_set_error(NM_ERR_CORRUPT, "%s of %p: the block's header is damaged (size word %#zx; a write before "
+                      "the block or past the one before it?)", what, p, nm__bword(b));
     return NULL;
 }
 
 /* Validate a pointer handed to free/realloc; returns its header or NULL with the error set. */
+/* Its header must be whole too: a size that is a block's and ends at a header that points back
+ * (the boundary tags), so a damaged size word is reported, never followed. */
 NM_INLINE nm__ablk_t *nm__validate(nm__arena_t *ar, const void *p, const char *what, int freed_code) {
     const char *c = (const char *)p;
     nm__ablk_t *b = nm__bof(p);
     if (NM_LIKELY(c >= ar->start + NM__AHDR && c < ar->end && ((uintptr_t)(c - ar->start) % NM__AALIGN) == 0 &&
-                  nm__bmagic_word(b) == nm__bmagic(b) && !nm__bgone(b)))
-        return b;
+                  nm__bmagic_word(b) == nm__bmagic(b))) {
+        size_t w = nm__bword(b);
+        if (NM_LIKELY(!(w & (NM__AFREE | NM__ACACHED)) && w >= NM__AMIN && (w % NM__AALIGN) == 0 &&
+                      w <= (size_t)(ar->end - (const char *)b) && ((nm__ablk_t *)((char *)b + w))->prev_phys == b))
+            return b;
+    }
     return nm__invalid(ar, p, what, freed_code);
 }
 
+/* Frees used or cached block `b` into the heap (lock held).  A cached block turns free in one
+ * store, never looking used in between: a free racing with a flush must not claim it. */
 static void nm__free_locked(nm__arena_t *ar, nm__ablk_t *b) {
     nm__ablk_t *prev = b->prev_phys, *next = nm__bnext(b);
-    nm__bset(b, nm__bword(b) | NM__AFREE);
+    nm__bset(b, nm__bsize(b) | NM__AFREE);
     if (prev && nm__bfree(prev)) {
         nm__list_remove(ar, prev);
         nm__bset(prev, (nm__bsize(prev) + nm__bsize(b)) | NM__AFREE);
@@ -419,7 +427,6 @@ static NM_NOINLINE void nm__arena_free_mt(nm__arena_t *ar, void *p) {
         nm_spin_unlock(&tc->lock);
         if (kept) return;
         nm_spin_lock(&ar->lock); /* the stripe is full: to the heap (claimed: still ours) */
-        nm__bset(b, word);
         nm__free_locked(ar, b);
         nm_spin_unlock(&ar->lock);
         return;
@@ -440,8 +447,7 @@ static void nm__arena_free(void *ctx, void *p) {
                 if (c * NM__AALIGN > NM__QMAX) {
                     nm__free_locked(ar, b);
                 } else if (nm__claim(b, word, p) && !nm__cache_push(&ar->quick, b, c)) {
-                    nm__bset(b, word);
-                    nm__free_locked(ar, b);
+                    nm__free_locked(ar, b); /* claimed (cached) -> free */
                 }
             }
             nm_spin_unlock(&ar->lock);
@@ -461,6 +467,8 @@ static void *nm__arena_realloc(void *ctx, void *p, size_t n) {
     if (b == NULL || need == 0) goto out;
     have = nm__bsize(b);
     next = nm__bnext(b);
+    if (need > have && (nm__bword(next) & NM__ACACHED) && nm__caches_flush(ar))
+        next = nm__bnext(b); /* a cached neighbour is free space: merged back, it may hold the growth */
     if (need <= have) { /* shrink in place */
         nm__trim(ar, b, need);
         b->req = n;
@@ -629,7 +637,15 @@ int nm_arena_stats(nm_allocator_t *a, nm_arena_stats_t *out) {
     nm__caches_flush(ar); /* cached blocks are free space: the walk sees them merged */
     for (b = (nm__ablk_t *)ar->start; (char *)b < ar->end; b = nm__bnext(b)) {
         size_t sz = nm__bsize(b);
-        int bin = nm_fls_size(sz);
+        int bin;
+        if (nm__bmagic_word(b) != nm__bmagic(b) || sz < NM__AMIN || sz % NM__AALIGN ||
+            sz > (size_t)(ar->end - (char *)b)) { /* a damaged header: stop, never loop or run off */
+            nm_spin_unlock(&ar->lock);
+            memset(out, 0, sizeof *out);
+            out->capacity = ar->capacity;
+            return _nm_set_error(NM_ERR_CORRUPT, "arena block header at %p is damaged (size %zu)", (void *)b, sz);
+        }
+        bin = nm_fls_size(sz);
         if (bin > 31) bin = 31;
         if (nm__bfree(b)) {
             out->free_bytes += sz;
