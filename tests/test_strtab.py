@@ -1,6 +1,7 @@
 """String interning: pointer equality, refcounts, races, odd strings, a state machine."""
 from __future__ import annotations
 
+import random
 import threading
 
 import pytest
@@ -100,6 +101,38 @@ def test_stats_and_growth():
     for h in hs + hs2:
         h.release()
     assert len(t) == 0 and t.stats().removals == 5000
+
+
+def test_releases_leave_every_other_string_findable():
+    # the tables are buckets of slots with overflow counts and no tombstones: a long random mix
+    # of interns and releases, over tables grown from their first two buckets, with every string
+    # of the universe checked against a model now and then (found with its count, or absent)
+    rnd = random.Random(13)
+    dbg = nativemem.DebugAllocator()
+    t = StringTable(allocator=dbg)
+    universe = [f"s{i}".encode() for i in range(3000)] + [b"", b"\x00", b"x" * 100, b"y" * 5000]
+    held = {}
+    for step in range(40_000):
+        k = universe[rnd.randrange(rnd.choice((20, 400, len(universe))))]
+        if rnd.random() < 0.55:
+            held.setdefault(k, []).append(t.intern(k))
+        elif held.get(k):
+            held[k].pop().release()
+            if not held[k]:
+                del held[k]
+        if step % 2000 == 1999:
+            assert len(t) == len(held)
+            for u in universe:
+                n = len(held.get(u, ()))
+                assert t.refcount(u) == n and (u in t) == (n > 0)
+            dbg.check()
+    for hs in held.values():
+        a = hs[0].address
+        assert all(h.address == a for h in hs)
+        for h in hs:
+            h.release()
+    assert len(t) == 0 and t.stats().entries == 0
+    dbg.check()
 
 
 def test_intern_release_races_never_revive_a_dying_string():

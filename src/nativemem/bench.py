@@ -277,6 +277,14 @@ def _family_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
         # the physical floor of a random lookup: one dependent load in a 64 MB region (compare 1M)
         w.fns["one dependent load, 64 MB (floor)"] = lambda: lib.nm_bench_dependent_load(64 << 20, 200_000 * scale)
         ws.append(w)
+        if not quick:
+            # where this machine's effective cache ends (the 100k row's data is ~9 MB: bench keys
+            # 2.8 MB, buckets 1.4 MB, entries 4.8 MB): the same chase through smaller regions
+            w = Workload("interning", "one dependent load by region size (where the cache ends)", "C", "256 KB")
+            for kb in (256, 1024, 2048, 4096, 8192, 16384, 32768):
+                label = f"{kb} KB" if kb < 1024 else f"{kb // 1024} MB"
+                w.fns[label] = (lambda kb=kb: lib.nm_bench_dependent_load(kb << 10, 200_000 * scale))
+            ws.append(w)
         t = nativemem.StringTable()
         keep = t.intern("a-key")
         words = [f"w{i}" for i in range(1000)]
