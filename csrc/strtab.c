@@ -17,26 +17,28 @@
 #define NM__SHARDS 16
 #define NM__LINE 64
 
-/* An entry: its count and (length | magic << 48), then the bytes.  No hash: a probe compares
+/* An entry: its count and (length | magic << 32), then the bytes.  No hash: a probe compares
  * tags in the bucket first, and the rare paths that need it (the last release, a grow) hash
  * the bytes again. */
 typedef struct nm__sentry {
     intptr_t refs;        /* atomic */
-    uint64_t meta;        /* length (low 48 bits) | NM__SMAGIC << 48 */
+    uint64_t meta;        /* length (low 32 bits) | NM__SMAGIC << 32 */
     char data[1];         /* len bytes + NUL */
 } nm__sentry_t;
 
-#define NM__SMAGIC 0x5354u /* "ST" */
-#define NM__LENBITS 48
+/* 32 bits of magic: a release of a pointer that was never interned is caught but for odds of
+ * 2^-32 (16 bits, with 48 of length, would have missed one in 65536); strings are then at most
+ * 4 GiB - 1 bytes, which interning (names, keys, identifiers) never approaches. */
+#define NM__SMAGIC 0x53545231u /* "STR1" */
+#define NM__LENBITS 32
 #define NM__MAXLEN ((((uint64_t)1) << NM__LENBITS) - 1)
 #define NM__ENTRY(s) ((nm__sentry_t *)((char *)(s) - offsetof(nm__sentry_t, data)))
 #define NM__HEAD offsetof(nm__sentry_t, data)
 NM_INLINE size_t nm__elen(const nm__sentry_t *e) { return (size_t)(e->meta & NM__MAXLEN); }
 NM_INLINE unsigned nm__emagic(const nm__sentry_t *e) { return (unsigned)(e->meta >> NM__LENBITS); }
-/* Longer than an entry can hold: beyond 2^48 - 1 bytes (no address space holds one) or than the
- * largest block. */
+/* Longer than an entry can hold: beyond 2^32 - 1 bytes, or than the largest block. */
 NM_INLINE int nm__too_long(size_t n) {
-#if SIZE_MAX > 0xFFFFFFFFFFFFu
+#if SIZE_MAX > 0xFFFFFFFFu
     if (n > NM__MAXLEN) return 1;
 #endif
     return n > NM_MAX_ALLOC - sizeof(nm__sentry_t);
