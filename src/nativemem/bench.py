@@ -145,12 +145,21 @@ def _c_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
                 if lib.nm_allocator_set_stats(b.cdata, lib.NM_STATS_BLOCKS) != lib.NM_OK:
                     continue
                 blocks_only[f"{name}, blocks only"] = b
-        keep += [direct, blocks_only]
+        # An arena turns to its striped per-thread caches for good once two threads meet on its
+        # lock (arena.c): the two-thread workloads get their own arena, so that "arena" stays the
+        # arena one thread at a time uses, and "arena, striped" shows the single-thread cost of
+        # an arena after contention.
+        striped = nativemem.Arena(64 << 20)
+        lib.nm_arena_testing_mt(striped.cdata, 1)
+        threaded = {**allocs, "arena": nativemem.Arena(64 << 20)}
+        keep += [direct, blocks_only, striped, threaded]
         sizes = (64,) if quick else (16, 64, 256, 4096)
         for size in sizes:
             w = Workload("backends", f"malloc+free {size}B", "C", "libc")
             for name, a in {**allocs, **blocks_only}.items():
                 w.fns[name] = pairs(a, size, 200_000 * scale, w.ops, name)
+            w.fns["arena, striped (after two threads met)"] = pairs(striped, size, 200_000 * scale, w.ops,
+                                                                    "arena, striped (after two threads met)")
             w.fns["raw libc (no table)"] = (lambda s=size: lib.nm_bench_raw_libc_pairs(s, 200_000 * scale))
             for name, (m, f) in direct.items():
                 w.fns[f"raw {name} (no table)"] = (lambda s=size, m=m, f=f: lib.nm_bench_raw_fn_pairs(
@@ -168,7 +177,7 @@ def _c_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
         ws.append(w)
         if not quick:
             w = Workload("backends", "larson-like, 2 threads, cross-thread frees", "C", "libc")
-            for name, a in allocs.items():
+            for name, a in threaded.items():
                 w.fns[name] = (lambda a=a, name=name, w=w: _with_ops(w, name, lambda o: lib.nm_bench_larson(
                     a.cdata, 16, 256, 1000, 100_000, 2, o)))
             ws.append(w)
