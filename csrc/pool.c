@@ -959,6 +959,7 @@ NM_INLINE int nm__ufree(nm_pool_t *pool, nm__tcache_t *tc, void *p) {
     if (NM_UNLIKELY(p == NULL)) return _nm_set_error(NM_ERR_INVALID_FREE, "free of NULL to a pool");
     NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));
     NM__VG(pool, NM_VG_UNDEFINED(p, sizeof(void *)));
+    NM_ASAN_UNPOISON(p, sizeof(void *)); /* the link word: beyond objects smaller than a pointer */
     *(void **)p = tc->ufree;
     tc->ufree = p;
     NM_ASAN_POISON((char *)p + sizeof(void *), pool->object_size > sizeof(void *) ? pool->object_size - sizeof(void *) : 0);
@@ -1038,7 +1039,9 @@ static NM_NOINLINE int nm__bad_free(nm_pool_t *pool, nm__chunk_t *c, void *p, si
 NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p, int count) {
     nm__chunk_t *c;
     size_t idx;
-    if (tc != NULL && p == tc->last_obj) { /* the object this thread allocated last: its slot is known */
+    /* the object this thread allocated last: its slot is known (never NULL, which the cleared
+     * field also holds: NULL goes the long way and is refused there) */
+    if (tc != NULL && p == tc->last_obj && p != NULL) {
         c = tc->last_obj_chunk;
         idx = tc->last_obj_idx;
         tc->last_obj = NULL;

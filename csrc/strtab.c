@@ -22,20 +22,21 @@
  * the bytes again. */
 typedef struct nm__sentry {
     intptr_t refs;        /* atomic */
-    uint64_t meta;        /* length (low 32 bits) | NM__SMAGIC << 32 */
+    uint64_t meta;        /* length (low 32 bits) | table-keyed magic << 32 */
     char data[1];         /* len bytes + NUL */
 } nm__sentry_t;
 
 /* 32 bits of magic: a release of a pointer that was never interned is caught but for odds of
  * 2^-32 (16 bits, with 48 of length, would have missed one in 65536); strings are then at most
- * 4 GiB - 1 bytes, which interning (names, keys, identifiers) never approaches. */
-#define NM__SMAGIC 0x53545231u /* "STR1" */
+ * 4 GiB - 1 bytes, which interning (names, keys, identifiers) never approaches.  The magic is
+ * derived from the entry's address and the table's secret (nm__magic_for), so the bytes of an
+ * interned string cannot forge a header that a release of an interior pointer would accept. */
 #define NM__LENBITS 32
 #define NM__MAXLEN ((((uint64_t)1) << NM__LENBITS) - 1)
 #define NM__ENTRY(s) ((nm__sentry_t *)((char *)(s) - offsetof(nm__sentry_t, data)))
 #define NM__HEAD offsetof(nm__sentry_t, data)
 NM_INLINE size_t nm__elen(const nm__sentry_t *e) { return (size_t)(e->meta & NM__MAXLEN); }
-NM_INLINE unsigned nm__emagic(const nm__sentry_t *e) { return (unsigned)(e->meta >> NM__LENBITS); }
+NM_INLINE uint32_t nm__emagic(const nm__sentry_t *e) { return (uint32_t)(e->meta >> NM__LENBITS); }
 /* Longer than an entry can hold: beyond 2^32 - 1 bytes, or than the largest block. */
 NM_INLINE int nm__too_long(size_t n) {
 #if SIZE_MAX > 0xFFFFFFFFu
@@ -80,9 +81,15 @@ typedef union nm__shard_slot {
 
 struct nm_strtab {
     nm_allocator_t *a;
+    uint64_t secret;      /* per table: keys the entries' magic (nm__magic_for) */
     nm__shard_slot_t shards[NM__SHARDS];
     nm_atfork_t fork;     /* fork safety: every shard's lock (platform.h) */
 };
+
+/* The magic of the entry at `e` in table `t`. */
+NM_INLINE uint32_t nm__magic_for(const nm_strtab_t *t, const nm__sentry_t *e) {
+    return (uint32_t)((((uint64_t)(uintptr_t)e ^ t->secret) * 0x9E3779B97F4A7C15ull) >> 32);
+}
 
 /* 8 bytes at a time (the last word overlapping, short keys from two overlapping loads), each
  * word folded in with a multiply, then a final avalanche: FNV-1a's byte loop was a chain of one
@@ -139,6 +146,12 @@ nm_strtab_t *nm_strtab_create(nm_allocator_t *a) {
     t = (nm_strtab_t *)nm_calloc(a, 1, sizeof *t);
     if (t == NULL) return NULL;
     t->a = a;
+    {   /* address entropy mixed with the clock (not cryptographic: it keeps string bytes from
+         * passing for a header) */
+        uint64_t x = nm_now_ns() ^ ((uint64_t)(uintptr_t)t << 17) ^ ((uint64_t)(uintptr_t)&x << 7);
+        x ^= x >> 33; x *= 0xff51afd7ed558ccdull; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ull; x ^= x >> 33;
+        t->secret = x;
+    }
     nm_atfork_init(&t->fork, nm__strtab_fork_lock, nm__strtab_fork_unlock, NULL, t, NM_ATFORK_OBJECT);
     nm_atfork_register(&t->fork);
     return t;
@@ -283,7 +296,7 @@ const char *nm_strtab_intern(nm_strtab_t *t, const char *s, size_t n) {
         return NULL;
     }
     e->refs = 1;
-    e->meta = (uint64_t)n | ((uint64_t)NM__SMAGIC << NM__LENBITS);
+    e->meta = (uint64_t)n | ((uint64_t)nm__magic_for(t, e) << NM__LENBITS);
     if (n) memcpy(e->data, s, n);
     e->data[n] = '\0';
     nm__place(sh->b, sh->nb - 1, e, h);
@@ -331,7 +344,7 @@ int nm_strtab_release(nm_strtab_t *t, const char *s) {
     intptr_t refs = nm_atomic_load_relaxed(&e->refs);
     uint64_t h;
     size_t n;
-    if (nm__emagic(e) != NM__SMAGIC) return _nm_set_error(NM_ERR_INVALID_FREE, "release of %p: not an interned string", (void *)s);
+    if (nm__emagic(e) != nm__magic_for(t, e)) return _nm_set_error(NM_ERR_INVALID_FREE, "release of %p: not an interned string", (void *)s);
     /* fast path: not the last reference */
     while (refs > 1)
         if (nm_atomic_cas(&e->refs, &refs, refs - 1)) return NM_OK;

@@ -98,7 +98,7 @@ def _run_exe(cmd, timeout, env=None):
     pytest.fail(f"{cmd[0]} hung (timeout {timeout}s): {hung.stdout!r} {hung.stderr!r}")
 
 
-# ==== bugs: pool.c, the free of the last-allocated object (tc->last_obj) ===========================
+# ==== bugs found (fixed): pool.c, the free of the last-allocated object (tc->last_obj) ====
 #
 # nm__free compares p with tc->last_obj before anything else, and a free of that object clears
 # last_obj to NULL but leaves last_obj_chunk / last_obj_idx as they were.  nm_pool_free(pool, NULL)
@@ -160,7 +160,7 @@ def test_pool_free_many_with_a_null_entry_does_not_crash():
     ''', timeout=60)
 
 
-# ==== bug (ASan builds only, pre-existing, not in the rewritten code): unchecked tiny objects ====
+# ==== bug found (fixed; ASan builds only, pre-existing): unchecked tiny objects ==========
 
 @needs_cc
 @needs_checkout
@@ -175,14 +175,14 @@ def test_unchecked_pool_objects_smaller_than_a_pointer_under_asan(tmp_path):
     assert r.returncode == 0 and r.stdout.endswith("ok\n"), r.stdout[-500:] + r.stderr[-3000:]
 
 
-# ==== limitation: strtab.c, a release that only checks in-band magic ============================
+# ==== found (fixed): strtab.c, a release that only checked constant in-band magic ===============
 
 def test_strtab_release_of_an_interior_pointer_with_forged_header():
-    """Release of s + 16 where the interned bytes s[8..16) read as a valid entry header (length |
-    "STR1" << 32) and s[0..8) as a count above 1: nm_strtab_release takes it for an entry, its fast
-    path decrements the 'count' -- the interned (immutable, shared) string's bytes change -- and
-    returns 0.  Must be NM_ERR_INVALID_FREE and leave the string alone.  (Needs attacker-chosen
-    content; the magic alone cannot tell; a lookup of the entry in its shard would.)"""
+    """Release of s + 16 where the interned bytes s[8..16) read as an entry header with the old
+    constant magic ("STR1" << 32 | length) and s[0..8) as a count above 1.  It was taken for an
+    entry: the fast path decremented the 'count' (the shared, immutable string's bytes changed)
+    and returned 0.  The magic is now keyed by the entry's address and the table's secret, so
+    string bytes cannot pass for a header: NM_ERR_INVALID_FREE, the string left alone."""
     run_child(r'''
     t = lib.nm_strtab_create(ffi.NULL)
     s = struct.pack("<qII", 5, 3, 0x53545231) + b"abc"
