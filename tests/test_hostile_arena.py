@@ -9,29 +9,12 @@ targets exists.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
-import sysconfig
-import textwrap
 
 import pytest
+from hostile_child import build_c, linux_only, needs_cc, needs_checkout, run_exe
+from hostile_child import run_child as _run_child_with
 
-import nativemem
-
-SRC_DIR = os.path.dirname(os.path.dirname(os.path.abspath(nativemem.__file__)))
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-CSRC = os.path.join(ROOT, "csrc")
-HOSTILE_C = os.path.join(HERE, "c", "hostile")
-CC = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-CC_EXE = CC.split()[0] if CC else "cc"
-
-needs_cc = pytest.mark.skipif(shutil.which(CC_EXE) is None or sys.platform == "win32",
-                              reason=f"no C compiler ({CC_EXE}) / gcc-style command lines")
-needs_checkout = pytest.mark.skipif(not os.path.isdir(os.path.join(CSRC, "include")),
-                                    reason="needs the source checkout (csrc/)")
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux (fork, pthreads)")
+HOSTILE_C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "c", "hostile")
 
 PRELUDE = r'''
 import os, random, sys, threading, time, warnings
@@ -70,44 +53,14 @@ def whole(ar, what):
 
 
 def run_child(code: str, timeout: float = 120, args=()) -> str:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = SRC_DIR + os.pathsep + env.get("PYTHONPATH", "")
-    src = PRELUDE + "\n" + textwrap.dedent(code)
-    try:
-        r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", src, *map(str, args)], timeout=timeout,
-                           capture_output=True, text=True, env=env)
-    except subprocess.TimeoutExpired as exc:
-        r = exc
-    if isinstance(r, subprocess.TimeoutExpired):
-        pytest.fail(f"child hung (> {timeout} s)\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}")
-    assert r.returncode == 0, (f"child exited with {r.returncode}"
-                               f"{' (signal %d)' % -r.returncode if r.returncode < 0 else ''}\n"
-                               f"--- stdout (tail) ---\n{r.stdout[-3000:]}\n--- stderr (tail) ---\n{r.stderr[-6000:]}")
-    return r.stdout
+    return _run_child_with(PRELUDE, code, timeout, args)
 
 
-def _build(tmp_path, src, name, extra=()):
-    exe = tmp_path / name
-    srcs = sorted(os.path.join(CSRC, f) for f in os.listdir(CSRC) if f.endswith(".c"))
-    r = subprocess.run(CC.split() + ["-std=c11", "-O1", "-g", "-D_DEFAULT_SOURCE", f"-I{CSRC}/include", f"-I{CSRC}",
-                                     *extra, *srcs, os.path.join(HOSTILE_C, src), "-o", str(exe), "-lpthread"],
-                       capture_output=True, text=True, timeout=300)
-    if r.returncode != 0 and extra:
-        pytest.skip(f"cannot build with {extra}: {r.stderr[-500:]}")
-    assert r.returncode == 0, r.stderr
-    if extra and "-fsanitize=thread" in extra:  # some kernels (high ASLR entropy) refuse TSan binaries
-        probe = subprocess.run([str(exe), "4096", "2", "10"], capture_output=True, text=True, timeout=60)
-        if "FATAL: ThreadSanitizer" in probe.stderr:
-            pytest.skip("ThreadSanitizer cannot run here: " + probe.stderr[:300])
-    return str(exe)
+def _build(tmp_path, src, name, extra=(), exclude=()):
+    return build_c(tmp_path, HOSTILE_C, src, name, extra, exclude)
 
 
-def _run_exe(cmd, timeout, env=None):
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
-    except subprocess.TimeoutExpired as e:
-        hung = e
-    pytest.fail(f"{cmd[0]} hung (timeout {timeout}s): {hung.stdout!r} {hung.stderr!r}")
+_run_exe = run_exe
 
 
 # ---- the bugs this file found (fixed in csrc/arena.c; kept as regression cases) -------------------
