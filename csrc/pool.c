@@ -825,13 +825,11 @@ NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, i
     }
 take:
     nm__bit_put(c->alloc_bits, idx, 1);
-    if (count) { /* single allocations (a batch is freed as a batch) */
+    if (count) { /* single allocations: counted, and remembered (a batch is freed as a batch) */
+        intptr_t net = ++tc->net;
         tc->last_obj = slot;
         tc->last_obj_idx = idx;
         tc->last_obj_chunk = c;
-    }
-    if (count) {
-        intptr_t net = ++tc->net;
         nm__counter_inc(&tc->allocs);
         if (NM_UNLIKELY(net > nm_atomic_load_relaxed(&tc->peak_net))) nm_atomic_store_relaxed(&tc->peak_net, net);
     }
@@ -1128,52 +1126,52 @@ int nm_pool_free(nm_pool_t *pool, void *ptr) {
     return pool->unchecked ? nm__free_unchecked(pool, ptr) : nm__free_checked(pool, ptr);
 }
 
+/* free_many's first failure: its code, its pointer's index and its message (kept, as later
+ * frees overwrite the thread's error). */
+typedef struct nm__first_err {
+    int code;
+    size_t at;
+    char msg[400];
+} nm__first_err_t;
+
+static NM_NOINLINE void nm__note_first(nm__first_err_t *f, int rc, size_t i) {
+    if (f->code) return;
+    f->code = rc;
+    f->at = i;
+    snprintf(f->msg, sizeof f->msg, "%s", nm_last_error_message());
+}
+
 int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
     size_t i;
     nm__tcache_t *tc = NULL;
-    int rc, first = 0;
-    size_t bad = 0;
-    char msg[400];
+    int rc;
+    nm__first_err_t first;
+    first.code = 0;
     if (!pool->bh) {
         tc = nm__tc(pool);
         if (!tc) { /* no cache (out of memory): one by one, as nm_pool_free does then */
-            for (i = 0; i < n; i++) {
-                rc = nm_pool_free(pool, ptrs[i]);
-                if (rc && !first) {
-                    first = rc;
-                    snprintf(msg, sizeof msg, "%s", nm_last_error_message());
-                    bad = i;
-                }
-            }
-            if (first) return _nm_set_error(first, "free_many: pointer %zu of %zu: %s", bad, n, msg);
-            return 0;
+            for (i = 0; i < n; i++)
+                if ((rc = nm_pool_free(pool, ptrs[i])) != 0) nm__note_first(&first, rc, i);
+            goto out;
         }
     }
     if (tc != NULL && !pool->unchecked) { /* the common case: counted once for the batch */
         size_t freed = 0;
         for (i = 0; i < n; i++) {
             rc = nm__free(pool, tc, ptrs[i], 0);
-            if (NM_LIKELY(rc == 0)) {
-                freed++;
-            } else if (!first) {
-                first = rc;
-                snprintf(msg, sizeof msg, "%s", nm_last_error_message());
-                bad = i;
-            }
+            if (NM_LIKELY(rc == 0)) freed++;
+            else nm__note_first(&first, rc, i);
         }
         nm_atomic_store_relaxed(&tc->frees, nm_atomic_load_relaxed(&tc->frees) + (intptr_t)freed);
         tc->net -= (intptr_t)freed;
     } else {
         for (i = 0; i < n; i++) {
             rc = !tc ? _nm_bh_free(pool->bh, ptrs[i]) : nm__ufree(pool, tc, ptrs[i]);
-            if (rc && !first) {
-                first = rc;
-                snprintf(msg, sizeof msg, "%s", nm_last_error_message());
-                bad = i;
-            }
+            if (rc) nm__note_first(&first, rc, i);
         }
     }
-    if (first) return _nm_set_error(first, "free_many: pointer %zu of %zu: %s", bad, n, msg);
+out:
+    if (first.code) return _nm_set_error(first.code, "free_many: pointer %zu of %zu: %s", first.at, n, first.msg);
     return 0;
 }
 
