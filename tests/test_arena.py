@@ -179,33 +179,47 @@ def test_arena_apis_refuse_other_allocators():
     lib.nm_clear_error()
 
 
+def _caches_never_cost_space(ar, size, free_all):
+    """Fill `ar` with `size`-byte blocks and free them all with `free_all` (the caches keep some
+    whole); a request that fits only once they are merged back must then succeed -- its failed
+    search empties the caches (the capacity is read before: a walk would empty them first).  A
+    cached block freed again is still a double free.  Returns the capacity."""
+    t = ar.cdata
+    cap = ar.arena_stats().capacity
+    ps = []
+    while True:
+        p = lib.nm_malloc(t, size)
+        if p == ffi.NULL:
+            break
+        ps.append(p)
+    lib.nm_clear_error()
+    free_all(ps)
+    big = lib.nm_malloc(t, cap - 64)
+    assert big != ffi.NULL, size
+    lib.nm_free(t, big)
+    ps = [lib.nm_malloc(t, size) for _ in range(20)]
+    for p in ps:
+        lib.nm_free(t, p)
+    for p in ps[-3:]:  # in a cache: a second free is still a double free
+        assert lib.nm_free_checked(t, p) == lib.NM_ERR_DOUBLE_FREE
+        assert lib.nm_realloc(t, p, 8) == ffi.NULL and lib.nm_last_error() == lib.NM_ERR_REALLOC_FREED
+        assert lib.nm_usable_size(t, p) == 0
+    lib.nm_clear_error()
+    return cap
+
+
 def test_quick_cache_never_costs_space():
     """Small freed blocks are kept whole for the next request of their size; a request that only
     fits once they are merged back still succeeds, for malloc and memalign alike."""
     for size in (16, 100, 400):
         ar = Arena(1 << 16)
         t = ar.cdata
-        ps = []
-        while True:
-            p = lib.nm_malloc(t, size)
-            if p == ffi.NULL:
-                break
-            ps.append(p)
-        lib.nm_clear_error()
-        for p in ps:  # the last 8 of each size stay whole in the cache
-            lib.nm_free(t, p)
-        cap = ar.arena_stats().capacity  # a walk: merges the cache back first
-        big = lib.nm_malloc(t, cap - 64)
-        assert big != ffi.NULL, size
-        lib.nm_free(t, big)
-        ps = [lib.nm_malloc(t, size) for _ in range(20)]
-        for p in ps:
-            lib.nm_free(t, p)
-        for p in ps[-3:]:  # in the cache: a second free is still a double free
-            assert lib.nm_free_checked(t, p) == lib.NM_ERR_DOUBLE_FREE
-            assert lib.nm_realloc(t, p, 8) == ffi.NULL and lib.nm_last_error() == lib.NM_ERR_REALLOC_FREED
-            assert lib.nm_usable_size(t, p) == 0
-        lib.nm_clear_error()
+
+        def free_all(ps):
+            for p in ps:  # the last 8 of each size stay whole in the cache
+                lib.nm_free(t, p)
+
+        cap = _caches_never_cost_space(ar, size, free_all)
         q = lib.nm_memalign(t, 4096, cap // 2)  # needs the cached blocks merged
         assert q != ffi.NULL
         lib.nm_free(t, q)
@@ -235,37 +249,21 @@ def test_striped_caches_never_cost_space():
     for size in (16, 100, 400):
         ar = _mt(Arena(1 << 16))
         t = ar.cdata
-        ps = []
-        while True:
-            p = lib.nm_malloc(t, size)
-            if p == ffi.NULL:
-                break
-            ps.append(p)
-        lib.nm_clear_error()
 
         def free_some(part):
             for p in part:
                 assert lib.nm_free_checked(t, p) == 0
 
-        parts = [ps[i::3] for i in range(3)]
-        ths = [threading.Thread(target=free_some, args=(part,)) for part in parts[:2]]
-        for th in ths:
-            th.start()
-        for th in ths:
-            th.join()
-        free_some(parts[2])
-        cap = ar.arena_stats().capacity
-        big = lib.nm_malloc(t, cap - 64)  # fails first, empties every stripe, succeeds
-        assert big != ffi.NULL, size
-        lib.nm_free(t, big)
-        ps = [lib.nm_malloc(t, size) for _ in range(20)]
-        for p in ps:
-            lib.nm_free(t, p)
-        for p in ps[-3:]:  # in a stripe: a second free is still a double free
-            assert lib.nm_free_checked(t, p) == lib.NM_ERR_DOUBLE_FREE
-            assert lib.nm_realloc(t, p, 8) == ffi.NULL and lib.nm_last_error() == lib.NM_ERR_REALLOC_FREED
-            assert lib.nm_usable_size(t, p) == 0
-        lib.nm_clear_error()
+        def free_all(ps):  # two other threads free two thirds: their stripes keep some whole
+            parts = [ps[i::3] for i in range(3)]
+            ths = [threading.Thread(target=free_some, args=(part,)) for part in parts[:2]]
+            for th in ths:
+                th.start()
+            for th in ths:
+                th.join()
+            free_some(parts[2])
+
+        _caches_never_cost_space(ar, size, free_all)
         ar.check()
         st = ar.arena_stats()
         assert st.free_blocks == 1 and st.largest_free == st.capacity
