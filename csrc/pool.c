@@ -166,11 +166,22 @@ NM_INLINE void nm__bit_put(nm_atomic_t *words, size_t i, int on) {
     w = on ? (w | m) : (w & ~m);
     nm_atomic_store_relaxed(&words[i / NM__WBITS], (intptr_t)w);
 }
-/* Zeroes an object: small sizes with 16-byte stores inline (a call into memset costs more than
- * the stores for a 64-byte object); others through memset. */
+/* Zeroes an object inline for the sizes pools mostly hold (a call into memset costs more than
+ * the stores): 8..64 bytes with at most four overlapping 16-byte (or two 8-byte) stores and no
+ * loop, multiples of 16 up to 256 with a loop of 16-byte stores; the rest through memset. */
 NM_INLINE void nm__zero(void *p, size_t n) {
-    if (n <= 256 && (n & 15) == 0) {
-        char *c = (char *)p;
+    char *c = (char *)p;
+    if (n >= 16 && n <= 64) {
+        memset(c, 0, 16);
+        memset(c + n - 16, 0, 16);
+        if (n > 32) {
+            memset(c + 16, 0, 16);
+            memset(c + n - 32, 0, 16);
+        }
+    } else if (n >= 8 && n < 16) {
+        memset(c, 0, 8);
+        memset(c + n - 8, 0, 8);
+    } else if (n <= 256 && (n & 15) == 0) {
         size_t i;
         for (i = 0; i < n; i += 16) memset(c + i, 0, 16);
     } else {
@@ -761,6 +772,47 @@ static int nm__verify_poison(nm_pool_t *pool, nm__chunk_t *c, size_t idx, unsign
     return 0;
 }
 
+/* Hands out `slot` (index idx of chunk c) from thread cache `tc`: marks it allocated, counts it
+ * (`count`: 0 when the caller counts a batch), verifies a reused slot's poison and records the
+ * site (checked mode), and zeroes it (NM_POOL_ZERO). */
+NM_INLINE void *nm__hand_out(nm_pool_t *pool, nm__tcache_t *tc, nm__chunk_t *c, void *slot, size_t idx,
+                             const char *file, int line, int count, int reused) {
+    nm__bit_put(c->alloc_bits, idx, 1);
+    if (count) { /* single allocations: counted, and remembered (a batch is freed as a batch) */
+        intptr_t net = ++tc->net;
+        tc->last_obj = slot;
+        tc->last_obj_idx = idx;
+        tc->last_obj_chunk = c;
+        nm__counter_inc(&tc->allocs);
+        if (NM_UNLIKELY(net > nm_atomic_load_relaxed(&tc->peak_net))) nm_atomic_store_relaxed(&tc->peak_net, net);
+    }
+    NM_ASAN_UNPOISON(slot, pool->object_size);
+    NM__VG(pool, NM_VG_MEMPOOL_ALLOC(pool, slot, pool->object_size));
+    if (pool->flags & NM_POOL_CHECKED) {
+        if (reused) {
+            int rc;
+            NM__VG(pool, NM_VG_DEFINED(slot, pool->object_size));
+            rc = nm__verify_poison(pool, c, idx, (unsigned char *)slot);
+            if (rc) {
+                /* the damaged slot stays out of circulation; the count is undone */
+                if (count) {
+                    nm_atomic_store_relaxed(&tc->allocs, nm_atomic_load_relaxed(&tc->allocs) - 1);
+                    tc->net--;
+                }
+                nm__bit_put(c->alloc_bits, idx, 0);
+                NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, slot));
+                return NULL;
+            }
+            if (!(pool->flags & NM_POOL_ZERO)) NM__VG(pool, NM_VG_UNDEFINED(slot, pool->object_size));
+        }
+        c->site_file[idx] = file ? file : _nm_site_file;
+        c->site_line[idx] = file ? line : _nm_site_line;
+    }
+    if (pool->flags & NM_POOL_ZERO) nm__zero(slot, pool->object_size);
+    return slot;
+}
+
+
 /* Pops one object for thread cache `tc`, site `file`:`line` (checked mode). */
 /* `count`: count the allocation here (0: the caller counts a whole batch at once). */
 NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, int line, int count) {
@@ -824,39 +876,7 @@ NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, i
         break;
     }
 take:
-    nm__bit_put(c->alloc_bits, idx, 1);
-    if (count) { /* single allocations: counted, and remembered (a batch is freed as a batch) */
-        intptr_t net = ++tc->net;
-        tc->last_obj = slot;
-        tc->last_obj_idx = idx;
-        tc->last_obj_chunk = c;
-        nm__counter_inc(&tc->allocs);
-        if (NM_UNLIKELY(net > nm_atomic_load_relaxed(&tc->peak_net))) nm_atomic_store_relaxed(&tc->peak_net, net);
-    }
-    NM_ASAN_UNPOISON(slot, pool->object_size);
-    NM__VG(pool, NM_VG_MEMPOOL_ALLOC(pool, slot, pool->object_size));
-    if (pool->flags & NM_POOL_CHECKED) {
-        if (reused) {
-            int rc;
-            NM__VG(pool, NM_VG_DEFINED(slot, pool->object_size));
-            rc = nm__verify_poison(pool, c, idx, (unsigned char *)slot);
-            if (rc) {
-                /* the damaged slot stays out of circulation; the count is undone */
-                if (count) {
-                    nm_atomic_store_relaxed(&tc->allocs, nm_atomic_load_relaxed(&tc->allocs) - 1);
-                    tc->net--;
-                }
-                nm__bit_put(c->alloc_bits, idx, 0);
-                NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, slot));
-                return NULL;
-            }
-            if (!(pool->flags & NM_POOL_ZERO)) NM__VG(pool, NM_VG_UNDEFINED(slot, pool->object_size));
-        }
-        c->site_file[idx] = file ? file : _nm_site_file;
-        c->site_line[idx] = file ? line : _nm_site_line;
-    }
-    if (pool->flags & NM_POOL_ZERO) nm__zero(slot, pool->object_size);
-    return slot;
+    return nm__hand_out(pool, tc, c, slot, idx, file, line, count, reused);
 }
 
 /* ---- unchecked mode (NM_POOL_UNCHECKED): a per-thread free list and nothing else ---------- */
@@ -979,8 +999,26 @@ static NM_NOINLINE void *nm__alloc_checked(nm_pool_t *pool) {
     return NM_LIKELY(tc != NULL) ? nm__alloc(pool, tc, NULL, 0, 1) : NULL;
 }
 
-void *nm_pool_alloc(nm_pool_t *pool) {
+/* The entry points handle the common case themselves, with no second call and no register
+ * saved: this thread's last pool (one thread-local compare), and an object at hand -- the
+ * unchecked cache's first, or the hot object this thread freed last (see nm__tcache_t.hot).
+ * Anything else goes to the mode's full path. */
+static NM_NOINLINE void *nm__alloc_slow(nm_pool_t *pool) {
     return pool->unchecked ? nm__alloc_unchecked(pool) : nm__alloc_checked(pool);
+}
+
+void *nm_pool_alloc(nm_pool_t *pool) {
+    if (NM_LIKELY(nm__tlast.pool == pool && nm__tlast.id == pool->id)) {
+        nm__tcache_t *tc = nm__tlast.tc;
+        void *p;
+        if (pool->unchecked) {
+            if (NM_LIKELY(tc->ufree != NULL)) return nm__ualloc(pool, tc);
+        } else if ((p = tc->hot) != NULL) { /* never set in checked mode, nor for bughunt pools */
+            tc->hot = NULL;
+            return nm__hand_out(pool, tc, tc->hot_chunk, p, tc->hot_idx, NULL, 0, 1, 0);
+        }
+    }
+    return nm__alloc_slow(pool);
 }
 
 void *nm_pool_alloc_at(nm_pool_t *pool, const char *file, int line) {
@@ -989,6 +1027,30 @@ void *nm_pool_alloc_at(nm_pool_t *pool, const char *file, int line) {
     tc = nm__tc(pool);
     if (tc && pool->unchecked) return nm__ualloc(pool, tc);
     return tc ? nm__alloc(pool, tc, file ? file : "<unknown>", line, 1) : NULL;
+}
+
+/* A batch's common case: pops from chunk c's free list with its head in a local (through
+ * c->free each pop would wait on the previous one's store).  The same checks as nm__alloc's;
+ * the first slot failing one stays at the head, for nm__alloc to report.  Not in checked mode
+ * (nm__hand_out returns every slot then).  Returns how many it handed out (uncounted). */
+static size_t nm__alloc_run(nm_pool_t *pool, nm__tcache_t *tc, nm__chunk_t *c, void **out, size_t n) {
+    void *head = c->free;
+    size_t k = 0;
+    while (k < n && head != NULL) {
+        void *slot = head, *next;
+        size_t idx;
+        nm__link_open(pool, slot);
+        next = nm__encode(pool, slot, *(void **)slot);
+        nm__link_close(pool, slot);
+        idx = nm__slot_index(pool, c, slot);
+        if (NM_UNLIKELY(idx == (size_t)-1 || (next != NULL && (uintptr_t)next - (uintptr_t)c >= pool->chunk_size)
+                        || nm__bit_get(c->alloc_bits, idx)))
+            break;
+        head = next;
+        out[k++] = nm__hand_out(pool, tc, c, slot, idx, NULL, 0, 0, 1);
+    }
+    c->free = head;
+    return k;
 }
 
 size_t nm_pool_alloc_many(nm_pool_t *pool, void **out, size_t n) {
@@ -1006,7 +1068,16 @@ size_t nm_pool_alloc_many(nm_pool_t *pool, void **out, size_t n) {
             if (!(out[i] = nm__ualloc(pool, tc))) return i;
         return n;
     }
-    for (i = 0; i < n && (out[i] = nm__alloc(pool, tc, NULL, 0, 0)) != NULL; i++) {
+    i = 0;
+    while (i < n) {
+        nm__chunk_t *c = tc->cur;
+        if (tc->hot == NULL && c != NULL && c->free != NULL && !(pool->flags & NM_POOL_CHECKED)) {
+            i += nm__alloc_run(pool, tc, c, out + i, n - i);
+            if (i == n) break;
+        }
+        /* everything else, and a slot the run refused (reported here) */
+        if ((out[i] = nm__alloc(pool, tc, NULL, 0, 0)) == NULL) break;
+        i++;
     }
     if (i) { /* counted once for the batch */
         intptr_t net = tc->net += (intptr_t)i;
@@ -1030,11 +1101,31 @@ static NM_NOINLINE int nm__bad_free(nm_pool_t *pool, nm__chunk_t *c, void *p, si
     return _nm_set_error(NM_ERR_DOUBLE_FREE, "double free of pool object %p (%zu bytes)", p, pool->object_size);
 }
 
+/* A batch free's pushes onto one owned chunk's free list, the head kept in a local (through
+ * c->free each push would wait on the previous one's store); written back when the batch moves
+ * to another chunk and at its end.  Only the owner touches an owned chunk's list. */
+typedef struct nm__run {
+    nm__chunk_t *c;
+    void *head;
+} nm__run_t;
+
+NM_INLINE void nm__run_end(nm__run_t *run) {
+    if (run->c != NULL) run->c->free = run->head;
+}
+
+/* Keeps a freed object (already validated, its allocation bit cleared) for the thread's next
+ * allocation. */
+NM_INLINE void nm__keep_hot(nm__tcache_t *tc, nm__chunk_t *c, void *p, size_t idx) {
+    tc->hot = p;
+    tc->hot_idx = idx;
+    tc->hot_chunk = c;
+}
+
 /* Returns `p` to the pool from thread cache `tc`; `count`: count it here (0: the caller counts a
  * batch).  `tc` NULL: a thread that has no cache and could get none (out of memory) frees as
  * another thread would, counted in the pool (callers pass a constant NULL: the compiler keeps
  * the cached path free of these tests). */
-NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p, int count) {
+NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p, int count, nm__run_t *run) {
     nm__chunk_t *c;
     size_t idx;
     /* the object this thread allocated last: its slot is known (never NULL, which the cleared
@@ -1071,10 +1162,18 @@ checked:
     NM_ASAN_POISON(p, pool->object_size);
     if (NM_LIKELY(tc != NULL && (nm__tcache_t *)nm_atomic_load_relaxed(&c->owner) == tc)) {
         nm__bit_put(c->alloc_bits, idx, 0);
-        if (tc->hot == NULL && !(pool->flags & NM_POOL_CHECKED)) { /* kept for the next alloc */
-            tc->hot = p;
-            tc->hot_idx = idx;
-            tc->hot_chunk = c;
+        if (run != NULL) { /* a batch: onto the run's list (see nm__run_t) */
+            if (c != run->c) {
+                nm__run_end(run);
+                run->c = c;
+                run->head = c->free;
+            }
+            nm__link_open(pool, p);
+            *(void **)p = nm__encode(pool, p, run->head);
+            nm__link_close(pool, p);
+            run->head = p;
+        } else if (tc->hot == NULL && !(pool->flags & NM_POOL_CHECKED)) { /* kept for the next alloc */
+            nm__keep_hot(tc, c, p, idx);
         } else {
             nm__push_free(pool, c, p);
         }
@@ -1108,7 +1207,7 @@ static NM_NOINLINE int nm__ufree_notc(nm_pool_t *pool, void *p) {
 }
 static NM_NOINLINE int nm__free_notc(nm_pool_t *pool, void *p) {
     nm_clear_error(); /* the failed cache allocation's: this free has its own outcome */
-    return nm__free(pool, NULL, p, 1);
+    return nm__free(pool, NULL, p, 1, NULL);
 }
 
 static NM_NOINLINE int nm__free_unchecked(nm_pool_t *pool, void *ptr) {
@@ -1119,11 +1218,40 @@ static NM_NOINLINE int nm__free_checked(nm_pool_t *pool, void *ptr) {
     nm__tcache_t *tc;
     if (NM_UNLIKELY(pool->bh != NULL)) return _nm_bh_free(pool->bh, ptr);
     tc = nm__tc(pool);
-    return NM_LIKELY(tc != NULL) ? nm__free(pool, tc, ptr, 1) : nm__free_notc(pool, ptr);
+    return NM_LIKELY(tc != NULL) ? nm__free(pool, tc, ptr, 1, NULL) : nm__free_notc(pool, ptr);
 }
 
-int nm_pool_free(nm_pool_t *pool, void *ptr) {
+static NM_NOINLINE int nm__free_slow(nm_pool_t *pool, void *ptr) {
     return pool->unchecked ? nm__free_unchecked(pool, ptr) : nm__free_checked(pool, ptr);
+}
+
+/* The common cases handled here (see nm_pool_alloc): an unchecked cache with room, and the
+ * object this thread allocated last, in a chunk it owns, with no hot object kept yet -- the
+ * same checks as nm__free's (chunk header, allocation bit set, no remote free); anything that
+ * fails one goes the full way, which reports it. */
+int nm_pool_free(nm_pool_t *pool, void *ptr) {
+    if (NM_LIKELY(nm__tlast.pool == pool && nm__tlast.id == pool->id)) {
+        nm__tcache_t *tc = nm__tlast.tc;
+        if (pool->unchecked) {
+            if (NM_LIKELY(ptr != NULL && tc->ucount < 2 * NM__UBATCH(pool))) return nm__ufree(pool, tc, ptr);
+        } else if (ptr == tc->last_obj && ptr != NULL && tc->hot == NULL && !(pool->flags & NM_POOL_CHECKED)) {
+            nm__chunk_t *c = tc->last_obj_chunk;
+            size_t idx = tc->last_obj_idx;
+            if (NM_LIKELY(c->magic == ((uintptr_t)c ^ pool->secret) && nm__bit_get(c->alloc_bits, idx)
+                          && !nm__bit_get(c->remote_bits, idx)
+                          && (nm__tcache_t *)nm_atomic_load_relaxed(&c->owner) == tc)) {
+                tc->last_obj = NULL;
+                NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, ptr));
+                NM_ASAN_POISON(ptr, pool->object_size);
+                nm__bit_put(c->alloc_bits, idx, 0);
+                nm__keep_hot(tc, c, ptr, idx);
+                nm__counter_inc(&tc->frees);
+                tc->net--;
+                return 0;
+            }
+        }
+    }
+    return nm__free_slow(pool, ptr);
 }
 
 /* free_many's first failure: its code, its pointer's index and its message (kept, as later
@@ -1157,11 +1285,13 @@ int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
     }
     if (tc != NULL && !pool->unchecked) { /* the common case: counted once for the batch */
         size_t freed = 0;
+        nm__run_t run = {NULL, NULL};
         for (i = 0; i < n; i++) {
-            rc = nm__free(pool, tc, ptrs[i], 0);
+            rc = nm__free(pool, tc, ptrs[i], 0, &run);
             if (NM_LIKELY(rc == 0)) freed++;
             else nm__note_first(&first, rc, i);
         }
+        nm__run_end(&run);
         nm_atomic_store_relaxed(&tc->frees, nm_atomic_load_relaxed(&tc->frees) + (intptr_t)freed);
         tc->net -= (intptr_t)freed;
     } else {
