@@ -1034,20 +1034,33 @@ void *nm_pool_alloc_at(nm_pool_t *pool, const char *file, int line) {
  * the first slot failing one stays at the head, for nm__alloc to report.  Not in checked mode
  * (nm__hand_out returns every slot then).  Returns how many it handed out (uncounted). */
 static size_t nm__alloc_run(nm_pool_t *pool, nm__tcache_t *tc, nm__chunk_t *c, void **out, size_t n) {
+    /* the pool's and chunk's fields in locals: the loop's stores (bitmap, zeroing, out) could
+     * alias them for the compiler, which would reload each one per object */
+    const uintptr_t secret = pool->secret, base = (uintptr_t)c->objects, cs = pool->chunk_size;
+    const uintptr_t inv = pool->stride_inv, tzmask = ((uintptr_t)1 << pool->stride_tz) - 1;
+    const unsigned tz = pool->stride_tz;
+    const size_t nobj = c->nobj, osize = pool->object_size;
+    const int zero = (pool->flags & NM_POOL_ZERO) != 0;
+    nm_atomic_t *const bits = c->alloc_bits;
     void *head = c->free;
     size_t k = 0;
+    (void)tc;
     while (k < n && head != NULL) {
         void *slot = head, *next;
-        size_t idx;
+        uintptr_t off = (uintptr_t)slot - base, idx = (off >> tz) * inv;
         nm__link_open(pool, slot);
-        next = nm__encode(pool, slot, *(void **)slot);
+        next = (void *)(*(uintptr_t *)slot ^ secret ^ (uintptr_t)slot);
         nm__link_close(pool, slot);
-        idx = nm__slot_index(pool, c, slot);
-        if (NM_UNLIKELY(idx == (size_t)-1 || (next != NULL && (uintptr_t)next - (uintptr_t)c >= pool->chunk_size)
-                        || nm__bit_get(c->alloc_bits, idx)))
+        /* nm__slot_index's and nm__alloc's checks */
+        if (NM_UNLIKELY((uintptr_t)slot < base || (off & tzmask) != 0 || idx >= nobj
+                        || (next != NULL && (uintptr_t)next - (uintptr_t)c >= cs) || nm__bit_get(bits, idx)))
             break;
         head = next;
-        out[k++] = nm__hand_out(pool, tc, c, slot, idx, NULL, 0, 0, 1);
+        nm__bit_put(bits, idx, 1);
+        NM_ASAN_UNPOISON(slot, osize);
+        NM__VG(pool, NM_VG_MEMPOOL_ALLOC(pool, slot, osize));
+        if (zero) nm__zero(slot, osize);
+        out[k++] = slot;
     }
     c->free = head;
     return k;
@@ -1286,10 +1299,40 @@ int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
     if (tc != NULL && !pool->unchecked) { /* the common case: counted once for the batch */
         size_t freed = 0;
         nm__run_t run = {NULL, NULL};
+        /* the run's chunk and the pool's fields in locals (see nm__alloc_run) */
+        const uintptr_t secret = pool->secret, inv = pool->stride_inv;
+        const uintptr_t tzmask = ((uintptr_t)1 << pool->stride_tz) - 1, span = pool->nobj * pool->stride;
+        const unsigned tz = pool->stride_tz;
+        const size_t osize = pool->object_size;
+        const int fast = !(pool->flags & NM_POOL_CHECKED); /* checked mode poisons: nm__free */
+        uintptr_t base = 0;
+        nm_atomic_t *bits = NULL, *rbits = NULL;
         for (i = 0; i < n; i++) {
-            rc = nm__free(pool, tc, ptrs[i], 0, &run);
+            void *p = ptrs[i];
+            uintptr_t off = (uintptr_t)p - base, idx = (off >> tz) * inv;
+            /* the common case: an object of the run's chunk (owned by this thread: nm__free checked
+             * its header and owner when the run began), allocated, not freed by another thread --
+             * nm__free's checks; anything else goes through nm__free, which reports it */
+            if (NM_LIKELY(bits != NULL && fast && off < span && (off & tzmask) == 0 && nm__bit_get(bits, idx)
+                          && !nm__bit_get(rbits, idx))) {
+                nm__bit_put(bits, idx, 0);
+                NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));
+                NM_ASAN_POISON(p, osize);
+                nm__link_open(pool, p);
+                *(void **)p = (void *)((uintptr_t)run.head ^ secret ^ (uintptr_t)p);
+                nm__link_close(pool, p);
+                run.head = p;
+                freed++;
+                continue;
+            }
+            rc = nm__free(pool, tc, p, 0, &run);
             if (NM_LIKELY(rc == 0)) freed++;
             else nm__note_first(&first, rc, i);
+            if (run.c != NULL && (uintptr_t)run.c->objects != base) {
+                base = (uintptr_t)run.c->objects;
+                bits = run.c->alloc_bits;
+                rbits = run.c->remote_bits;
+            }
         }
         nm__run_end(&run);
         nm_atomic_store_relaxed(&tc->frees, nm_atomic_load_relaxed(&tc->frees) + (intptr_t)freed);

@@ -112,6 +112,50 @@ def test_alloc_many_free_many():
         pool.alloc_many(-1)
 
 
+def test_batch_free_across_interleaved_chunks_keeps_every_list_whole():
+    """free_many pushes onto a chunk's free list with its head in a local, written back when the
+    batch moves to another chunk and at its end; alloc_many pops the same way.  Interleave four
+    chunks, put a duplicate and the thread's hot object in the batch: every object must come back
+    exactly once, from the same chunks (a lost write-back would strand objects: a new chunk)."""
+    with Pool(64, objects_per_chunk=32, zero=False) as pool:
+        per = pool.objects_per_chunk
+        objs = [pool.alloc() for _ in range(4 * per)]  # four chunks, every slot handed out
+        assert pool.stats().chunks == 4
+        order = [objs[k * per + i] for i in range(per) for k in range(4)]  # A B C D A B C D ...
+        pool.free(order[0])  # the hot object, freed singly
+        with pytest.raises(DoubleFreeError):
+            pool.free_many(order + [order[7]])  # order[0] and order[7] twice: refused, the rest freed
+        st = pool.stats()
+        assert (st.live, st.allocations, st.frees) == (0, 4 * per, 4 * per)
+        pool.check()
+        again = pool.alloc_many(4 * per)
+        assert sorted(addr(o) for o in again) == sorted(addr(o) for o in objs)
+        assert pool.stats().chunks == 4 and pool.stats().live == 4 * per
+        pool.free_many(again[::2])
+        pool.free_many(again[1::2])
+        again2 = pool.alloc_many(4 * per)
+        assert sorted(addr(o) for o in again2) == sorted(addr(o) for o in objs)
+        pool.free_many(again2)
+        pool.check()
+
+
+@SEEDS_BUGS
+def test_batch_alloc_reports_a_corrupt_link_and_stays_usable():
+    """alloc_many's run leaves a slot whose link fails a check at the head for the full path,
+    which reports it: the objects before it are handed out, nothing after it is followed."""
+    pool = Pool(64, objects_per_chunk=8, zero=False)
+    objs = pool.alloc_many(6)
+    pool.free_many(objs)  # the list: objs[5], objs[4], ..., objs[0]
+    ctypes.memmove(addr(objs[3]), (ctypes.c_char * 8).from_buffer_copy(b"\x11" * 8), 8)
+    with pytest.raises(nativemem.HeapCorruptionError, match="free list corrupt"):
+        pool.alloc_many(6)
+    st = pool.stats()
+    # objs[5] and objs[4] were handed out, counted, and given back by the call that raised
+    assert (st.live, st.allocations, st.frees) == (0, 8, 8)
+    x = pool.alloc_many(3)  # still usable: the two given back, then fresh slots
+    assert not {addr(o) for o in x} & {addr(o) for o in objs[:4]}
+
+
 def test_close_warns_with_live_objects_and_refuses_use():
     pool = Pool(24, checked=True)
     o = pool.alloc()
