@@ -43,6 +43,11 @@ CAUSES: List[Tuple[Tuple[str, str, str], str]] = [
      "searched for, split and merged on every call"),
     (("backends", "batch", "arena"), "the caches keep 8 blocks per size: the rest of a 256-block batch goes "
      "through TLSF's split and merge"),
+    (("pool", "pair", "pool, not zeroed"), "the checks a malloc does not make: the object's bit in its chunk's "
+     "allocation bitmap, set on alloc and tested (with the remote-free bit) and cleared on free, which catches "
+     "double and foreign frees; the chunk header's magic; exact per-thread counts and peak"),
+    (("pool", "pair", "pool"), "the same checks as \"pool, not zeroed\", and the object zeroed (a Pool zeroes by "
+     "default: malloc does not)"),
     (("pool", "larson", "pool"), "a free from another thread sets a bit in the chunk's atomic remote bitmap (the "
      "double-free check), which the owner folds back into its free list later; the unchecked mode only pushes"),
     (("debug", "mixed", "debug"), "work on cold memory, measured one piece at a time: the 0xDD fill of the "
@@ -92,6 +97,17 @@ def render(data: dict, head: str) -> str:
                          + (f"; {blocks.median_ns:.1f} ns ({blocks.median_ns / raw.median_ns:.2f}x) with block "
                             f"counts, the C default: one more call level, an indirect call and the counter slot"
                             if blocks else "") + ".")
+    # the pools against the fastest general allocator called directly (raw jemalloc, else raw mimalloc)
+    for (area, wl), group in _groups(rows).items():
+        ref = group.get("raw jemalloc (no table)") or group.get("raw mimalloc (no table)")
+        if area != "pool" or ref is None:
+            continue
+        for name in ("pool", "pool, not zeroed", "pool, unchecked"):
+            r = group.get(name)
+            if r is not None and r.median_ns > ref.median_ns:
+                lines.append(f"- {area} / {wl}: {name} at {r.median_ns:.1f} ns is {r.median_ns / ref.median_ns:.2f}x "
+                             f"{ref.contender}{' [child]' if ref.process == 'child' else ''} ({ref.median_ns:.1f} ns: "
+                             f"its malloc and free called directly)." + _cause(r))
     for r in losses:
         best = better[(r.area, r.workload)]
         where = " [child]" if best.process == "child" else ""

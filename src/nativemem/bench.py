@@ -191,11 +191,15 @@ def _c_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
     if only in (None, "pool"):
         pool = nativemem.Pool(64)
         keep.append(pool)
+        # Pool zeroes by default; malloc does not: the like-for-like row against the raw pairs
+        pool_nz = nativemem.Pool(64, zero=False)
+        keep.append(pool_nz)
         upool = _UncheckedPool(64)  # NM_POOL_UNCHECKED: C only (validated code), no Python face
         keep.append(upool)
         libc = allocs["libc"]
         w = Workload("pool", "alloc+free pair (64B)", "C", "libc")
         w.fns["pool"] = lambda: lib.nm_pool_bench_pairs(pool.cdata, 200_000 * scale)
+        w.fns["pool, not zeroed"] = lambda: lib.nm_pool_bench_pairs(pool_nz.cdata, 200_000 * scale)
         w.fns["pool, unchecked"] = lambda: lib.nm_pool_bench_pairs(upool.p, 200_000 * scale)
         for name, a in allocs.items():
             if name != "arena":
@@ -209,6 +213,7 @@ def _c_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
         ws.append(w)
         w = Workload("pool", "batch 256 allocs then 256 frees (64B)", "C", "libc")
         w.fns["pool"] = lambda: lib.nm_pool_bench_batch(pool.cdata, 256, 400 * scale)
+        w.fns["pool, not zeroed"] = lambda: lib.nm_pool_bench_batch(pool_nz.cdata, 256, 400 * scale)
         w.fns["pool, unchecked"] = lambda: lib.nm_pool_bench_batch(upool.p, 256, 400 * scale)
         for name, a in allocs.items():
             if name != "arena":
