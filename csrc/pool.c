@@ -35,6 +35,9 @@
 #define NM__WBITS (sizeof(uintptr_t) * 8)
 #define NM__TC_SLOTS 32
 #define NM__POISON 0xDD
+#define NM__ZERO_NONE 0   /* no NM_POOL_ZERO                                            */
+#define NM__ZERO_16_64 1  /* 16..64-byte objects: four overlapping stores, no branch on the size */
+#define NM__ZERO_OTHER 2  /* nm__zero                                                    */
 
 typedef struct nm__chunk nm__chunk_t;
 typedef struct nm__tcache nm__tcache_t;
@@ -62,24 +65,28 @@ struct nm__tcache {
     nm__chunk_t *cur;
     nm__chunk_t *owned;
     nm_atomic_t allocs, frees;  /* written by the owning thread only                    */
-    nm_atomic_t peak_net;
-    intptr_t net;               /* allocs - frees of this cache (owner only)             */
+    nm_atomic_t peak_net;       /* the highest allocs - frees seen (owner only)          */
     uintptr_t last_chunk;       /* a chunk start this thread already found in the registry */
-    void *hot;                  /* the object this thread freed last into a chunk it owns:
-                                   validated, its allocation bit clear (a second free is still
-                                   caught), on no list; the next allocation takes it as is.
-                                   Not in checked mode (its poison is verified on hand-out). */
-    size_t hot_idx;
-    nm__chunk_t *hot_chunk;     /* hot's chunk                                            */
-    void *last_obj;             /* the object this thread allocated last, its slot and chunk:
-                                   freeing it (the common alloc-use-free pattern) needs no
-                                   chunk lookup or slot division; every other check stays   */
-    size_t last_obj_idx;
-    nm__chunk_t *last_obj_chunk;
+    uintptr_t mine;             /* one object of this thread's, with its slot and chunk below
+                                   (0: none).  Bit 0 clear: the object it allocated last;
+                                   freeing it (the alloc-use-free pattern) needs no chunk lookup
+                                   or slot division, every other check stays.  Bit 0 set: the
+                                   object it freed last into a chunk it owns ("hot"): validated,
+                                   its allocation bit clear (a second free is still caught), on
+                                   no list; the next allocation takes it as is, and it becomes
+                                   the last allocated by one store.  Never hot in checked mode
+                                   (poison is verified on hand-out). */
+    size_t mine_idx;
+    nm__chunk_t *mine_chunk;
     void *ufree;                /* unchecked mode: this thread's free objects (raw links) */
     size_t ucount;
     nm__tcache_t *next;
 };
+
+/* tc->mine (above): the hot object or NULL; 1 when p is the object this thread allocated last
+ * (an odd p, never an object, cannot match a hot entry). */
+#define NM__HOT(tc) (((tc)->mine & 1u) ? (void *)((tc)->mine - 1u) : NULL)
+#define NM__IS_LAST(tc, p) ((p) != NULL && (uintptr_t)(p) == (tc)->mine && !((uintptr_t)(p) & 1u))
 
 /* Registry of chunks: open addressing; an entry is a chunk's start address (0: empty), hashed
  * by its frame (start >> chunk_shift), of which at most one chunk starts in each. */
@@ -111,6 +118,7 @@ struct nm_pool {
     nm_pool_t *next_live;
     nm_atfork_t fork;           /* fork safety: pool->lock (platform.h) */
     int unchecked;              /* NM_POOL_UNCHECKED (chosen at creation)                  */
+    int zero_mode;              /* NM__ZERO_*: how objects are zeroed (from NM_POOL_ZERO and the size) */
     nm_atomic_t notc_frees;     /* frees by threads that could get no cache (out of memory) */
     void *ushared;              /* unchecked mode: objects given back by caches (pool->lock) */
 };
@@ -169,15 +177,19 @@ NM_INLINE void nm__bit_put(nm_atomic_t *words, size_t i, int on) {
 /* Zeroes an object inline for the sizes pools mostly hold (a call into memset costs more than
  * the stores): 8..64 bytes with at most four overlapping 16-byte (or two 8-byte) stores and no
  * loop, multiples of 16 up to 256 with a loop of 16-byte stores; the rest through memset. */
+NM_INLINE void nm__zero_16_64(void *p, size_t n) {
+    char *c = (char *)p;
+    memset(c, 0, 16);
+    memset(c + n - 16, 0, 16);
+    if (n > 32) {
+        memset(c + 16, 0, 16);
+        memset(c + n - 32, 0, 16);
+    }
+}
 NM_INLINE void nm__zero(void *p, size_t n) {
     char *c = (char *)p;
     if (n >= 16 && n <= 64) {
-        memset(c, 0, 16);
-        memset(c + n - 16, 0, 16);
-        if (n > 32) {
-            memset(c + 16, 0, 16);
-            memset(c + n - 32, 0, 16);
-        }
+        nm__zero_16_64(p, n);
     } else if (n >= 8 && n < 16) {
         memset(c, 0, 8);
         memset(c + n - 8, 0, 8);
@@ -187,6 +199,12 @@ NM_INLINE void nm__zero(void *p, size_t n) {
     } else {
         memset(p, 0, n);
     }
+}
+
+/* Zeroes an object as the pool's zero_mode says (nothing without NM_POOL_ZERO). */
+NM_INLINE void nm__zero_obj(const nm_pool_t *pool, void *p) {
+    if (pool->zero_mode == NM__ZERO_16_64) nm__zero_16_64(p, pool->object_size);
+    else if (pool->zero_mode != NM__ZERO_NONE) nm__zero(p, pool->object_size);
 }
 
 /* Atomic OR; returns the previous word. */
@@ -297,10 +315,9 @@ static void NM_TLS_DTOR_CALL nm__thread_exit(void *arg);
 /* Returns chunks of `tc` to the pool's orphan list and frees the cache for reuse (lock held). */
 static void nm__tcache_release(nm_pool_t *pool, nm__tcache_t *tc) {
     nm__chunk_t *c = tc->owned, *next;
-    if (tc->hot) { /* back on its chunk's free list before the chunk is orphaned */
-        nm__push_free(pool, tc->hot_chunk, tc->hot);
-        tc->hot = NULL;
-    }
+    if (NM__HOT(tc)) /* back on its chunk's free list before the chunk is orphaned */
+        nm__push_free(pool, tc->mine_chunk, NM__HOT(tc));
+    tc->mine = 0;
     for (; c; c = next) {
         next = c->next_owned;
         nm_atomic_store_relaxed(&c->owner, 0);
@@ -641,6 +658,8 @@ nm_pool_t *nm_pool_create_ex(nm_allocator_t *a, size_t object_size, size_t objec
     pool->a = a;
     pool->flags = flags;
     pool->unchecked = (flags & NM_POOL_UNCHECKED) != 0;
+    pool->zero_mode = !(flags & NM_POOL_ZERO) ? NM__ZERO_NONE
+                      : object_size >= 16 && object_size <= 64 ? NM__ZERO_16_64 : NM__ZERO_OTHER;
     pool->object_size = object_size;
     pool->stride = stride;
     pool->alignment = alignment;
@@ -772,19 +791,32 @@ static int nm__verify_poison(nm_pool_t *pool, nm__chunk_t *c, size_t idx, unsign
     return 0;
 }
 
-/* Hands out `slot` (index idx of chunk c) from thread cache `tc`: marks it allocated, counts it
- * (`count`: 0 when the caller counts a batch), verifies a reused slot's poison and records the
- * site (checked mode), and zeroes it (NM_POOL_ZERO). */
+/* Counts `n` allocations of thread cache `tc` and its peak. */
+NM_INLINE void nm__count_allocs(nm__tcache_t *tc, intptr_t n) {
+    intptr_t a = nm_atomic_load_relaxed(&tc->allocs) + n;
+    nm_atomic_store_relaxed(&tc->allocs, a);
+    a -= nm_atomic_load_relaxed(&tc->frees);
+    if (NM_UNLIKELY(a > nm_atomic_load_relaxed(&tc->peak_net))) nm_atomic_store_relaxed(&tc->peak_net, a);
+}
+
+/* How hand-out remembers a single allocation in tc->mine: */
+#define NM__MINE_NONE 0  /* a batch's: counted by the caller, not remembered (freed as a batch)   */
+#define NM__MINE_SET 1   /* counted, and remembered with its slot and chunk                       */
+#define NM__MINE_HOT 2   /* counted; it was the hot object: its slot and chunk are there already  */
+
+/* Hands out `slot` (index idx of chunk c) from thread cache `tc`: marks it allocated, counts and
+ * remembers it (`mine`, above), verifies a reused slot's poison and records the site (checked
+ * mode), and zeroes it (NM_POOL_ZERO). */
 NM_INLINE void *nm__hand_out(nm_pool_t *pool, nm__tcache_t *tc, nm__chunk_t *c, void *slot, size_t idx,
-                             const char *file, int line, int count, int reused) {
+                             const char *file, int line, int mine, int reused) {
     nm__bit_put(c->alloc_bits, idx, 1);
-    if (count) { /* single allocations: counted, and remembered (a batch is freed as a batch) */
-        intptr_t net = ++tc->net;
-        tc->last_obj = slot;
-        tc->last_obj_idx = idx;
-        tc->last_obj_chunk = c;
-        nm__counter_inc(&tc->allocs);
-        if (NM_UNLIKELY(net > nm_atomic_load_relaxed(&tc->peak_net))) nm_atomic_store_relaxed(&tc->peak_net, net);
+    if (mine != NM__MINE_NONE) {
+        tc->mine = (uintptr_t)slot;
+        if (mine == NM__MINE_SET) {
+            tc->mine_idx = idx;
+            tc->mine_chunk = c;
+        }
+        nm__count_allocs(tc, 1);
     }
     NM_ASAN_UNPOISON(slot, pool->object_size);
     NM__VG(pool, NM_VG_MEMPOOL_ALLOC(pool, slot, pool->object_size));
@@ -795,9 +827,9 @@ NM_INLINE void *nm__hand_out(nm_pool_t *pool, nm__tcache_t *tc, nm__chunk_t *c, 
             rc = nm__verify_poison(pool, c, idx, (unsigned char *)slot);
             if (rc) {
                 /* the damaged slot stays out of circulation; the count is undone */
-                if (count) {
+                if (mine != NM__MINE_NONE) {
                     nm_atomic_store_relaxed(&tc->allocs, nm_atomic_load_relaxed(&tc->allocs) - 1);
-                    tc->net--;
+                    tc->mine = 0;
                 }
                 nm__bit_put(c->alloc_bits, idx, 0);
                 NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, slot));
@@ -808,7 +840,7 @@ NM_INLINE void *nm__hand_out(nm_pool_t *pool, nm__tcache_t *tc, nm__chunk_t *c, 
         c->site_file[idx] = file ? file : _nm_site_file;
         c->site_line[idx] = file ? line : _nm_site_line;
     }
-    if (pool->flags & NM_POOL_ZERO) nm__zero(slot, pool->object_size);
+    nm__zero_obj(pool, slot);
     return slot;
 }
 
@@ -820,11 +852,11 @@ NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, i
     void *slot;
     size_t idx;
     int reused = 0;
-    if (tc->hot) { /* validated when it was freed; its chunk is still this thread's */
-        slot = tc->hot;
-        idx = tc->hot_idx;
-        c = tc->hot_chunk;
-        tc->hot = NULL;
+    if (NM__HOT(tc)) { /* validated when it was freed; its chunk is still this thread's */
+        slot = NM__HOT(tc);
+        idx = tc->mine_idx;
+        c = tc->mine_chunk;
+        tc->mine = 0;
         goto take;
     }
     for (;;) {
@@ -876,7 +908,7 @@ NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, i
         break;
     }
 take:
-    return nm__hand_out(pool, tc, c, slot, idx, file, line, count, reused);
+    return nm__hand_out(pool, tc, c, slot, idx, file, line, count ? NM__MINE_SET : NM__MINE_NONE, reused);
 }
 
 /* ---- unchecked mode (NM_POOL_UNCHECKED): a per-thread free list and nothing else ---------- */
@@ -953,7 +985,7 @@ NM_INLINE void *nm__ualloc(nm_pool_t *pool, nm__tcache_t *tc) {
     nm__counter_inc(&tc->allocs); /* peak: sampled on the slow paths (see NM_POOL_UNCHECKED) */
     NM_ASAN_UNPOISON(p, pool->object_size);
     NM__VG(pool, NM_VG_MEMPOOL_ALLOC(pool, p, pool->object_size));
-    if (pool->flags & NM_POOL_ZERO) nm__zero(p, pool->object_size);
+    nm__zero_obj(pool, p);
     return p;
 }
 
@@ -1013,9 +1045,8 @@ void *nm_pool_alloc(nm_pool_t *pool) {
         void *p;
         if (pool->unchecked) {
             if (NM_LIKELY(tc->ufree != NULL)) return nm__ualloc(pool, tc);
-        } else if ((p = tc->hot) != NULL) { /* never set in checked mode, nor for bughunt pools */
-            tc->hot = NULL;
-            return nm__hand_out(pool, tc, tc->hot_chunk, p, tc->hot_idx, NULL, 0, 1, 0);
+        } else if ((p = NM__HOT(tc)) != NULL) { /* never in checked mode, nor for bughunt pools */
+            return nm__hand_out(pool, tc, tc->mine_chunk, p, tc->mine_idx, NULL, 0, NM__MINE_HOT, 0);
         }
     }
     return nm__alloc_slow(pool);
@@ -1040,7 +1071,7 @@ static size_t nm__alloc_run(nm_pool_t *pool, nm__tcache_t *tc, nm__chunk_t *c, v
     const uintptr_t inv = pool->stride_inv, tzmask = ((uintptr_t)1 << pool->stride_tz) - 1;
     const unsigned tz = pool->stride_tz;
     const size_t nobj = c->nobj, osize = pool->object_size;
-    const int zero = (pool->flags & NM_POOL_ZERO) != 0;
+    const int zmode = pool->zero_mode;
     nm_atomic_t *const bits = c->alloc_bits;
     void *head = c->free;
     size_t k = 0;
@@ -1059,7 +1090,8 @@ static size_t nm__alloc_run(nm_pool_t *pool, nm__tcache_t *tc, nm__chunk_t *c, v
         nm__bit_put(bits, idx, 1);
         NM_ASAN_UNPOISON(slot, osize);
         NM__VG(pool, NM_VG_MEMPOOL_ALLOC(pool, slot, osize));
-        if (zero) nm__zero(slot, osize);
+        if (zmode == NM__ZERO_16_64) nm__zero_16_64(slot, osize);
+        else if (zmode != NM__ZERO_NONE) nm__zero(slot, osize);
         out[k++] = slot;
     }
     c->free = head;
@@ -1084,7 +1116,7 @@ size_t nm_pool_alloc_many(nm_pool_t *pool, void **out, size_t n) {
     i = 0;
     while (i < n) {
         nm__chunk_t *c = tc->cur;
-        if (tc->hot == NULL && c != NULL && c->free != NULL && !(pool->flags & NM_POOL_CHECKED)) {
+        if (!NM__HOT(tc) && c != NULL && c->free != NULL && !(pool->flags & NM_POOL_CHECKED)) {
             i += nm__alloc_run(pool, tc, c, out + i, n - i);
             if (i == n) break;
         }
@@ -1092,11 +1124,7 @@ size_t nm_pool_alloc_many(nm_pool_t *pool, void **out, size_t n) {
         if ((out[i] = nm__alloc(pool, tc, NULL, 0, 0)) == NULL) break;
         i++;
     }
-    if (i) { /* counted once for the batch */
-        intptr_t net = tc->net += (intptr_t)i;
-        nm_atomic_store_relaxed(&tc->allocs, nm_atomic_load_relaxed(&tc->allocs) + (intptr_t)i);
-        if (net > nm_atomic_load_relaxed(&tc->peak_net)) nm_atomic_store_relaxed(&tc->peak_net, net);
-    }
+    if (i) nm__count_allocs(tc, (intptr_t)i); /* counted once for the batch */
     return i;
 }
 
@@ -1129,9 +1157,9 @@ NM_INLINE void nm__run_end(nm__run_t *run) {
 /* Keeps a freed object (already validated, its allocation bit cleared) for the thread's next
  * allocation. */
 NM_INLINE void nm__keep_hot(nm__tcache_t *tc, nm__chunk_t *c, void *p, size_t idx) {
-    tc->hot = p;
-    tc->hot_idx = idx;
-    tc->hot_chunk = c;
+    tc->mine = (uintptr_t)p | 1u;
+    tc->mine_idx = idx;
+    tc->mine_chunk = c;
 }
 
 /* Returns `p` to the pool from thread cache `tc`; `count`: count it here (0: the caller counts a
@@ -1143,10 +1171,10 @@ NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p, int count, nm
     size_t idx;
     /* the object this thread allocated last: its slot is known (never NULL, which the cleared
      * field also holds: NULL goes the long way and is refused there) */
-    if (tc != NULL && p == tc->last_obj && p != NULL) {
-        c = tc->last_obj_chunk;
-        idx = tc->last_obj_idx;
-        tc->last_obj = NULL;
+    if (tc != NULL && NM__IS_LAST(tc, p)) {
+        c = tc->mine_chunk;
+        idx = tc->mine_idx;
+        tc->mine = 0;
         if (NM_UNLIKELY(c->magic != ((uintptr_t)c ^ pool->secret)))
             return _nm_set_error(NM_ERR_CORRUPT, "pool chunk header %p is corrupt (freeing %p)", (void *)c, p);
         goto checked;
@@ -1185,7 +1213,7 @@ checked:
             *(void **)p = nm__encode(pool, p, run->head);
             nm__link_close(pool, p);
             run->head = p;
-        } else if (tc->hot == NULL && !(pool->flags & NM_POOL_CHECKED)) { /* kept for the next alloc */
+        } else if (!NM__HOT(tc) && !(pool->flags & NM_POOL_CHECKED)) { /* kept for the next alloc */
             nm__keep_hot(tc, c, p, idx);
         } else {
             nm__push_free(pool, c, p);
@@ -1199,7 +1227,6 @@ checked:
         nm_atomic_add_relaxed(&pool->notc_frees, 1);
     } else if (count) {
         nm__counter_inc(&tc->frees);
-        tc->net--;
     }
     return 0;
 }
@@ -1247,19 +1274,17 @@ int nm_pool_free(nm_pool_t *pool, void *ptr) {
         nm__tcache_t *tc = nm__tlast.tc;
         if (pool->unchecked) {
             if (NM_LIKELY(ptr != NULL && tc->ucount < 2 * NM__UBATCH(pool))) return nm__ufree(pool, tc, ptr);
-        } else if (ptr == tc->last_obj && ptr != NULL && tc->hot == NULL && !(pool->flags & NM_POOL_CHECKED)) {
-            nm__chunk_t *c = tc->last_obj_chunk;
-            size_t idx = tc->last_obj_idx;
+        } else if (NM__IS_LAST(tc, ptr) && !(pool->flags & NM_POOL_CHECKED)) {
+            nm__chunk_t *c = tc->mine_chunk;
+            size_t idx = tc->mine_idx;
             if (NM_LIKELY(c->magic == ((uintptr_t)c ^ pool->secret) && nm__bit_get(c->alloc_bits, idx)
                           && !nm__bit_get(c->remote_bits, idx)
                           && (nm__tcache_t *)nm_atomic_load_relaxed(&c->owner) == tc)) {
-                tc->last_obj = NULL;
                 NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, ptr));
                 NM_ASAN_POISON(ptr, pool->object_size);
                 nm__bit_put(c->alloc_bits, idx, 0);
-                nm__keep_hot(tc, c, ptr, idx);
+                tc->mine = (uintptr_t)ptr | 1u; /* now the hot object: same slot and chunk */
                 nm__counter_inc(&tc->frees);
-                tc->net--;
                 return 0;
             }
         }
@@ -1336,7 +1361,6 @@ int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
         }
         nm__run_end(&run);
         nm_atomic_store_relaxed(&tc->frees, nm_atomic_load_relaxed(&tc->frees) + (intptr_t)freed);
-        tc->net -= (intptr_t)freed;
     } else {
         for (i = 0; i < n; i++) {
             rc = !tc ? _nm_bh_free(pool->bh, ptrs[i]) : nm__ufree(pool, tc, ptrs[i]);

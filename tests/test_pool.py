@@ -98,6 +98,33 @@ def test_free_accepts_int_addresses_and_rejects_bad_pointers():
     assert st.live == 0 and st.allocations == st.frees == 2
 
 
+@pytest.mark.parametrize("zero", [True, False])
+def test_odd_and_interior_pointers_next_to_the_remembered_object(zero):
+    """A thread remembers one object: the one it allocated last (freed without a lookup), or, with
+    bit 0 of the same word set, the one it freed last (the next allocation takes it).  An odd
+    pointer one past it must not pass for either: each is refused, and the object is untouched."""
+    with Pool(64, zero=zero) as pool:
+        o = pool.alloc()  # the last allocated
+        for bad in (addr(o) + 1, addr(o) + 8, addr(o) - 1):
+            with pytest.raises(InvalidFreeError):
+                pool.free(bad)
+        assert pool.owns(o)
+        pool.free(o)  # now the hot object
+        for bad in (addr(o) + 1, addr(o) | 1):
+            with pytest.raises(InvalidFreeError):
+                pool.free(bad)
+        with pytest.raises(DoubleFreeError):
+            pool.free(o)
+        again = pool.alloc()
+        assert addr(again) == addr(o) and pool.owns(again)
+        other = pool.alloc()
+        assert addr(other) != addr(o)
+        pool.free(again)
+        pool.free(other)
+        st = pool.stats()
+        assert (st.allocations, st.frees, st.live) == (3, 3, 0)
+
+
 def test_alloc_many_free_many():
     pool = Pool(16)
     objs = pool.alloc_many(1000)
