@@ -120,7 +120,8 @@ struct nm_pool {
     int unchecked;              /* NM_POOL_UNCHECKED (chosen at creation)                  */
     int zero_mode;              /* NM__ZERO_*: how objects are zeroed (from NM_POOL_ZERO and the size) */
     nm_atomic_t notc_frees;     /* frees by threads that could get no cache (out of memory) */
-    void *ushared;              /* unchecked mode: objects given back by caches (pool->lock) */
+    nm_atomic_t ushared;        /* unchecked mode: objects given back by caches (void *; written
+                                   under pool->lock, peeked at without it by nm__ualloc_slow) */
 };
 
 /* ---- global registry of live pools (validates thread-exit work against destroy) ------ */
@@ -332,8 +333,8 @@ static void nm__tcache_release(nm_pool_t *pool, nm__tcache_t *tc) {
             last = *(void **)last;
             NM__VG(pool, NM_VG_DEFINED(last, sizeof(void *)));
         }
-        *(void **)last = pool->ushared;
-        pool->ushared = tc->ufree;
+        *(void **)last = (void *)nm_atomic_load_relaxed(&pool->ushared);
+        nm_atomic_store_relaxed(&pool->ushared, (intptr_t)tc->ufree);
         tc->ufree = NULL;
         tc->ucount = 0;
     }
@@ -870,18 +871,18 @@ NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, i
         if (c->free) {
             void *next;
             slot = c->free;
+            idx = nm__slot_index(pool, c, slot);
+            if (NM_UNLIKELY(idx == (size_t)-1)) { /* a link that passed the chunk check but is no object
+                                                   * start: not read (it may end past the chunk) */
+                c->free = NULL;
+                _nm_set_error(NM_ERR_CORRUPT, "pool free list corrupt: link to %p is not an object start", slot);
+                return NULL;
+            }
             nm__link_open(pool, slot);
             next = nm__encode(pool, slot, *(void **)slot);
             nm__link_close(pool, slot);
-            idx = nm__slot_index(pool, c, slot);
             /* the next link is followed by the next pop: only within this chunk's memory */
-            if (NM_UNLIKELY(idx == (size_t)-1
-                            || (next != NULL && (uintptr_t)next - (uintptr_t)c >= pool->chunk_size))) {
-                if (idx == (size_t)-1) { /* a link that passed the chunk check but is no object start */
-                    c->free = NULL;
-                    _nm_set_error(NM_ERR_CORRUPT, "pool free list corrupt: link to %p is not an object start", slot);
-                    return NULL;
-                }
+            if (NM_UNLIKELY(next != NULL && (uintptr_t)next - (uintptr_t)c >= pool->chunk_size)) {
                 c->free = NULL; /* drop the damaged list rather than follow it */
                 if (pool->flags & NM_POOL_CHECKED)
                     _nm_set_error(NM_ERR_CORRUPT,
@@ -920,11 +921,11 @@ take:
 static NM_NOINLINE void *nm__ualloc_slow(nm_pool_t *pool, nm__tcache_t *tc) {
     nm__chunk_t *c;
     void *p;
-    if (pool->ushared != NULL) {
+    if (nm_atomic_load_relaxed(&pool->ushared) != 0) { /* a hint: looked at again under the lock */
         nm_mutex_lock(&pool->lock);
         nm__sample_peak(pool);
-        if (pool->ushared != NULL) {
-            void *head = pool->ushared, *last = head;
+        if (nm_atomic_load_relaxed(&pool->ushared) != 0) {
+            void *head = (void *)nm_atomic_load_relaxed(&pool->ushared), *last = head;
             size_t n = 1;
             NM__VG(pool, NM_VG_DEFINED(last, sizeof(void *)));
             while (n < NM__UBATCH(pool) && *(void **)last) {
@@ -932,7 +933,7 @@ static NM_NOINLINE void *nm__ualloc_slow(nm_pool_t *pool, nm__tcache_t *tc) {
                 NM__VG(pool, NM_VG_DEFINED(last, sizeof(void *)));
                 n++;
             }
-            pool->ushared = *(void **)last;
+            nm_atomic_store_relaxed(&pool->ushared, (intptr_t)*(void **)last);
             *(void **)last = NULL;
             tc->ufree = *(void **)head;
             tc->ucount = n - 1;
@@ -1000,8 +1001,8 @@ static NM_NOINLINE void nm__ufree_spill(nm_pool_t *pool, nm__tcache_t *tc) {
     tc->ufree = *(void **)last;
     tc->ucount -= n;
     nm_mutex_lock(&pool->lock);
-    *(void **)last = pool->ushared;
-    pool->ushared = head;
+    *(void **)last = (void *)nm_atomic_load_relaxed(&pool->ushared);
+    nm_atomic_store_relaxed(&pool->ushared, (intptr_t)head);
     nm_mutex_unlock(&pool->lock);
 }
 
@@ -1079,13 +1080,13 @@ static size_t nm__alloc_run(nm_pool_t *pool, nm__tcache_t *tc, nm__chunk_t *c, v
     while (k < n && head != NULL) {
         void *slot = head, *next;
         uintptr_t off = (uintptr_t)slot - base, idx = (off >> tz) * inv;
+        /* nm__slot_index's and nm__alloc's checks; the link is read only from an object start */
+        if (NM_UNLIKELY((uintptr_t)slot < base || (off & tzmask) != 0 || idx >= nobj || nm__bit_get(bits, idx)))
+            break;
         nm__link_open(pool, slot);
         next = (void *)(*(uintptr_t *)slot ^ secret ^ (uintptr_t)slot);
         nm__link_close(pool, slot);
-        /* nm__slot_index's and nm__alloc's checks */
-        if (NM_UNLIKELY((uintptr_t)slot < base || (off & tzmask) != 0 || idx >= nobj
-                        || (next != NULL && (uintptr_t)next - (uintptr_t)c >= cs) || nm__bit_get(bits, idx)))
-            break;
+        if (NM_UNLIKELY(next != NULL && (uintptr_t)next - (uintptr_t)c >= cs)) break;
         head = next;
         nm__bit_put(bits, idx, 1);
         NM_ASAN_UNPOISON(slot, osize);
@@ -1239,8 +1240,8 @@ static NM_NOINLINE int nm__ufree_notc(nm_pool_t *pool, void *p) {
     NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));
     NM__VG(pool, NM_VG_UNDEFINED(p, sizeof(void *)));
     nm_mutex_lock(&pool->lock);
-    *(void **)p = pool->ushared;
-    pool->ushared = p;
+    *(void **)p = (void *)nm_atomic_load_relaxed(&pool->ushared);
+    nm_atomic_store_relaxed(&pool->ushared, (intptr_t)p);
     nm_mutex_unlock(&pool->lock);
     nm_atomic_add_relaxed(&pool->notc_frees, 1);
     return NM_OK;
@@ -1326,7 +1327,7 @@ int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
         nm__run_t run = {NULL, NULL};
         /* the run's chunk and the pool's fields in locals (see nm__alloc_run) */
         const uintptr_t secret = pool->secret, inv = pool->stride_inv;
-        const uintptr_t tzmask = ((uintptr_t)1 << pool->stride_tz) - 1, span = pool->nobj * pool->stride;
+        const uintptr_t tzmask = ((uintptr_t)1 << pool->stride_tz) - 1, nobj = pool->nobj;
         const unsigned tz = pool->stride_tz;
         const size_t osize = pool->object_size;
         const int fast = !(pool->flags & NM_POOL_CHECKED); /* checked mode poisons: nm__free */
@@ -1337,8 +1338,10 @@ int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
             uintptr_t off = (uintptr_t)p - base, idx = (off >> tz) * inv;
             /* the common case: an object of the run's chunk (owned by this thread: nm__free checked
              * its header and owner when the run began), allocated, not freed by another thread --
-             * nm__free's checks; anything else goes through nm__free, which reports it */
-            if (NM_LIKELY(bits != NULL && fast && off < span && (off & tzmask) == 0 && nm__bit_get(bits, idx)
+             * nm__free's checks; anything else goes through nm__free, which reports it.  As in
+             * nm__slot_index, idx is the slot only when off is a multiple of the stride, and is
+             * then below nobj; any other offset gives an idx above nobj. */
+            if (NM_LIKELY(bits != NULL && fast && (off & tzmask) == 0 && idx < nobj && nm__bit_get(bits, idx)
                           && !nm__bit_get(rbits, idx))) {
                 nm__bit_put(bits, idx, 0);
                 NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));

@@ -64,8 +64,8 @@ void *nm_pool_alloc_at(nm_pool_t *pool, const char *file, int line);
 int nm_pool_free(nm_pool_t *pool, void *ptr);
 /* Allocates up to n objects into out[]; returns how many (fewer only on error, error set). */
 size_t nm_pool_alloc_many(nm_pool_t *pool, void **out, size_t n);
-/* Frees ptrs[0..n) in order; 0 when all were freed, else the status of the first bad pointer
- * (the ones before it are freed, the ones after it are not; the message names the index). */
+/* Frees ptrs[0..n) in order, every valid one of them; 0 when all were freed, else the status of
+ * the first bad pointer (the message names its index).  The bad ones are left as they were. */
 int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n);
 /* 1 when ptr is the start of a live object of this pool, else 0 (never reads foreign memory). */
 int nm_pool_owns(nm_pool_t *pool, const void *ptr);
