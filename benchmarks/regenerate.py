@@ -43,6 +43,9 @@ CAUSES: List[Tuple[Tuple[str, str, str], str]] = [
      "searched for, split and merged on every call"),
     (("backends", "batch", "arena"), "the caches keep 8 blocks per size: the rest of a 256-block batch goes "
      "through TLSF's split and merge"),
+    (("pool", "pair", "pool, unchecked"), "no check, but still an out-of-line call each way that finds the "
+     "thread's cache (one thread-local compare: the thread's last pool) and keeps exact allocation and free "
+     "counts; jemalloc's pair is the same shape without per-pool counts"),
     (("pool", "pair", "pool, not zeroed"), "the checks a malloc does not make: the object's bit in its chunk's "
      "allocation bitmap, set on alloc and tested (with the remote-free bit) and cleared on free, which catches "
      "double and foreign frees; the chunk header's magic; exact per-thread counts and peak"),
@@ -102,12 +105,15 @@ def render(data: dict, head: str) -> str:
         ref = group.get("raw jemalloc (no table)") or group.get("raw mimalloc (no table)")
         if area != "pool" or ref is None:
             continue
+        floor = group.get("raw free list (floor)")
         for name in ("pool", "pool, not zeroed", "pool, unchecked"):
             r = group.get(name)
             if r is not None and r.median_ns > ref.median_ns:
                 lines.append(f"- {area} / {wl}: {name} at {r.median_ns:.1f} ns is {r.median_ns / ref.median_ns:.2f}x "
                              f"{ref.contender}{' [child]' if ref.process == 'child' else ''} ({ref.median_ns:.1f} ns: "
-                             f"its malloc and free called directly)." + _cause(r))
+                             f"its malloc and free called directly)." + _cause(r)
+                             + (f" The floor, a bare per-thread free list in out-of-line functions, is "
+                                f"{floor.median_ns:.1f} ns." if floor is not None else ""))
     for r in losses:
         best = better[(r.area, r.workload)]
         where = " [child]" if best.process == "child" else ""

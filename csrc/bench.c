@@ -274,20 +274,46 @@ double nm_bench_atomic_pairs(size_t iterations) {
 }
 
 /* ---- the other areas: pools, reference counts, interning, copy-on-write ---------------- */
+/* The same loop as the allocators' pairs (nm_bench_raw_fn_pairs): allocate, touch, free. */
 double nm_pool_bench_pairs(nm_pool_t *p, size_t iterations) {
     uint64_t t0, t1;
     size_t i;
-    uintptr_t acc = 0;
     if (iterations == 0) return 0.0;
     t0 = nm_now_ns();
     for (i = 0; i < iterations; i++) {
         void *o = nm_pool_alloc(p);
-        acc += (uintptr_t)o;
+        if (o == NULL) return -1.0;
+        nm__touch(o);
         nm_pool_free(p, o);
     }
     t1 = nm_now_ns();
-    nm__sink = acc;
     return (double)(t1 - t0) / (double)iterations;
+}
+
+/* The floor under a pool's pair: a per-thread free list (one thread-local head) popped and
+ * pushed in functions that are not inlined, through the allocators' pair loop -- no lookup of a
+ * pool or a thread cache, no check, no count.  Its objects come from malloc and go back to it. */
+static NM_THREAD_LOCAL NM_TLS_FAST void *nm__fl_head; /* as the pool's nm__tlast */
+static NM_NOINLINE void *nm__fl_malloc(size_t size) {
+    void *p = nm__fl_head;
+    if (p != NULL) {
+        nm__fl_head = *(void **)p;
+        return p;
+    }
+    return malloc(size < sizeof(void *) ? sizeof(void *) : size);
+}
+static NM_NOINLINE void nm__fl_free(void *p) {
+    *(void **)p = nm__fl_head;
+    nm__fl_head = p;
+}
+double nm_bench_raw_freelist_pairs(size_t size, size_t iterations) {
+    double ns = nm_bench_raw_fn_pairs(nm__fl_malloc, nm__fl_free, size, iterations);
+    while (nm__fl_head != NULL) {
+        void *p = nm__fl_head;
+        nm__fl_head = *(void **)p;
+        free(p);
+    }
+    return ns;
 }
 
 double nm_pool_bench_batch(nm_pool_t *p, size_t batch, size_t rounds) {

@@ -369,7 +369,8 @@ def test_regenerate_lists_pools_slower_than_a_raw_allocator():
             bench.Row("pool", wl, "pool", "C", 7.0, 6.9, 7.1, 3, 0.44, "libc"),
             bench.Row("pool", wl, "pool, not zeroed", "C", 6.4, 6.3, 6.5, 3, 0.4, "libc"),
             bench.Row("pool", wl, "pool, unchecked", "C", 4.0, 3.9, 4.1, 3, 0.25, "libc"),
-            bench.Row("pool", wl, "raw jemalloc (no table)", "C", 5.0, 4.3, 5.7, 3, 0.31, "libc", process="child")]
+            bench.Row("pool", wl, "raw jemalloc (no table)", "C", 5.0, 4.3, 5.7, 3, 0.31, "libc", process="child"),
+            bench.Row("pool", wl, "raw free list (floor)", "C", 2.7, 2.6, 2.8, 3, 0.17, "libc")]
     data = {"schema": bench.SCHEMA, "machine": {"platform": "p", "cpu": "c", "cores": 2, "python": "3.11",
                                                  "backends": {"libc": "glibc"}},
             "quick": True, "notes": [], "rows": [dataclasses.asdict(r) for r in rows]}
@@ -377,3 +378,4 @@ def test_regenerate_lists_pools_slower_than_a_raw_allocator():
     assert f"pool / {wl}: pool at 7.0 ns is 1.40x raw jemalloc (no table) [child] (5.0 ns" in text
     assert "pool, not zeroed at 6.4 ns is 1.28x raw jemalloc" in text and "allocation bitmap" in text
     assert "pool, unchecked at" not in text  # faster than jemalloc: not a loss
+    assert "bare per-thread free list in out-of-line functions, is 2.7 ns" in text

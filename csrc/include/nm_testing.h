@@ -21,6 +21,9 @@ double nm_bench_raw_libc_pairs(size_t size, size_t iterations);
 /* The same pair loop on a malloc/free pair called through plain function pointers (no table):
  * a library loaded at run time (mimalloc's mi_malloc/mi_free) called directly. */
 double nm_bench_raw_fn_pairs(void *(*malloc_fn)(size_t), void (*free_fn)(void *), size_t size, size_t iterations);
+/* The same loop on a bare per-thread free list in out-of-line functions (no checks, no counts):
+ * the floor under a pool's pair. */
+double nm_bench_raw_freelist_pairs(size_t size, size_t iterations);
 /* Larson-like: `threads` threads each own a window of blocks; each round a thread frees a
  * random block of another thread's window (cross-thread free) and allocates a replacement. */
 double nm_bench_larson(nm_allocator_t *a, size_t min_size, size_t max_size, size_t window, size_t rounds,

@@ -208,6 +208,7 @@ def _c_workloads(quick: bool, only: Optional[str]) -> List[Workload]:
         pool_direct = _direct_fns()
         keep.append(pool_direct)
         w.fns["raw libc (no table)"] = lambda: lib.nm_bench_raw_libc_pairs(64, 200_000 * scale)
+        w.fns["raw free list (floor)"] = lambda: lib.nm_bench_raw_freelist_pairs(64, 200_000 * scale)
         for name, (m, f) in pool_direct.items():
             w.fns[f"raw {name} (no table)"] = (lambda m=m, f=f: lib.nm_bench_raw_fn_pairs(m, f, 64, 200_000 * scale))
         ws.append(w)
