@@ -1062,30 +1062,32 @@ void *nm_pool_alloc_at(nm_pool_t *pool, const char *file, int line) {
 }
 
 /* A batch's common case: pops from chunk c's free list with its head in a local (through
- * c->free each pop would wait on the previous one's store).  The same checks as nm__alloc's;
- * the first slot failing one stays at the head, for nm__alloc to report.  Not in checked mode
- * (nm__hand_out returns every slot then).  Returns how many it handed out (uncounted). */
-static size_t nm__alloc_run(nm_pool_t *pool, nm__tcache_t *tc, nm__chunk_t *c, void **out, size_t n) {
+ * c->free each pop would wait on the previous one's store).  The same checks as nm__alloc's:
+ * a slot is an object start of c, not allocated, before its link is read, and its link stays in
+ * the chunk; the first slot failing one is left at the head for nm__alloc, which reports it.  Not in checked mode (nm__hand_out returns every slot then).  `zmode` is the pool's
+ * zero_mode, a constant in each caller below (one loop per mode, no branch on it per object).
+ * Returns how many it handed out (uncounted). */
+NM_INLINE size_t nm__alloc_run_z(nm_pool_t *pool, nm__chunk_t *c, void **out, size_t n, int zmode) {
     /* the pool's and chunk's fields in locals: the loop's stores (bitmap, zeroing, out) could
      * alias them for the compiler, which would reload each one per object */
-    const uintptr_t secret = pool->secret, base = (uintptr_t)c->objects, cs = pool->chunk_size;
-    const uintptr_t inv = pool->stride_inv, tzmask = ((uintptr_t)1 << pool->stride_tz) - 1;
+    const uintptr_t secret = pool->secret, base = (uintptr_t)c->objects, inv = pool->stride_inv;
+    const uintptr_t tzmask = ((uintptr_t)1 << pool->stride_tz) - 1, cs = pool->chunk_size;
     const unsigned tz = pool->stride_tz;
     const size_t nobj = c->nobj, osize = pool->object_size;
-    const int zmode = pool->zero_mode;
     nm_atomic_t *const bits = c->alloc_bits;
     void *head = c->free;
     size_t k = 0;
-    (void)tc;
     while (k < n && head != NULL) {
         void *slot = head, *next;
         uintptr_t off = (uintptr_t)slot - base, idx = (off >> tz) * inv;
-        /* nm__slot_index's and nm__alloc's checks; the link is read only from an object start */
-        if (NM_UNLIKELY((uintptr_t)slot < base || (off & tzmask) != 0 || idx >= nobj || nm__bit_get(bits, idx)))
-            break;
+        /* idx is the slot only when off is a multiple of the stride (then below nobj); any other
+         * offset, one below the objects included, gives an idx above nobj (see nm__slot_index) */
+        if (NM_UNLIKELY((off & tzmask) != 0 || idx >= nobj || nm__bit_get(bits, idx))) break;
         nm__link_open(pool, slot);
         next = (void *)(*(uintptr_t *)slot ^ secret ^ (uintptr_t)slot);
         nm__link_close(pool, slot);
+        /* a link leading out of the chunk (written after free) keeps its slot out of circulation:
+         * left at the head, for nm__alloc to drop and report */
         if (NM_UNLIKELY(next != NULL && (uintptr_t)next - (uintptr_t)c >= cs)) break;
         head = next;
         nm__bit_put(bits, idx, 1);
@@ -1097,6 +1099,14 @@ static size_t nm__alloc_run(nm_pool_t *pool, nm__tcache_t *tc, nm__chunk_t *c, v
     }
     c->free = head;
     return k;
+}
+
+static size_t nm__alloc_run(nm_pool_t *pool, nm__chunk_t *c, void **out, size_t n) {
+    switch (pool->zero_mode) {
+    case NM__ZERO_NONE: return nm__alloc_run_z(pool, c, out, n, NM__ZERO_NONE);
+    case NM__ZERO_16_64: return nm__alloc_run_z(pool, c, out, n, NM__ZERO_16_64);
+    default: return nm__alloc_run_z(pool, c, out, n, NM__ZERO_OTHER);
+    }
 }
 
 size_t nm_pool_alloc_many(nm_pool_t *pool, void **out, size_t n) {
@@ -1118,7 +1128,7 @@ size_t nm_pool_alloc_many(nm_pool_t *pool, void **out, size_t n) {
     while (i < n) {
         nm__chunk_t *c = tc->cur;
         if (!NM__HOT(tc) && c != NULL && c->free != NULL && !(pool->flags & NM_POOL_CHECKED)) {
-            i += nm__alloc_run(pool, tc, c, out + i, n - i);
+            i += nm__alloc_run(pool, c, out + i, n - i);
             if (i == n) break;
         }
         /* everything else, and a slot the run refused (reported here) */
@@ -1308,6 +1318,37 @@ static NM_NOINLINE void nm__note_first(nm__first_err_t *f, int rc, size_t i) {
     snprintf(f->msg, sizeof f->msg, "%s", nm_last_error_message());
 }
 
+/* free_many's common case: frees ptrs[i..n) while each is an object of the run's chunk (owned by
+ * this thread: nm__free checked its header and owner when the run began), allocated and not
+ * freed by another thread -- nm__free's checks -- pushing onto the run's list; returns the index
+ * of the first pointer it did not free.  Not in checked mode (which poisons: nm__free). */
+static size_t nm__free_run(nm_pool_t *pool, nm__run_t *run, void **ptrs, size_t i, size_t n) {
+    /* the chunk's and the pool's fields in locals (see nm__alloc_run_z) */
+    nm__chunk_t *const c = run->c;
+    const uintptr_t secret = pool->secret, base = (uintptr_t)c->objects, inv = pool->stride_inv;
+    const uintptr_t tzmask = ((uintptr_t)1 << pool->stride_tz) - 1, nobj = c->nobj;
+    const unsigned tz = pool->stride_tz;
+    nm_atomic_t *const bits = c->alloc_bits, *const rbits = c->remote_bits;
+    void *head = run->head;
+    for (; i < n; i++) {
+        void *p = ptrs[i];
+        uintptr_t off = (uintptr_t)p - base, idx = (off >> tz) * inv;
+        /* as in nm__slot_index: idx is the slot only when off is a multiple of the stride (then
+         * below nobj); any other offset gives an idx above nobj */
+        if (NM_UNLIKELY((off & tzmask) != 0 || idx >= nobj || !nm__bit_get(bits, idx) || nm__bit_get(rbits, idx)))
+            break;
+        nm__bit_put(bits, idx, 0);
+        NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));
+        NM_ASAN_POISON(p, pool->object_size);
+        nm__link_open(pool, p);
+        *(void **)p = (void *)((uintptr_t)head ^ secret ^ (uintptr_t)p);
+        nm__link_close(pool, p);
+        head = p;
+    }
+    run->head = head;
+    return i;
+}
+
 int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
     size_t i;
     nm__tcache_t *tc = NULL;
@@ -1325,42 +1366,18 @@ int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
     if (tc != NULL && !pool->unchecked) { /* the common case: counted once for the batch */
         size_t freed = 0;
         nm__run_t run = {NULL, NULL};
-        /* the run's chunk and the pool's fields in locals (see nm__alloc_run) */
-        const uintptr_t secret = pool->secret, inv = pool->stride_inv;
-        const uintptr_t tzmask = ((uintptr_t)1 << pool->stride_tz) - 1, nobj = pool->nobj;
-        const unsigned tz = pool->stride_tz;
-        const size_t osize = pool->object_size;
         const int fast = !(pool->flags & NM_POOL_CHECKED); /* checked mode poisons: nm__free */
-        uintptr_t base = 0;
-        nm_atomic_t *bits = NULL, *rbits = NULL;
         for (i = 0; i < n; i++) {
-            void *p = ptrs[i];
-            uintptr_t off = (uintptr_t)p - base, idx = (off >> tz) * inv;
-            /* the common case: an object of the run's chunk (owned by this thread: nm__free checked
-             * its header and owner when the run began), allocated, not freed by another thread --
-             * nm__free's checks; anything else goes through nm__free, which reports it.  As in
-             * nm__slot_index, idx is the slot only when off is a multiple of the stride, and is
-             * then below nobj; any other offset gives an idx above nobj. */
-            if (NM_LIKELY(bits != NULL && fast && (off & tzmask) == 0 && idx < nobj && nm__bit_get(bits, idx)
-                          && !nm__bit_get(rbits, idx))) {
-                nm__bit_put(bits, idx, 0);
-                NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));
-                NM_ASAN_POISON(p, osize);
-                nm__link_open(pool, p);
-                *(void **)p = (void *)((uintptr_t)run.head ^ secret ^ (uintptr_t)p);
-                nm__link_close(pool, p);
-                run.head = p;
-                freed++;
-                continue;
+            /* the objects of the run's chunk that follow, in one tight loop; then one through
+             * nm__free (another chunk, or a pointer the loop refused, which nm__free reports) */
+            if (run.c != NULL && fast) {
+                size_t j = nm__free_run(pool, &run, ptrs, i, n);
+                freed += j - i;
+                if ((i = j) == n) break;
             }
-            rc = nm__free(pool, tc, p, 0, &run);
+            rc = nm__free(pool, tc, ptrs[i], 0, &run);
             if (NM_LIKELY(rc == 0)) freed++;
             else nm__note_first(&first, rc, i);
-            if (run.c != NULL && (uintptr_t)run.c->objects != base) {
-                base = (uintptr_t)run.c->objects;
-                bits = run.c->alloc_bits;
-                rbits = run.c->remote_bits;
-            }
         }
         nm__run_end(&run);
         nm_atomic_store_relaxed(&tc->frees, nm_atomic_load_relaxed(&tc->frees) + (intptr_t)freed);
