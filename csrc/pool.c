@@ -38,6 +38,11 @@
 #define NM__ZERO_NONE 0   /* no NM_POOL_ZERO                                            */
 #define NM__ZERO_16_64 1  /* 16..64-byte objects: four overlapping stores, no branch on the size */
 #define NM__ZERO_OTHER 2  /* nm__zero                                                    */
+/* The entry points' and batches' inline paths (pool->fast, chosen at creation).  They issue no
+ * Valgrind client request: a pool created under Valgrind takes the full paths, which do. */
+#define NM__FAST_NONE 0      /* checked mode, bughunt, or under Valgrind: the full paths only */
+#define NM__FAST_UNCHECKED 1 /* NM_POOL_UNCHECKED                                           */
+#define NM__FAST_POOL 2      /* the default and NM_POOL_ZERO                                 */
 
 typedef struct nm__chunk nm__chunk_t;
 typedef struct nm__tcache nm__tcache_t;
@@ -119,6 +124,7 @@ struct nm_pool {
     nm_atfork_t fork;           /* fork safety: pool->lock (platform.h) */
     int unchecked;              /* NM_POOL_UNCHECKED (chosen at creation)                  */
     int zero_mode;              /* NM__ZERO_*: how objects are zeroed (from NM_POOL_ZERO and the size) */
+    int fast;                   /* NM__FAST_*: which inline paths the entry points may take      */
     nm_atomic_t notc_frees;     /* frees by threads that could get no cache (out of memory) */
     nm_atomic_t ushared;        /* unchecked mode: objects given back by caches (void *; written
                                    under pool->lock, peeked at without it by nm__ualloc_slow) */
@@ -221,17 +227,35 @@ NM_INLINE void *nm__encode(const nm_pool_t *pool, void *slot, void *next) {
     return (void *)((uintptr_t)next ^ pool->secret ^ (uintptr_t)slot);
 }
 
+/* Valgrind client requests, only when the pool was created under Valgrind (pool->vg), and out
+ * of line: each request builds an argument block on the stack, and inline, that block's frame
+ * cost the fast paths a frame and spills (0.9 ns a pair) even when no request ran. */
+enum { NM__VGR_DEFINED, NM__VGR_UNDEFINED, NM__VGR_NOACCESS, NM__VGR_ALLOC, NM__VGR_FREE };
+static NM_NOINLINE void nm__vg_request(int what, const void *pool, void *p, size_t n) {
+    switch (what) {
+    case NM__VGR_DEFINED: NM_VG_DEFINED(p, n); break;
+    case NM__VGR_UNDEFINED: NM_VG_UNDEFINED(p, n); break;
+    case NM__VGR_NOACCESS: NM_VG_NOACCESS(p, n); break;
+    case NM__VGR_ALLOC: NM_VG_MEMPOOL_ALLOC(pool, p, n); break;
+    default: NM_VG_MEMPOOL_FREE(pool, p); break;
+    }
+    (void)pool;
+    (void)p;
+    (void)n;
+}
+#define NM__VG(pool, what, p, n) do { if (NM_UNLIKELY((pool)->vg)) nm__vg_request((what), (pool), (p), (n)); } while (0)
+
 /* Memory-checker hooks: make a slot's link word accessible to the pool, then hide it again. */
-/* Valgrind client requests cost a few ns each even natively, so they run only when the pool
- * was created under Valgrind. */
-#define NM__VG(pool, request) do { if (NM_UNLIKELY((pool)->vg)) { request; } } while (0)
 
 NM_INLINE void nm__link_open(const nm_pool_t *pool, void *slot) {
     NM_ASAN_UNPOISON(slot, sizeof(void *));
-    NM__VG(pool, NM_VG_DEFINED(slot, sizeof(void *)));
+    NM__VG(pool, NM__VGR_DEFINED, slot, sizeof(void *));
 }
+/* The same for the inline paths (pool->fast: never under Valgrind). */
+#define NM__LINK_OPEN_FAST(slot) NM_ASAN_UNPOISON((slot), sizeof(void *))
+#define NM__LINK_CLOSE_FAST(slot) NM_ASAN_POISON((slot), sizeof(void *))
 NM_INLINE void nm__link_close(const nm_pool_t *pool, void *slot) {
-    NM__VG(pool, NM_VG_NOACCESS(slot, sizeof(void *)));
+    NM__VG(pool, NM__VGR_NOACCESS, slot, sizeof(void *));
     NM_ASAN_POISON(slot, sizeof(void *));
 }
 
@@ -328,10 +352,10 @@ static void nm__tcache_release(nm_pool_t *pool, nm__tcache_t *tc) {
     tc->owned = tc->cur = NULL;
     if (tc->ufree) { /* unchecked mode: the cache's free objects go to the shared list */
         void *last = tc->ufree;
-        NM__VG(pool, NM_VG_DEFINED(last, sizeof(void *)));
+        NM__VG(pool, NM__VGR_DEFINED, last, sizeof(void *));
         while (*(void **)last) {
             last = *(void **)last;
-            NM__VG(pool, NM_VG_DEFINED(last, sizeof(void *)));
+            NM__VG(pool, NM__VGR_DEFINED, last, sizeof(void *));
         }
         *(void **)last = (void *)nm_atomic_load_relaxed(&pool->ushared);
         nm_atomic_store_relaxed(&pool->ushared, (intptr_t)tc->ufree);
@@ -518,7 +542,7 @@ static nm__chunk_t *nm__chunk_new(nm_pool_t *pool, nm__tcache_t *tc) {
         nm_free(pool->a, mem);
         return NULL;
     }
-    NM__VG(pool, NM_VG_NOACCESS(c->objects, pool->nobj * pool->stride));
+    NM__VG(pool, NM__VGR_NOACCESS, c->objects, pool->nobj * pool->stride);
     NM_ASAN_POISON(c->objects, pool->nobj * pool->stride);
     c->next_all = pool->all;
     pool->all = c;
@@ -717,6 +741,8 @@ nm_pool_t *nm_pool_create_ex(nm_allocator_t *a, size_t object_size, size_t objec
         s ^= s >> 33; s *= 0xff51afd7ed558ccdull; s ^= s >> 33; s *= 0xc4ceb9fe1a85ec53ull; s ^= s >> 33;
         pool->secret = (uintptr_t)s | 1u;
     }
+    pool->fast = pool->vg || (flags & (NM_POOL_CHECKED | NM_POOL_BUGHUNT)) ? NM__FAST_NONE
+                 : pool->unchecked ? NM__FAST_UNCHECKED : NM__FAST_POOL;
     NM_VG_MEMPOOL_CREATE(pool, 0, (flags & NM_POOL_ZERO) != 0);
     nm_atfork_init(&pool->fork, nm__pool_fork_lock, nm__pool_fork_unlock, nm__pool_fork_child, pool,
                    NM_ATFORK_OBJECT);
@@ -758,7 +784,7 @@ void nm_pool_destroy(nm_pool_t *pool) {
     if (pool->bh) _nm_bh_destroy(pool->bh);
     for (c = pool->all; c; c = next) {
         next = c->next_all;
-        NM__VG(pool, NM_VG_DEFINED(c->objects, c->nobj * pool->stride));
+        NM__VG(pool, NM__VGR_DEFINED, c->objects, c->nobj * pool->stride);
         NM_ASAN_UNPOISON(c->objects, c->nobj * pool->stride);
         nm_free(pool->a, c);
     }
@@ -809,7 +835,7 @@ NM_INLINE void nm__count_allocs(nm__tcache_t *tc, intptr_t n) {
  * remembers it (`mine`, above), verifies a reused slot's poison and records the site (checked
  * mode), and zeroes it (NM_POOL_ZERO). */
 NM_INLINE void *nm__hand_out(nm_pool_t *pool, nm__tcache_t *tc, nm__chunk_t *c, void *slot, size_t idx,
-                             const char *file, int line, int mine, int reused) {
+                             const char *file, int line, int mine, int reused, int vg) {
     nm__bit_put(c->alloc_bits, idx, 1);
     if (mine != NM__MINE_NONE) {
         tc->mine = (uintptr_t)slot;
@@ -820,11 +846,11 @@ NM_INLINE void *nm__hand_out(nm_pool_t *pool, nm__tcache_t *tc, nm__chunk_t *c, 
         nm__count_allocs(tc, 1);
     }
     NM_ASAN_UNPOISON(slot, pool->object_size);
-    NM__VG(pool, NM_VG_MEMPOOL_ALLOC(pool, slot, pool->object_size));
+    if (vg) NM__VG(pool, NM__VGR_ALLOC, slot, pool->object_size); /* 0: an inline path's (pool->fast) */
     if (pool->flags & NM_POOL_CHECKED) {
         if (reused) {
             int rc;
-            NM__VG(pool, NM_VG_DEFINED(slot, pool->object_size));
+            NM__VG(pool, NM__VGR_DEFINED, slot, pool->object_size);
             rc = nm__verify_poison(pool, c, idx, (unsigned char *)slot);
             if (rc) {
                 /* the damaged slot stays out of circulation; the count is undone */
@@ -833,10 +859,10 @@ NM_INLINE void *nm__hand_out(nm_pool_t *pool, nm__tcache_t *tc, nm__chunk_t *c, 
                     tc->mine = 0;
                 }
                 nm__bit_put(c->alloc_bits, idx, 0);
-                NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, slot));
+                NM__VG(pool, NM__VGR_FREE, slot, 0);
                 return NULL;
             }
-            if (!(pool->flags & NM_POOL_ZERO)) NM__VG(pool, NM_VG_UNDEFINED(slot, pool->object_size));
+            if (!(pool->flags & NM_POOL_ZERO)) NM__VG(pool, NM__VGR_UNDEFINED, slot, pool->object_size);
         }
         c->site_file[idx] = file ? file : _nm_site_file;
         c->site_line[idx] = file ? line : _nm_site_line;
@@ -909,7 +935,7 @@ NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, i
         break;
     }
 take:
-    return nm__hand_out(pool, tc, c, slot, idx, file, line, count ? NM__MINE_SET : NM__MINE_NONE, reused);
+    return nm__hand_out(pool, tc, c, slot, idx, file, line, count ? NM__MINE_SET : NM__MINE_NONE, reused, 1);
 }
 
 /* ---- unchecked mode (NM_POOL_UNCHECKED): a per-thread free list and nothing else ---------- */
@@ -927,10 +953,10 @@ static NM_NOINLINE void *nm__ualloc_slow(nm_pool_t *pool, nm__tcache_t *tc) {
         if (nm_atomic_load_relaxed(&pool->ushared) != 0) {
             void *head = (void *)nm_atomic_load_relaxed(&pool->ushared), *last = head;
             size_t n = 1;
-            NM__VG(pool, NM_VG_DEFINED(last, sizeof(void *)));
+            NM__VG(pool, NM__VGR_DEFINED, last, sizeof(void *));
             while (n < NM__UBATCH(pool) && *(void **)last) {
                 last = *(void **)last;
-                NM__VG(pool, NM_VG_DEFINED(last, sizeof(void *)));
+                NM__VG(pool, NM__VGR_DEFINED, last, sizeof(void *));
                 n++;
             }
             nm_atomic_store_relaxed(&pool->ushared, (intptr_t)*(void **)last);
@@ -973,10 +999,11 @@ static NM_NOINLINE void *nm__ualloc_slow(nm_pool_t *pool, nm__tcache_t *tc) {
     return p;
 }
 
-NM_INLINE void *nm__ualloc(nm_pool_t *pool, nm__tcache_t *tc) {
+/* `vg`: 0 from an inline path (pool->fast: no Valgrind), else 1. */
+NM_INLINE void *nm__ualloc(nm_pool_t *pool, nm__tcache_t *tc, int vg) {
     void *p = tc->ufree;
     if (NM_LIKELY(p != NULL)) {
-        NM__VG(pool, NM_VG_DEFINED(p, sizeof(void *)));
+        if (vg) NM__VG(pool, NM__VGR_DEFINED, p, sizeof(void *));
         tc->ufree = *(void **)p;
         tc->ucount--;
     } else {
@@ -985,7 +1012,7 @@ NM_INLINE void *nm__ualloc(nm_pool_t *pool, nm__tcache_t *tc) {
     }
     nm__counter_inc(&tc->allocs); /* peak: sampled on the slow paths (see NM_POOL_UNCHECKED) */
     NM_ASAN_UNPOISON(p, pool->object_size);
-    NM__VG(pool, NM_VG_MEMPOOL_ALLOC(pool, p, pool->object_size));
+    if (vg) NM__VG(pool, NM__VGR_ALLOC, p, pool->object_size);
     nm__zero_obj(pool, p);
     return p;
 }
@@ -1006,10 +1033,12 @@ static NM_NOINLINE void nm__ufree_spill(nm_pool_t *pool, nm__tcache_t *tc) {
     nm_mutex_unlock(&pool->lock);
 }
 
-NM_INLINE int nm__ufree(nm_pool_t *pool, nm__tcache_t *tc, void *p) {
+NM_INLINE int nm__ufree(nm_pool_t *pool, nm__tcache_t *tc, void *p, int vg) {
     if (NM_UNLIKELY(p == NULL)) return _nm_set_error(NM_ERR_INVALID_FREE, "free of NULL to a pool");
-    NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));
-    NM__VG(pool, NM_VG_UNDEFINED(p, sizeof(void *)));
+    if (vg) {
+        NM__VG(pool, NM__VGR_FREE, p, 0);
+        NM__VG(pool, NM__VGR_UNDEFINED, p, sizeof(void *));
+    }
     NM_ASAN_UNPOISON(p, sizeof(void *)); /* the link word: beyond objects smaller than a pointer */
     *(void **)p = tc->ufree;
     tc->ufree = p;
@@ -1023,7 +1052,7 @@ NM_INLINE int nm__ufree(nm_pool_t *pool, nm__tcache_t *tc, void *p) {
  * registers saved for the checked path); nm_pool_alloc and nm_pool_free jump to one. */
 static NM_NOINLINE void *nm__alloc_unchecked(nm_pool_t *pool) {
     nm__tcache_t *tc = nm__tc(pool);
-    return NM_LIKELY(tc != NULL) ? nm__ualloc(pool, tc) : NULL;
+    return NM_LIKELY(tc != NULL) ? nm__ualloc(pool, tc, 1) : NULL;
 }
 static NM_NOINLINE void *nm__alloc_checked(nm_pool_t *pool) {
     nm__tcache_t *tc;
@@ -1044,10 +1073,10 @@ void *nm_pool_alloc(nm_pool_t *pool) {
     if (NM_LIKELY(nm__tlast.pool == pool && nm__tlast.id == pool->id)) {
         nm__tcache_t *tc = nm__tlast.tc;
         void *p;
-        if (pool->unchecked) {
-            if (NM_LIKELY(tc->ufree != NULL)) return nm__ualloc(pool, tc);
-        } else if ((p = NM__HOT(tc)) != NULL) { /* never in checked mode, nor for bughunt pools */
-            return nm__hand_out(pool, tc, tc->mine_chunk, p, tc->mine_idx, NULL, 0, NM__MINE_HOT, 0);
+        if (pool->fast == NM__FAST_UNCHECKED) {
+            if (NM_LIKELY(tc->ufree != NULL)) return nm__ualloc(pool, tc, 0);
+        } else if (pool->fast == NM__FAST_POOL && (p = NM__HOT(tc)) != NULL) {
+            return nm__hand_out(pool, tc, tc->mine_chunk, p, tc->mine_idx, NULL, 0, NM__MINE_HOT, 0, 0);
         }
     }
     return nm__alloc_slow(pool);
@@ -1057,14 +1086,15 @@ void *nm_pool_alloc_at(nm_pool_t *pool, const char *file, int line) {
     nm__tcache_t *tc;
     if (pool->bh) return _nm_bh_alloc(pool->bh, file, line);
     tc = nm__tc(pool);
-    if (tc && pool->unchecked) return nm__ualloc(pool, tc);
+    if (tc && pool->unchecked) return nm__ualloc(pool, tc, 1);
     return tc ? nm__alloc(pool, tc, file ? file : "<unknown>", line, 1) : NULL;
 }
 
 /* A batch's common case: pops from chunk c's free list with its head in a local (through
  * c->free each pop would wait on the previous one's store).  The same checks as nm__alloc's:
  * a slot is an object start of c, not allocated, before its link is read, and its link stays in
- * the chunk; the first slot failing one is left at the head for nm__alloc, which reports it.  Not in checked mode (nm__hand_out returns every slot then).  `zmode` is the pool's
+ * the chunk; the first slot failing one is left at the head for nm__alloc, which reports it.
+ * Only for pool->fast == NM__FAST_POOL (no checked mode, no Valgrind).  `zmode` is the pool's
  * zero_mode, a constant in each caller below (one loop per mode, no branch on it per object).
  * Returns how many it handed out (uncounted). */
 NM_INLINE size_t nm__alloc_run_z(nm_pool_t *pool, nm__chunk_t *c, void **out, size_t n, int zmode) {
@@ -1083,16 +1113,15 @@ NM_INLINE size_t nm__alloc_run_z(nm_pool_t *pool, nm__chunk_t *c, void **out, si
         /* idx is the slot only when off is a multiple of the stride (then below nobj); any other
          * offset, one below the objects included, gives an idx above nobj (see nm__slot_index) */
         if (NM_UNLIKELY((off & tzmask) != 0 || idx >= nobj || nm__bit_get(bits, idx))) break;
-        nm__link_open(pool, slot);
+        NM__LINK_OPEN_FAST(slot);
         next = (void *)(*(uintptr_t *)slot ^ secret ^ (uintptr_t)slot);
-        nm__link_close(pool, slot);
+        NM__LINK_CLOSE_FAST(slot);
         /* a link leading out of the chunk (written after free) keeps its slot out of circulation:
          * left at the head, for nm__alloc to drop and report */
         if (NM_UNLIKELY(next != NULL && (uintptr_t)next - (uintptr_t)c >= cs)) break;
         head = next;
         nm__bit_put(bits, idx, 1);
         NM_ASAN_UNPOISON(slot, osize);
-        NM__VG(pool, NM_VG_MEMPOOL_ALLOC(pool, slot, osize));
         if (zmode == NM__ZERO_16_64) nm__zero_16_64(slot, osize);
         else if (zmode != NM__ZERO_NONE) nm__zero(slot, osize);
         out[k++] = slot;
@@ -1121,13 +1150,13 @@ size_t nm_pool_alloc_many(nm_pool_t *pool, void **out, size_t n) {
     if (!tc) return 0;
     if (pool->unchecked) {
         for (i = 0; i < n; i++)
-            if (!(out[i] = nm__ualloc(pool, tc))) return i;
+            if (!(out[i] = nm__ualloc(pool, tc, 1))) return i;
         return n;
     }
     i = 0;
     while (i < n) {
         nm__chunk_t *c = tc->cur;
-        if (!NM__HOT(tc) && c != NULL && c->free != NULL && !(pool->flags & NM_POOL_CHECKED)) {
+        if (!NM__HOT(tc) && c != NULL && c->free != NULL && pool->fast == NM__FAST_POOL) {
             i += nm__alloc_run(pool, c, out + i, n - i);
             if (i == n) break;
         }
@@ -1205,11 +1234,11 @@ NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p, int count, nm
 checked:
     if (NM_UNLIKELY(!nm__bit_get(c->alloc_bits, idx) || nm__bit_get(c->remote_bits, idx)))
         return nm__bad_free(pool, c, p, idx);
-    NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));
+    NM__VG(pool, NM__VGR_FREE, p, 0);
     if (pool->flags & NM_POOL_CHECKED) {
-        NM__VG(pool, NM_VG_UNDEFINED(p, pool->object_size));
+        NM__VG(pool, NM__VGR_UNDEFINED, p, pool->object_size);
         memset(p, NM__POISON, pool->object_size);
-        NM__VG(pool, NM_VG_NOACCESS(p, pool->object_size));
+        NM__VG(pool, NM__VGR_NOACCESS, p, pool->object_size);
     }
     NM_ASAN_POISON(p, pool->object_size);
     if (NM_LIKELY(tc != NULL && (nm__tcache_t *)nm_atomic_load_relaxed(&c->owner) == tc)) {
@@ -1247,8 +1276,8 @@ checked:
 static NM_NOINLINE int nm__ufree_notc(nm_pool_t *pool, void *p) {
     nm_clear_error(); /* the failed cache allocation's: this free has its own outcome */
     if (p == NULL) return _nm_set_error(NM_ERR_INVALID_FREE, "free of NULL to a pool");
-    NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));
-    NM__VG(pool, NM_VG_UNDEFINED(p, sizeof(void *)));
+    NM__VG(pool, NM__VGR_FREE, p, 0);
+    NM__VG(pool, NM__VGR_UNDEFINED, p, sizeof(void *));
     nm_mutex_lock(&pool->lock);
     *(void **)p = (void *)nm_atomic_load_relaxed(&pool->ushared);
     nm_atomic_store_relaxed(&pool->ushared, (intptr_t)p);
@@ -1263,7 +1292,7 @@ static NM_NOINLINE int nm__free_notc(nm_pool_t *pool, void *p) {
 
 static NM_NOINLINE int nm__free_unchecked(nm_pool_t *pool, void *ptr) {
     nm__tcache_t *tc = nm__tc(pool);
-    return NM_LIKELY(tc != NULL) ? nm__ufree(pool, tc, ptr) : nm__ufree_notc(pool, ptr);
+    return NM_LIKELY(tc != NULL) ? nm__ufree(pool, tc, ptr, 1) : nm__ufree_notc(pool, ptr);
 }
 static NM_NOINLINE int nm__free_checked(nm_pool_t *pool, void *ptr) {
     nm__tcache_t *tc;
@@ -1283,15 +1312,14 @@ static NM_NOINLINE int nm__free_slow(nm_pool_t *pool, void *ptr) {
 int nm_pool_free(nm_pool_t *pool, void *ptr) {
     if (NM_LIKELY(nm__tlast.pool == pool && nm__tlast.id == pool->id)) {
         nm__tcache_t *tc = nm__tlast.tc;
-        if (pool->unchecked) {
-            if (NM_LIKELY(ptr != NULL && tc->ucount < 2 * NM__UBATCH(pool))) return nm__ufree(pool, tc, ptr);
-        } else if (NM__IS_LAST(tc, ptr) && !(pool->flags & NM_POOL_CHECKED)) {
+        if (pool->fast == NM__FAST_UNCHECKED) {
+            if (NM_LIKELY(ptr != NULL && tc->ucount < 2 * NM__UBATCH(pool))) return nm__ufree(pool, tc, ptr, 0);
+        } else if (pool->fast == NM__FAST_POOL && NM__IS_LAST(tc, ptr)) {
             nm__chunk_t *c = tc->mine_chunk;
             size_t idx = tc->mine_idx;
             if (NM_LIKELY(c->magic == ((uintptr_t)c ^ pool->secret) && nm__bit_get(c->alloc_bits, idx)
                           && !nm__bit_get(c->remote_bits, idx)
                           && (nm__tcache_t *)nm_atomic_load_relaxed(&c->owner) == tc)) {
-                NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, ptr));
                 NM_ASAN_POISON(ptr, pool->object_size);
                 nm__bit_put(c->alloc_bits, idx, 0);
                 tc->mine = (uintptr_t)ptr | 1u; /* now the hot object: same slot and chunk */
@@ -1321,7 +1349,8 @@ static NM_NOINLINE void nm__note_first(nm__first_err_t *f, int rc, size_t i) {
 /* free_many's common case: frees ptrs[i..n) while each is an object of the run's chunk (owned by
  * this thread: nm__free checked its header and owner when the run began), allocated and not
  * freed by another thread -- nm__free's checks -- pushing onto the run's list; returns the index
- * of the first pointer it did not free.  Not in checked mode (which poisons: nm__free). */
+ * of the first pointer it did not free.  Only for pool->fast == NM__FAST_POOL (checked mode
+ * poisons, Valgrind needs its requests: nm__free). */
 static size_t nm__free_run(nm_pool_t *pool, nm__run_t *run, void **ptrs, size_t i, size_t n) {
     /* the chunk's and the pool's fields in locals (see nm__alloc_run_z) */
     nm__chunk_t *const c = run->c;
@@ -1338,11 +1367,10 @@ static size_t nm__free_run(nm_pool_t *pool, nm__run_t *run, void **ptrs, size_t 
         if (NM_UNLIKELY((off & tzmask) != 0 || idx >= nobj || !nm__bit_get(bits, idx) || nm__bit_get(rbits, idx)))
             break;
         nm__bit_put(bits, idx, 0);
-        NM__VG(pool, NM_VG_MEMPOOL_FREE(pool, p));
         NM_ASAN_POISON(p, pool->object_size);
-        nm__link_open(pool, p);
+        NM__LINK_OPEN_FAST(p);
         *(void **)p = (void *)((uintptr_t)head ^ secret ^ (uintptr_t)p);
-        nm__link_close(pool, p);
+        NM__LINK_CLOSE_FAST(p);
         head = p;
     }
     run->head = head;
@@ -1366,7 +1394,7 @@ int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
     if (tc != NULL && !pool->unchecked) { /* the common case: counted once for the batch */
         size_t freed = 0;
         nm__run_t run = {NULL, NULL};
-        const int fast = !(pool->flags & NM_POOL_CHECKED); /* checked mode poisons: nm__free */
+        const int fast = pool->fast == NM__FAST_POOL; /* else nm__free (checked mode poisons) */
         for (i = 0; i < n; i++) {
             /* the objects of the run's chunk that follow, in one tight loop; then one through
              * nm__free (another chunk, or a pointer the loop refused, which nm__free reports) */
@@ -1383,7 +1411,7 @@ int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
         nm_atomic_store_relaxed(&tc->frees, nm_atomic_load_relaxed(&tc->frees) + (intptr_t)freed);
     } else {
         for (i = 0; i < n; i++) {
-            rc = !tc ? _nm_bh_free(pool->bh, ptrs[i]) : nm__ufree(pool, tc, ptrs[i]);
+            rc = !tc ? _nm_bh_free(pool->bh, ptrs[i]) : nm__ufree(pool, tc, ptrs[i], 1);
             if (rc) nm__note_first(&first, rc, i);
         }
     }
@@ -1482,9 +1510,9 @@ int nm_pool_check(nm_pool_t *pool) {
             int is_free = !nm__bit_get(c->alloc_bits, i) || nm__bit_get(c->remote_bits, i);
             if (!is_free || !c->site_file[i]) continue;
             NM_ASAN_UNPOISON(p, pool->object_size);
-            NM__VG(pool, NM_VG_DEFINED(p, pool->object_size));
+            NM__VG(pool, NM__VGR_DEFINED, p, pool->object_size);
             rc = nm__verify_poison(pool, c, i, p);
-            NM__VG(pool, NM_VG_NOACCESS(p, pool->object_size));
+            NM__VG(pool, NM__VGR_NOACCESS, p, pool->object_size);
             NM_ASAN_POISON(p, pool->object_size);
         }
     }
