@@ -246,7 +246,6 @@ static NM_NOINLINE void nm__vg_request(int what, const void *pool, void *p, size
 #define NM__VG(pool, what, p, n) do { if (NM_UNLIKELY((pool)->vg)) nm__vg_request((what), (pool), (p), (n)); } while (0)
 
 /* Memory-checker hooks: make a slot's link word accessible to the pool, then hide it again. */
-
 NM_INLINE void nm__link_open(const nm_pool_t *pool, void *slot) {
     NM_ASAN_UNPOISON(slot, sizeof(void *));
     NM__VG(pool, NM__VGR_DEFINED, slot, sizeof(void *));
@@ -871,7 +870,6 @@ NM_INLINE void *nm__hand_out(nm_pool_t *pool, nm__tcache_t *tc, nm__chunk_t *c, 
     return slot;
 }
 
-
 /* Pops one object for thread cache `tc`, site `file`:`line` (checked mode). */
 /* `count`: count the allocation here (0: the caller counts a whole batch at once). */
 NM_INLINE void *nm__alloc(nm_pool_t *pool, nm__tcache_t *tc, const char *file, int line, int count) {
@@ -1063,7 +1061,7 @@ static NM_NOINLINE void *nm__alloc_checked(nm_pool_t *pool) {
 
 /* The entry points handle the common case themselves, with no second call and no register
  * saved: this thread's last pool (one thread-local compare), and an object at hand -- the
- * unchecked cache's first, or the hot object this thread freed last (see nm__tcache_t.hot).
+ * unchecked cache's first, or the hot object this thread freed last (see nm__tcache_t.mine).
  * Anything else goes to the mode's full path. */
 static NM_NOINLINE void *nm__alloc_slow(nm_pool_t *pool) {
     return pool->unchecked ? nm__alloc_unchecked(pool) : nm__alloc_checked(pool);
@@ -1209,8 +1207,8 @@ NM_INLINE void nm__keep_hot(nm__tcache_t *tc, nm__chunk_t *c, void *p, size_t id
 NM_INLINE int nm__free(nm_pool_t *pool, nm__tcache_t *tc, void *p, int count, nm__run_t *run) {
     nm__chunk_t *c;
     size_t idx;
-    /* the object this thread allocated last: its slot is known (never NULL, which the cleared
-     * field also holds: NULL goes the long way and is refused there) */
+    /* the object this thread allocated last: its slot is known (NM__IS_LAST: never NULL, which
+     * the cleared field holds, nor an odd pointer, which a hot entry holds) */
     if (tc != NULL && NM__IS_LAST(tc, p)) {
         c = tc->mine_chunk;
         idx = tc->mine_idx;
