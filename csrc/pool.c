@@ -266,6 +266,27 @@ NM_INLINE void nm__push_free(const nm_pool_t *pool, nm__chunk_t *c, void *slot) 
     c->free = slot;
 }
 
+/* Unchecked mode. */
+/* A free object's link word (raw, not encoded), read and written with the memory checkers told:
+ * between uses it is no-access, so a use after free of an object's first bytes is reported as
+ * for the rest.  `vg` 0: an inline path (pool->fast), where only ASan's compile-time hooks run. */
+NM_INLINE void *nm__ulink_get(const nm_pool_t *pool, void *p, int vg) {
+    void *next;
+    NM_ASAN_UNPOISON(p, sizeof(void *));
+    if (vg) NM__VG(pool, NM__VGR_DEFINED, p, sizeof(void *));
+    next = *(void **)p;
+    if (vg) NM__VG(pool, NM__VGR_NOACCESS, p, sizeof(void *));
+    NM_ASAN_POISON(p, sizeof(void *));
+    return next;
+}
+NM_INLINE void nm__ulink_set(const nm_pool_t *pool, void *p, void *next, int vg) {
+    NM_ASAN_UNPOISON(p, sizeof(void *));
+    if (vg) NM__VG(pool, NM__VGR_UNDEFINED, p, sizeof(void *));
+    *(void **)p = next;
+    if (vg) NM__VG(pool, NM__VGR_NOACCESS, p, sizeof(void *));
+    NM_ASAN_POISON(p, sizeof(void *));
+}
+
 static const char *nm__sitef(const char *f) { return f ? f : "<unknown>"; }
 
 /* ---- chunk registry -------------------------------------------------------------------- */
@@ -350,13 +371,9 @@ static void nm__tcache_release(nm_pool_t *pool, nm__tcache_t *tc) {
     }
     tc->owned = tc->cur = NULL;
     if (tc->ufree) { /* unchecked mode: the cache's free objects go to the shared list */
-        void *last = tc->ufree;
-        NM__VG(pool, NM__VGR_DEFINED, last, sizeof(void *));
-        while (*(void **)last) {
-            last = *(void **)last;
-            NM__VG(pool, NM__VGR_DEFINED, last, sizeof(void *));
-        }
-        *(void **)last = (void *)nm_atomic_load_relaxed(&pool->ushared);
+        void *last = tc->ufree, *next;
+        while ((next = nm__ulink_get(pool, last, 1)) != NULL) last = next;
+        nm__ulink_set(pool, last, (void *)nm_atomic_load_relaxed(&pool->ushared), 1);
         nm_atomic_store_relaxed(&pool->ushared, (intptr_t)tc->ufree);
         tc->ufree = NULL;
         tc->ucount = 0;
@@ -836,14 +853,6 @@ NM_INLINE void nm__count_allocs(nm__tcache_t *tc, intptr_t n) {
 NM_INLINE void *nm__hand_out(nm_pool_t *pool, nm__tcache_t *tc, nm__chunk_t *c, void *slot, size_t idx,
                              const char *file, int line, int mine, int reused, int vg) {
     nm__bit_put(c->alloc_bits, idx, 1);
-    if (mine != NM__MINE_NONE) {
-        tc->mine = (uintptr_t)slot;
-        if (mine == NM__MINE_SET) {
-            tc->mine_idx = idx;
-            tc->mine_chunk = c;
-        }
-        nm__count_allocs(tc, 1);
-    }
     NM_ASAN_UNPOISON(slot, pool->object_size);
     if (vg) NM__VG(pool, NM__VGR_ALLOC, slot, pool->object_size); /* 0: an inline path's (pool->fast) */
     if (pool->flags & NM_POOL_CHECKED) {
@@ -851,20 +860,24 @@ NM_INLINE void *nm__hand_out(nm_pool_t *pool, nm__tcache_t *tc, nm__chunk_t *c, 
             int rc;
             NM__VG(pool, NM__VGR_DEFINED, slot, pool->object_size);
             rc = nm__verify_poison(pool, c, idx, (unsigned char *)slot);
-            if (rc) {
-                /* the damaged slot stays out of circulation; the count is undone */
-                if (mine != NM__MINE_NONE) {
-                    nm_atomic_store_relaxed(&tc->allocs, nm_atomic_load_relaxed(&tc->allocs) - 1);
-                    tc->mine = 0;
-                }
+            if (rc) { /* the damaged slot stays out of circulation, never counted (nor the peak) */
                 nm__bit_put(c->alloc_bits, idx, 0);
                 NM__VG(pool, NM__VGR_FREE, slot, 0);
+                NM_ASAN_POISON(slot, pool->object_size);
                 return NULL;
             }
             if (!(pool->flags & NM_POOL_ZERO)) NM__VG(pool, NM__VGR_UNDEFINED, slot, pool->object_size);
         }
         c->site_file[idx] = file ? file : _nm_site_file;
         c->site_line[idx] = file ? line : _nm_site_line;
+    }
+    if (mine != NM__MINE_NONE) {
+        tc->mine = (uintptr_t)slot;
+        if (mine == NM__MINE_SET) {
+            tc->mine_idx = idx;
+            tc->mine_chunk = c;
+        }
+        nm__count_allocs(tc, 1);
     }
     nm__zero_obj(pool, slot);
     return slot;
@@ -937,6 +950,7 @@ take:
 }
 
 /* ---- unchecked mode (NM_POOL_UNCHECKED): a per-thread free list and nothing else ---------- */
+
 /* Objects that move at once between a cache and the shared list: a chunk's worth. */
 #define NM__UBATCH(pool) ((pool)->nobj)
 
@@ -949,17 +963,15 @@ static NM_NOINLINE void *nm__ualloc_slow(nm_pool_t *pool, nm__tcache_t *tc) {
         nm_mutex_lock(&pool->lock);
         nm__sample_peak(pool);
         if (nm_atomic_load_relaxed(&pool->ushared) != 0) {
-            void *head = (void *)nm_atomic_load_relaxed(&pool->ushared), *last = head;
+            void *head = (void *)nm_atomic_load_relaxed(&pool->ushared), *last = head, *next;
             size_t n = 1;
-            NM__VG(pool, NM__VGR_DEFINED, last, sizeof(void *));
-            while (n < NM__UBATCH(pool) && *(void **)last) {
-                last = *(void **)last;
-                NM__VG(pool, NM__VGR_DEFINED, last, sizeof(void *));
+            while (n < NM__UBATCH(pool) && (next = nm__ulink_get(pool, last, 1)) != NULL) {
+                last = next;
                 n++;
             }
-            nm_atomic_store_relaxed(&pool->ushared, (intptr_t)*(void **)last);
-            *(void **)last = NULL;
-            tc->ufree = *(void **)head;
+            nm_atomic_store_relaxed(&pool->ushared, (intptr_t)nm__ulink_get(pool, last, 1));
+            nm__ulink_set(pool, last, NULL, 1);
+            tc->ufree = nm__ulink_get(pool, head, 1);
             tc->ucount = n - 1;
             nm_mutex_unlock(&pool->lock);
             return head;
@@ -1001,8 +1013,7 @@ static NM_NOINLINE void *nm__ualloc_slow(nm_pool_t *pool, nm__tcache_t *tc) {
 NM_INLINE void *nm__ualloc(nm_pool_t *pool, nm__tcache_t *tc, int vg) {
     void *p = tc->ufree;
     if (NM_LIKELY(p != NULL)) {
-        if (vg) NM__VG(pool, NM__VGR_DEFINED, p, sizeof(void *));
-        tc->ufree = *(void **)p;
+        tc->ufree = nm__ulink_get(pool, p, vg);
         tc->ucount--;
     } else {
         p = nm__ualloc_slow(pool, tc);
@@ -1017,30 +1028,26 @@ NM_INLINE void *nm__ualloc(nm_pool_t *pool, nm__tcache_t *tc, int vg) {
 
 /* Gives a batch of the cache's objects to the shared list (the cache holds two batches). */
 static NM_NOINLINE void nm__ufree_spill(nm_pool_t *pool, nm__tcache_t *tc) {
-    void *head = tc->ufree, *last = head;
+    void *head = tc->ufree, *last = head, *next;
     size_t n = 1;
-    while (n < NM__UBATCH(pool) && *(void **)last) {
-        last = *(void **)last;
+    while (n < NM__UBATCH(pool) && (next = nm__ulink_get(pool, last, 1)) != NULL) {
+        last = next;
         n++;
     }
-    tc->ufree = *(void **)last;
+    tc->ufree = nm__ulink_get(pool, last, 1);
     tc->ucount -= n;
     nm_mutex_lock(&pool->lock);
-    *(void **)last = (void *)nm_atomic_load_relaxed(&pool->ushared);
+    nm__ulink_set(pool, last, (void *)nm_atomic_load_relaxed(&pool->ushared), 1);
     nm_atomic_store_relaxed(&pool->ushared, (intptr_t)head);
     nm_mutex_unlock(&pool->lock);
 }
 
 NM_INLINE int nm__ufree(nm_pool_t *pool, nm__tcache_t *tc, void *p, int vg) {
     if (NM_UNLIKELY(p == NULL)) return _nm_set_error(NM_ERR_INVALID_FREE, "free of NULL to a pool");
-    if (vg) {
-        NM__VG(pool, NM__VGR_FREE, p, 0);
-        NM__VG(pool, NM__VGR_UNDEFINED, p, sizeof(void *));
-    }
-    NM_ASAN_UNPOISON(p, sizeof(void *)); /* the link word: beyond objects smaller than a pointer */
-    *(void **)p = tc->ufree;
+    if (vg) NM__VG(pool, NM__VGR_FREE, p, 0);
+    NM_ASAN_POISON(p, pool->object_size);
+    nm__ulink_set(pool, p, tc->ufree, vg); /* the link word: beyond objects smaller than a pointer */
     tc->ufree = p;
-    NM_ASAN_POISON((char *)p + sizeof(void *), pool->object_size > sizeof(void *) ? pool->object_size - sizeof(void *) : 0);
     nm__counter_inc(&tc->frees);
     if (NM_UNLIKELY(++tc->ucount > 2 * NM__UBATCH(pool))) nm__ufree_spill(pool, tc);
     return NM_OK;
@@ -1275,9 +1282,9 @@ static NM_NOINLINE int nm__ufree_notc(nm_pool_t *pool, void *p) {
     nm_clear_error(); /* the failed cache allocation's: this free has its own outcome */
     if (p == NULL) return _nm_set_error(NM_ERR_INVALID_FREE, "free of NULL to a pool");
     NM__VG(pool, NM__VGR_FREE, p, 0);
-    NM__VG(pool, NM__VGR_UNDEFINED, p, sizeof(void *));
+    NM_ASAN_POISON(p, pool->object_size);
     nm_mutex_lock(&pool->lock);
-    *(void **)p = (void *)nm_atomic_load_relaxed(&pool->ushared);
+    nm__ulink_set(pool, p, (void *)nm_atomic_load_relaxed(&pool->ushared), 1);
     nm_atomic_store_relaxed(&pool->ushared, (intptr_t)p);
     nm_mutex_unlock(&pool->lock);
     nm_atomic_add_relaxed(&pool->notc_frees, 1);
@@ -1506,7 +1513,7 @@ int nm_pool_check(nm_pool_t *pool) {
         for (i = 0; i < c->bump && !rc; i++) {
             unsigned char *p = (unsigned char *)(c->objects + i * pool->stride);
             int is_free = !nm__bit_get(c->alloc_bits, i) || nm__bit_get(c->remote_bits, i);
-            if (!is_free || !c->site_file[i]) continue;
+            if (!is_free) continue; /* every slot below bump was handed out, and poisoned when freed */
             NM_ASAN_UNPOISON(p, pool->object_size);
             NM__VG(pool, NM__VGR_DEFINED, p, pool->object_size);
             rc = nm__verify_poison(pool, c, i, p);
