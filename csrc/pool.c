@@ -1042,14 +1042,19 @@ static NM_NOINLINE void nm__ufree_spill(nm_pool_t *pool, nm__tcache_t *tc) {
     nm_mutex_unlock(&pool->lock);
 }
 
-NM_INLINE int nm__ufree(nm_pool_t *pool, nm__tcache_t *tc, void *p, int vg) {
-    if (NM_UNLIKELY(p == NULL)) return _nm_set_error(NM_ERR_INVALID_FREE, "free of NULL to a pool");
+/* Pushes `p` (not NULL) on the cache's list and counts it; the caller spills when it is full. */
+NM_INLINE void nm__ufree_push(nm_pool_t *pool, nm__tcache_t *tc, void *p, int vg) {
     if (vg) NM__VG(pool, NM__VGR_FREE, p, 0);
     NM_ASAN_POISON(p, pool->object_size);
     nm__ulink_set(pool, p, tc->ufree, vg); /* the link word: beyond objects smaller than a pointer */
     tc->ufree = p;
+    tc->ucount++;
     nm__counter_inc(&tc->frees);
-    if (NM_UNLIKELY(++tc->ucount > 2 * NM__UBATCH(pool))) nm__ufree_spill(pool, tc);
+}
+NM_INLINE int nm__ufree(nm_pool_t *pool, nm__tcache_t *tc, void *p) {
+    if (NM_UNLIKELY(p == NULL)) return _nm_set_error(NM_ERR_INVALID_FREE, "free of NULL to a pool");
+    nm__ufree_push(pool, tc, p, 1);
+    if (NM_UNLIKELY(tc->ucount > 2 * NM__UBATCH(pool))) nm__ufree_spill(pool, tc);
     return NM_OK;
 }
 
@@ -1297,7 +1302,7 @@ static NM_NOINLINE int nm__free_notc(nm_pool_t *pool, void *p) {
 
 static NM_NOINLINE int nm__free_unchecked(nm_pool_t *pool, void *ptr) {
     nm__tcache_t *tc = nm__tc(pool);
-    return NM_LIKELY(tc != NULL) ? nm__ufree(pool, tc, ptr, 1) : nm__ufree_notc(pool, ptr);
+    return NM_LIKELY(tc != NULL) ? nm__ufree(pool, tc, ptr) : nm__ufree_notc(pool, ptr);
 }
 static NM_NOINLINE int nm__free_checked(nm_pool_t *pool, void *ptr) {
     nm__tcache_t *tc;
@@ -1318,7 +1323,10 @@ int nm_pool_free(nm_pool_t *pool, void *ptr) {
     if (NM_LIKELY(nm__tlast.pool == pool && nm__tlast.id == pool->id)) {
         nm__tcache_t *tc = nm__tlast.tc;
         if (pool->fast == NM__FAST_UNCHECKED) {
-            if (NM_LIKELY(ptr != NULL && tc->ucount < 2 * NM__UBATCH(pool))) return nm__ufree(pool, tc, ptr, 0);
+            if (NM_LIKELY(ptr != NULL && tc->ucount < 2 * NM__UBATCH(pool))) { /* room: no spill */
+                nm__ufree_push(pool, tc, ptr, 0);
+                return NM_OK;
+            }
         } else if (pool->fast == NM__FAST_POOL && NM__IS_LAST(tc, ptr)) {
             nm__chunk_t *c = tc->mine_chunk;
             size_t idx = tc->mine_idx;
@@ -1416,7 +1424,7 @@ int nm_pool_free_many(nm_pool_t *pool, void **ptrs, size_t n) {
         nm_atomic_store_relaxed(&tc->frees, nm_atomic_load_relaxed(&tc->frees) + (intptr_t)freed);
     } else {
         for (i = 0; i < n; i++) {
-            rc = !tc ? _nm_bh_free(pool->bh, ptrs[i]) : nm__ufree(pool, tc, ptrs[i], 1);
+            rc = !tc ? _nm_bh_free(pool->bh, ptrs[i]) : nm__ufree(pool, tc, ptrs[i]);
             if (rc) nm__note_first(&first, rc, i);
         }
     }
