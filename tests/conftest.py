@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from typing import List
@@ -11,6 +12,25 @@ import pytest
 import nativemem
 
 SRC_DIR = os.path.dirname(os.path.dirname(os.path.abspath(nativemem.__file__)))
+
+MEMCHECK_KINDS = r"(Invalid|Conditional|Use of uninitialised|Mismatched|Source and destination)"
+
+
+def memcheck_reports(log: str, kinds: str = MEMCHECK_KINDS) -> List[str]:
+    """A memcheck log split into its reports (each begins after a blank "==pid==" line), keeping
+    those whose headline matches the regex `kinds`."""
+    blocks, cur = [], []
+    for line in log.splitlines():
+        body = re.sub(r"^==\d+== ?", "", line)
+        if not body.strip():
+            if cur:
+                blocks.append("\n".join(cur))
+            cur = []
+        else:
+            cur.append(body)
+    if cur:
+        blocks.append("\n".join(cur))
+    return [b for b in blocks if re.match(kinds, b)]
 
 
 def available_backends() -> List[str]:

@@ -1,6 +1,6 @@
 """What the hostile test files share: each case in a fresh Python process with a timeout (a crash
-or a hang fails the case with the child's output), and small C programs built against csrc/, with
-and without sanitizers (tests/test_hostile_arena.py, tests/test_hostile_more.py)."""
+or a hang fails the case with the child's output), the children's common prelude, and small C
+programs built against csrc/, with and without sanitizers (tests/test_hostile*.py)."""
 import os
 import shutil
 import subprocess
@@ -10,9 +10,8 @@ import textwrap
 
 import pytest
 
-import nativemem
+from conftest import SRC_DIR
 
-SRC_DIR = os.path.dirname(os.path.dirname(os.path.abspath(nativemem.__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(HERE), "csrc")
 CC = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
@@ -25,9 +24,46 @@ needs_checkout = pytest.mark.skipif(not os.path.isdir(os.path.join(CSRC, "includ
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux (fork, pthreads)")
 
 
-def run_child(prelude: str, code: str, timeout: float = 120, args=()) -> str:
-    """Run `prelude` + `code` in a fresh interpreter; fail on a hang, a non-zero exit, or output
-    that does not end with the child's "OK"."""
+_PRELUDE_HEAD = """
+import os, queue, random, re, struct, sys, threading, time, warnings
+"""
+_PRELUDE_BODY = r'''
+import nativemem
+from nativemem._ffi import lib, ffi
+FAILS = []
+
+def check(desc, cond):
+    if not cond:
+        FAILS.append(desc)
+
+def done():
+    if FAILS:
+        sys.stderr.write("\n".join(FAILS[:40]) + "\n")
+        sys.exit(1)
+    print("OK")
+
+def err():
+    return ffi.string(lib.nm_last_error_message()).decode(errors="replace")
+
+def A(p):
+    return int(ffi.cast("uintptr_t", p))
+
+def P(a):
+    return ffi.cast("void *", a)
+'''
+
+
+def prelude(extra: str = "", quiet: bool = True) -> str:
+    """The children's common prelude, then `extra`: check(desc, cond) records a failure and done()
+    exits 1 listing them (else prints "OK"); err() is the thread's last nativemem error message;
+    A(p) / P(a) turn a pointer into an address and back.  `quiet`: warnings are ignored."""
+    return (_PRELUDE_HEAD + ('warnings.simplefilter("ignore")\n' if quiet else "") + _PRELUDE_BODY
+            + textwrap.dedent(extra))
+
+
+def run_child(prelude: str, code: str, timeout: float = 120, args=(), require_ok: bool = True) -> str:
+    """Run `prelude` + `code` in a fresh interpreter; fail on a hang, a non-zero exit, or (with
+    `require_ok`) output that does not end with the child's "OK"."""
     env = dict(os.environ)
     env["PYTHONPATH"] = SRC_DIR + os.pathsep + env.get("PYTHONPATH", "")
     src = prelude + "\n" + textwrap.dedent(code)
@@ -39,7 +75,8 @@ def run_child(prelude: str, code: str, timeout: float = 120, args=()) -> str:
     assert r.returncode == 0, (f"child exited with {r.returncode}"
                                f"{' (signal %d)' % -r.returncode if r.returncode < 0 else ''}\n"
                                f"--- stdout (tail) ---\n{r.stdout[-3000:]}\n--- stderr (tail) ---\n{r.stderr[-6000:]}")
-    assert r.stdout.rstrip().endswith("OK"), r.stdout[-3000:] + r.stderr[-3000:]
+    if require_ok:
+        assert r.stdout.rstrip().endswith("OK"), r.stdout[-3000:] + r.stderr[-3000:]
     return r.stdout
 
 

@@ -336,13 +336,19 @@ def test_wheel_ships_the_benchmarks_file(tmp_path):
         assert text == f.read()
 
 
-def test_regenerate_renders_a_run(tmp_path):
+def _regenerate_module():
+    """benchmarks/regenerate.py as a module (it is not installed: skips without the source tree)."""
     path = os.path.join(ROOT, "benchmarks", "regenerate.py")
     if not os.path.isfile(path):
         pytest.skip("needs the source tree")
     spec = importlib.util.spec_from_file_location("nm_regenerate", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_regenerate_renders_a_run(tmp_path):
+    mod = _regenerate_module()
     rows = [bench.Row("pool", "w", "libc", "C", 10.0, 9.0, 11.0, 3, 1.0, "libc"),
             bench.Row("pool", "w", "pool", "C", 12.0, 11.0, 13.0, 3, 1.2, "libc"),
             bench.Row("pool", "w", "jemalloc", "C", 8.0, 7.0, 9.0, 3, 0.8, "libc", process="child")]
@@ -358,12 +364,7 @@ def test_regenerate_renders_a_run(tmp_path):
 def test_regenerate_lists_pools_slower_than_a_raw_allocator():
     """The pools' targets are against jemalloc called directly (a [child] row): a pool slower than
     it is listed as a loss with its cause, though both beat the reference (libc through the table)."""
-    path = os.path.join(ROOT, "benchmarks", "regenerate.py")
-    if not os.path.isfile(path):
-        pytest.skip("needs the source tree")
-    spec = importlib.util.spec_from_file_location("nm_regenerate", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _regenerate_module()
     wl = "alloc+free pair (64B)"
     rows = [bench.Row("pool", wl, "libc", "C", 16.0, 15.0, 17.0, 3, 1.0, "libc"),
             bench.Row("pool", wl, "pool", "C", 7.0, 6.9, 7.1, 3, 0.44, "libc"),

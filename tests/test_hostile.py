@@ -8,16 +8,10 @@ listing them.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
+from hostile_child import run_child as _run_child_with
 
 import nativemem
-
-SRC_DIR = os.path.dirname(os.path.dirname(os.path.abspath(nativemem.__file__)))
 
 try:
     import numpy  # noqa: F401
@@ -98,18 +92,7 @@ def run_fresh(src, ns):
 
 
 def run_child(code: str, timeout: float = 60) -> str:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = SRC_DIR + os.pathsep + env.get("PYTHONPATH", "")
-    src = PRELUDE + "\n" + textwrap.dedent(code)
-    try:
-        r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", src], timeout=timeout,
-                           capture_output=True, text=True, env=env)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"child hung (> {timeout} s)\nstdout:\n{exc.stdout}\nstderr:\n{exc.stderr}")
-    assert r.returncode == 0, (f"child exited with {r.returncode}"
-                               f"{' (signal %d)' % -r.returncode if r.returncode < 0 else ''}\n"
-                               f"--- stdout (tail) ---\n{r.stdout[-3000:]}\n--- stderr (tail) ---\n{r.stderr[-6000:]}")
-    return r.stdout
+    return _run_child_with(PRELUDE, code, timeout, require_ok=False)
 
 
 # =============================================================================================

@@ -11,33 +11,15 @@ from __future__ import annotations
 import os
 
 import pytest
-from hostile_child import build_c, linux_only, needs_cc, needs_checkout, run_exe
+from hostile_child import build_c, linux_only, needs_cc, needs_checkout, prelude, run_exe
 from hostile_child import run_child as _run_child_with
 
 HOSTILE_C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "c", "hostile")
 
-PRELUDE = r'''
-import os, random, sys, threading, time, warnings
-import nativemem
-from nativemem._ffi import lib, ffi
-FAILS = []
-
-def check(desc, cond):
-    if not cond:
-        FAILS.append(desc)
-
-def done():
-    if FAILS:
-        sys.stderr.write("\n".join(FAILS) + "\n")
-        sys.exit(1)
-    print("OK")
-
+PRELUDE = prelude(r'''
 def mt(ar):
     assert lib.nm_arena_testing_mt(ar.cdata, 1) == 1
     return ar
-
-def err():
-    return ffi.string(lib.nm_last_error_message()).decode(errors="replace")
 
 def whole(ar, what):
     """Everything freed: the checks pass, the counts are 0 and the region is one free block."""
@@ -49,7 +31,7 @@ def whole(ar, what):
     st = ar.arena_stats()
     check(f"{what}: free_blocks {st.free_blocks} largest {st.largest_free} capacity {st.capacity}",
           st.free_blocks == 1 and st.largest_free == st.capacity and st.used_blocks == 0)
-'''
+''', quiet=False)
 
 
 def run_child(code: str, timeout: float = 120, args=()) -> str:

@@ -8,26 +8,17 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import textwrap
 
 import pytest
 
 from capi_build import build_capi_extension
+from hostile_child import CC_EXE, build_c, needs_cc, needs_checkout, run_exe
 
 import nativemem
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-CSRC = os.path.join(ROOT, "csrc")
 HOSTILE_C = os.path.join(HERE, "c", "hostile")
-CC = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-CC_EXE = CC.split()[0] if CC else "cc"
-
-needs_cc = pytest.mark.skipif(shutil.which(CC_EXE) is None or sys.platform == "win32",
-                              reason=f"no C compiler ({CC_EXE}) / gcc-style command lines")
-needs_checkout = pytest.mark.skipif(not os.path.isdir(os.path.join(CSRC, "include")),
-                                    reason="the C sources are not beside the tests (an installed copy)")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux (fork, membarrier)")
 
 
@@ -276,22 +267,10 @@ print("ok")
 
 
 def _build(tmp_path, src, name, extra=()):
-    exe = tmp_path / name
-    srcs = sorted(os.path.join(CSRC, f) for f in os.listdir(CSRC) if f.endswith(".c"))
-    r = subprocess.run(CC.split() + ["-std=c11", "-O1", "-g", "-D_DEFAULT_SOURCE", f"-I{CSRC}/include", f"-I{CSRC}",
-                                     *extra, *srcs, os.path.join(HOSTILE_C, src), "-o", str(exe), "-lpthread"],
-                       capture_output=True, text=True, timeout=300)
-    if r.returncode != 0 and extra:
-        pytest.skip(f"cannot build with {extra}: {r.stderr[-500:]}")
-    assert r.returncode == 0, r.stderr
-    return str(exe)
+    return build_c(tmp_path, HOSTILE_C, src, name, extra)
 
 
-def _run_exe(cmd, timeout, env=None):
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{cmd[0]} hung (timeout {timeout}s): {e.stdout!r} {e.stderr!r}")
+_run_exe = run_exe
 
 
 @needs_cc

@@ -11,32 +11,12 @@ from __future__ import annotations
 
 import os
 
-import pytest
-from hostile_child import build_c, linux_only, needs_cc, needs_checkout, run_exe
+from hostile_child import build_c, linux_only, needs_cc, needs_checkout, prelude, run_exe
 from hostile_child import run_child as _run_child_with
 
 HOSTILE_C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "c", "hostile2")
 
-PRELUDE = r'''
-import os, random, struct, sys, threading, time, warnings
-warnings.simplefilter("ignore")
-import nativemem
-from nativemem._ffi import lib, ffi
-FAILS = []
-
-def check(desc, cond):
-    if not cond:
-        FAILS.append(desc)
-
-def done():
-    if FAILS:
-        sys.stderr.write("\n".join(FAILS[:40]) + "\n")
-        sys.exit(1)
-    print("OK")
-
-def err():
-    return ffi.string(lib.nm_last_error_message()).decode(errors="replace")
-'''
+PRELUDE = prelude()
 
 
 def run_child(code: str, timeout: float = 120, args=()) -> str:

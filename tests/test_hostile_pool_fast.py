@@ -15,42 +15,17 @@ import os
 import textwrap
 
 import pytest
-from hostile_child import build_c, linux_only, needs_cc, needs_checkout, run_exe
+from hostile_child import build_c, linux_only, needs_cc, needs_checkout, prelude, run_exe
 from hostile_child import run_child as _run_child_with
 
 HOSTILE_C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "c", "hostile3")
 
-PRELUDE = r'''
-import os, random, sys, threading, time, warnings
-warnings.simplefilter("ignore")
-import nativemem
-from nativemem._ffi import lib, ffi
-FAILS = []
-
-def check(desc, cond):
-    if not cond:
-        FAILS.append(desc)
-
-def done():
-    if FAILS:
-        sys.stderr.write("\n".join(FAILS[:40]) + "\n")
-        sys.exit(1)
-    print("OK")
-
-def err():
-    return ffi.string(lib.nm_last_error_message()).decode(errors="replace")
-
-def A(p):
-    return int(ffi.cast("uintptr_t", p))
-
-def P(a):
-    return ffi.cast("void *", a)
-
+PRELUDE = prelude(r'''
 def run_thread(f):
     t = threading.Thread(target=f)
     t.start()
     t.join()
-'''
+''')
 
 
 def run_child(code: str, timeout: float = 60, args=()) -> str:

@@ -21,8 +21,8 @@ import sys
 import textwrap
 
 import pytest
-from hostile_child import build_c, linux_only, needs_cc, needs_checkout, run_exe
-from hostile_child import SRC_DIR
+from hostile_child import build_c, linux_only, needs_cc, needs_checkout, prelude, run_exe
+from conftest import MEMCHECK_KINDS, SRC_DIR, memcheck_reports
 from hostile_child import run_child as _run_child_with
 
 import nativemem
@@ -30,37 +30,12 @@ import nativemem
 HOSTILE_C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "c", "hostile4")
 VALGRIND = shutil.which("valgrind")
 
-PRELUDE = r'''
-import os, random, re, sys, threading, queue, warnings
-warnings.simplefilter("ignore")
-import nativemem
-from nativemem._ffi import lib, ffi
-FAILS = []
-
-def check(desc, cond):
-    if not cond:
-        FAILS.append(desc)
-
-def done():
-    if FAILS:
-        sys.stderr.write("\n".join(FAILS[:40]) + "\n")
-        sys.exit(1)
-    print("OK")
-
-def err():
-    return ffi.string(lib.nm_last_error_message()).decode(errors="replace")
-
-def A(p):
-    return int(ffi.cast("uintptr_t", p))
-
-def P(a):
-    return ffi.cast("void *", a)
-
+PRELUDE = prelude(r'''
 def stats(p):
     st = ffi.new("nm_pool_stats_t *")
     lib.nm_pool_stats(p, st)
     return st
-'''
+''')
 
 
 def run_child(code: str, timeout: float = 60, args=()) -> str:
@@ -346,19 +321,7 @@ def test_python_under_memcheck_every_mode(tmp_path):
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"valgrind run hung: {e.stdout!r} {e.stderr!r}")
     assert r.returncode == 0 and "done" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
-    blocks, cur = [], []
-    for line in r.stderr.splitlines():
-        body = re.sub(r"^==\d+== ?", "", line)
-        if not body.strip():
-            if cur:
-                blocks.append("\n".join(cur))
-            cur = []
-        else:
-            cur.append(body)
-    if cur:
-        blocks.append("\n".join(cur))
-    errors = [b for b in blocks if re.match(r"(Invalid|Conditional|Use of uninitialised|Mismatched|Source and "
-                                            r"destination|Illegal|Syscall param)", b)]
+    errors = memcheck_reports(r.stderr, MEMCHECK_KINDS[:-1] + r"|Illegal|Syscall param)")
     want = [int(a, 16) for a in re.findall(r"^uaf (0x[0-9a-f]+)$", r.stdout, re.M)]
     assert len(want) == 3, r.stdout
     found, ours = set(), []

@@ -12,7 +12,7 @@ import pytest
 
 import nativemem
 
-from conftest import SRC_DIR
+from conftest import SRC_DIR, memcheck_reports
 
 PROG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pool_valgrind_prog.py")
 VALGRIND = shutil.which("valgrind")
@@ -32,20 +32,7 @@ def memcheck(mode: str) -> tuple[str, list[str]]:
     r = subprocess.run([VALGRIND, "--tool=memcheck", "--num-callers=40", sys.executable, PROG, mode],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    # split the log into error reports: each starts with "==pid== <Headline>" after a blank marker line
-    blocks, cur = [], []
-    for line in r.stderr.splitlines():
-        body = re.sub(r"^==\d+== ?", "", line)
-        if not body.strip():
-            if cur:
-                blocks.append("\n".join(cur))
-            cur = []
-        else:
-            cur.append(body)
-    if cur:
-        blocks.append("\n".join(cur))
-    errors = [b for b in blocks if re.match(r"(Invalid|Conditional|Use of uninitialised|Mismatched|Source and destination)", b)]
-    return r.stdout, errors
+    return r.stdout, memcheck_reports(r.stderr)
 
 
 def test_correct_use_reports_nothing_in_nativemem():
